@@ -1,0 +1,3 @@
+from edgevoice.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Audio: devices, capture, playback, resampling and codecs."""
