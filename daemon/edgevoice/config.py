@@ -1,0 +1,456 @@
+"""The configuration file: one TOML file, validated against a typed schema.
+
+Lookup order (first hit wins): ``--config PATH``, ``$EDGEVOICE_CONFIG``,
+``/etc/edgevoice/config.toml``, then the built-in defaults (every key has one).
+
+Guarantees:
+- :func:`load_config` either returns a fully validated :class:`Config` or raises
+  :class:`ConfigError` carrying *every* problem of the file at once, each phrased as
+  ``FILE: key.path: reason`` (for example
+  ``edgevoice.toml: session.turn_detection.threshold: must be between 0 and 1, got 1.7``).
+  A missing file or a TOML syntax error is one error naming the file (and the line).
+- No secret lives in the file: the API key comes from the environment, a key file or systemd
+  credentials (see :mod:`edgevoice.secrets`); a key-like entry in the file is rejected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from edgevoice.util import between
+from edgevoice.voicelive.session import (
+    AzureSemanticVad,
+    EchoCancellation,
+    EndOfUtteranceDetection,
+    FunctionTool,
+    InputAudioFormat,
+    InputTranscription,
+    NoiseReduction,
+    OpenAIVoice,
+    OutputAudioFormat,
+    RequestSession,
+    ServerVad,
+    Strict,
+    Voice,
+)
+
+SYSTEM_CONFIG = Path("/etc/edgevoice/config.toml")
+ENV_CONFIG = "EDGEVOICE_CONFIG"
+
+
+class ConfigError(Exception):
+    """One or more problems with a config file. ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class AudioConfig(Strict):
+    input_device: str = Field(default="default", min_length=1)
+    output_device: str = Field(default="default", min_length=1)
+    frame_ms: Literal[10, 20, 30] = 20
+    input_rate: Annotated[int, Field(ge=0, le=192000)] = 0
+    output_rate: Annotated[int, Field(ge=0, le=192000)] = 0
+    output_period_ms: Annotated[int, Field(ge=5, le=200)] = 20
+    reopen_backoff_s: list[Annotated[float, Field(gt=0, le=600)]] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 5.0], min_length=1
+    )
+
+
+class WakeModel(Strict):
+    name: str = Field(min_length=1)
+    threshold: Annotated[float, between(0.0, 1.0)] = 0.5
+    trigger_level: Annotated[int, Field(ge=1, le=50)] = 1
+    refractory_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+
+
+class WakeConfig(Strict):
+    models: list[WakeModel] = Field(
+        default_factory=lambda: [WakeModel(name="hey_jarvis")], min_length=1
+    )
+    vad_gate: bool = True
+    preroll_ms: Annotated[int, Field(ge=1500, le=10000)] = 2000
+
+
+class VadConfig(Strict):
+    aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    frame_ms: Literal[10, 20, 30] = 20
+    prefix_padding_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    tail_ms: Annotated[int, Field(ge=0, le=10000)] = 800
+    local_end_of_utterance_ms: Annotated[int, Field(ge=100, le=10000)] = 700
+
+
+class AgentConfig(Strict):
+    """A Foundry Agent Service agent instead of a model (query parameters of 2025-10-01)."""
+
+    id: str | None = Field(default=None, min_length=1)
+    name: str | None = Field(default=None, min_length=1)
+    project_name: str = Field(min_length=1)
+    version: str | None = None
+    access_token_scope: str = "https://ai.azure.com/.default"
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> AgentConfig:
+        if (self.id is None) == (self.name is None):
+            raise ValueError("set exactly one of id (classic agents) or name (agents v2)")
+        return self
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class VoiceLiveConfig(Strict):
+    endpoint: str = "ws://127.0.0.1:8765"
+    api_version: str = "2025-10-01"
+    model: str | None = "gpt-realtime"
+    agent: AgentConfig | None = None
+    auth: Literal["api-key", "entra"] = "api-key"
+    api_key_file: str | None = None
+    credential_scope: Literal[
+        "https://ai.azure.com/.default", "https://cognitiveservices.azure.com/.default"
+    ] = "https://ai.azure.com/.default"
+    extra_query: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    ping_interval_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    ping_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    backoff_s: list[Annotated[float, Field(gt=0, le=3600)]] = Field(
+        default_factory=lambda: [0.25, 1.0, 3.0, 5.0, 10.0, 20.0], min_length=1
+    )
+    backoff_jitter: Annotated[float, between(0.0, 1.0)] = 0.5
+    stable_after_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    auth_failure_backoff_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    session_max_s: Annotated[float, Field(gt=0, le=3600)] = 3300.0
+    offline_buffer_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    replay_max_items: Annotated[int, Field(ge=0, le=1000)] = 60
+    max_message_mib: Annotated[int, Field(ge=1, le=64)] = 10
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("wss", "https", "ws", "http") or not parts.hostname:
+            raise ValueError(f"must be a wss:// or https:// URL, got {value!r}")
+        if parts.scheme in ("ws", "http") and not is_loopback_host(parts.hostname):
+            raise ValueError(f"plain {parts.scheme}:// is only allowed for loopback hosts, use wss://")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
+
+    @field_validator("extra_query")
+    @classmethod
+    def _no_secret_query(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.lower() in ("api-key", "api_key", "agent-access-token", "authorization"):
+                raise ValueError(f"{key!r} is a secret and must not be in the config file")
+        return value
+
+    @model_validator(mode="after")
+    def _model_or_agent(self) -> VoiceLiveConfig:
+        if self.agent is not None:
+            self.model = None
+        elif not self.model:
+            raise ValueError("set model (or an [voicelive.agent] section)")
+        return self
+
+
+class TurnDetectionConfig(Strict):
+    type: Literal[
+        "server_vad",
+        "azure_semantic_vad",
+        "azure_semantic_vad_en",
+        "azure_semantic_vad_multilingual",
+        "none",
+    ] = "server_vad"
+    threshold: Annotated[float, between(0.0, 1.0)] = 0.5
+    prefix_padding_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    silence_duration_ms: Annotated[int, Field(ge=0, le=10000)] = 500
+    speech_duration_ms: Annotated[int, Field(ge=80, le=10000)] | None = None
+    remove_filler_words: bool | None = None
+    languages: list[str] | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+    auto_truncate: bool = False
+    end_of_utterance_detection: EndOfUtteranceDetection | None = None
+
+    @model_validator(mode="after")
+    def _semantic_only(self) -> TurnDetectionConfig:
+        if self.type == "server_vad":
+            for key in ("speech_duration_ms", "remove_filler_words", "languages"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} needs an azure_semantic_vad type")
+        return self
+
+
+class TranscriptionConfig(InputTranscription):
+    enabled: bool = True
+
+
+class SessionConfig(Strict):
+    instructions: str = (
+        "You are a helpful voice assistant on a small device. Answer briefly, in one or two "
+        "spoken sentences."
+    )
+    modalities: list[Literal["text", "audio"]] = Field(default_factory=lambda: ["text", "audio"])
+    input_audio_format: InputAudioFormat = "pcm16"
+    input_audio_sampling_rate: Literal[8000, 16000, 24000] = 16000
+    output_audio_format: OutputAudioFormat = "pcm16"
+    turn_detection: TurnDetectionConfig = Field(default_factory=TurnDetectionConfig)
+    noise_reduction: Literal["azure_deep_noise_suppression", "near_field", "far_field", "none"] = (
+        "azure_deep_noise_suppression"
+    )
+    echo_cancellation: bool = True
+    input_transcription: TranscriptionConfig = Field(
+        default_factory=lambda: TranscriptionConfig(language="en-US")
+    )
+    temperature: Annotated[float, between(0.6, 1.2)] = 0.8
+    max_response_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] = "inf"
+    tool_choice: Literal["auto", "none", "required"] = "auto"
+
+    @model_validator(mode="after")
+    def _formats(self) -> SessionConfig:
+        if self.input_audio_format != "pcm16" and self.input_audio_sampling_rate != 8000:
+            raise ValueError(
+                f"input_audio_format {self.input_audio_format} needs input_audio_sampling_rate "
+                f"8000, got {self.input_audio_sampling_rate}"
+            )
+        if "audio" in self.modalities and "text" not in self.modalities:
+            raise ValueError("modalities: audio alone is not allowed, use ['text', 'audio']")
+        return self
+
+
+class DuckingConfig(Strict):
+    backend: Literal["none", "alsa", "pulse", "command"] = "none"
+    duck_db: Annotated[float, Field(ge=0, le=60)] = 15.0
+
+
+class ToolConfig(FunctionTool):
+    """A tool the model may call. Actions are added by the tools module."""
+
+
+class ServiceConfig(Strict):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Strict):
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    wake: WakeConfig = Field(default_factory=WakeConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    voicelive: VoiceLiveConfig = Field(default_factory=VoiceLiveConfig)
+    voice: Voice = Field(default_factory=OpenAIVoice)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    ducking: DuckingConfig = Field(default_factory=DuckingConfig)
+    tools: list[ToolConfig] = Field(default_factory=list)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+
+    def request_session(self) -> RequestSession:
+        """The ``session`` of ``session.update`` built from this config. Every field is set
+        explicitly (the service's defaults differ between documents); ``none`` options are
+        sent as ``null``; agent sessions leave out ``instructions`` (the agent owns them)."""
+        s = self.session
+        td = s.turn_detection
+        turn_detection: ServerVad | AzureSemanticVad | None
+        if td.type == "none":
+            turn_detection = None
+        else:
+            fields = td.model_dump(exclude_none=True)
+            turn_detection = (ServerVad if td.type == "server_vad" else AzureSemanticVad)(**fields)
+        transcription = None
+        if s.input_transcription.enabled:
+            transcription = InputTranscription(
+                **s.input_transcription.model_dump(exclude={"enabled"}, exclude_none=True)
+            )
+        values: dict[str, Any] = {
+            "modalities": list(s.modalities),
+            "voice": self.voice,
+            "input_audio_format": s.input_audio_format,
+            "input_audio_sampling_rate": s.input_audio_sampling_rate,
+            "output_audio_format": s.output_audio_format,
+            "turn_detection": turn_detection,
+            "input_audio_noise_reduction": None if s.noise_reduction == "none"
+            else NoiseReduction(type=s.noise_reduction),
+            "input_audio_echo_cancellation": EchoCancellation() if s.echo_cancellation else None,
+            "input_audio_transcription": transcription,
+            "tools": [FunctionTool(name=t.name, description=t.description,
+                                   parameters=t.parameters) for t in self.tools],
+            "tool_choice": s.tool_choice,
+            "temperature": s.temperature,
+            "max_response_output_tokens": s.max_response_output_tokens,
+        }
+        if self.voicelive.agent is None:
+            values["instructions"] = s.instructions
+        return RequestSession(**values)
+
+    @model_validator(mode="after")
+    def _unique_tools(self) -> Config:
+        names = [t.name for t in self.tools]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"tool names must be unique, repeated: {', '.join(duplicated)}")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_config_path(cli_path: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The file to load by the lookup order, or None for the built-in defaults.
+
+    An explicit path (option or environment) is returned even when missing, so that the
+    caller reports it; the system path is only used when it exists."""
+    env = os.environ if env is None else env
+    if cli_path:
+        return Path(cli_path)
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate ``path`` (None: built-in defaults). Raises ConfigError."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{label}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{label}: cannot read: {exc}"]) from None
+    return parse_config(text, label)
+
+
+def parse_config(text: str, label: str) -> Config:
+    """Validate TOML text; ``label`` names the file in messages. Raises ConfigError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{label}: TOML syntax error: {exc}"]) from None
+    secret_locs = _secret_looking_keys(data)
+    secret_errors = [
+        f"{label}: {'.'.join(loc)}: secrets must not be in the config file" for loc in secret_locs
+    ]
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            f"{label}: {_format_error(err, data)}"
+            for err in exc.errors()
+            # A secret-looking key is reported once, as a secret, not also as unknown.
+            if not (err["type"] == "extra_forbidden" and tuple(map(str, err["loc"])) in secret_locs)
+        ]
+        raise ConfigError(_dedupe(errors + secret_errors)) from None
+    if secret_errors:
+        raise ConfigError(secret_errors)
+    return config
+
+
+_SECRET_NAMES = {"api_key", "api-key", "apikey", "key", "password", "token", "secret"}
+
+
+def _secret_looking_keys(data: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if path[:1] != ("tools",) and str(k).lower() in _SECRET_NAMES:
+                found.append((*path, str(k)))
+            found += _secret_looking_keys(v, (*path, str(k)))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += _secret_looking_keys(v, (*path, str(i)))
+    return found
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn a pydantic error location into the TOML key path, dropping union tags."""
+    parts: list[str] = []
+    node = data
+    for i, item in enumerate(loc):
+        if isinstance(node, dict) and item in node:
+            parts.append(str(item))
+            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            parts.append(f"[{item}]")
+            node = node[item]
+        elif isinstance(item, str) and not isinstance(node, dict | list):
+            continue
+        elif isinstance(node, dict) and i == len(loc) - 1:
+            parts.append(str(item))  # the key that is missing
+            node = None
+        # else: a union member tag (e.g. "server_vad", "function-after[...]"): not a key
+    text = ".".join(parts).replace(".[", "[")
+    return text or "(top level)"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_error(err: Mapping[str, Any], data: Any) -> str:
+    where = _key_path(tuple(err["loc"]), data)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind in ("string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type",
+                  "model_type", "model_attributes_type", "int_from_float"):
+        wanted = {"string_type": "a string", "int_type": "an integer", "float_type": "a number",
+                  "bool_type": "true or false", "list_type": "a list", "dict_type": "a table",
+                  "model_type": "a table", "model_attributes_type": "a table",
+                  "int_from_float": "an integer"}[kind]
+        msg = f"must be {wanted}, got {_describe(value)}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+              "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        msg = f"must be {op} {bound}, got {_describe(value)}"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx.get('expected')}, got {_describe(value)}"
+    elif kind == "union_tag_invalid":
+        msg = f"type must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
+    elif kind == "union_tag_not_found":
+        msg = f"needs a {ctx.get('discriminator', 'type')} key"
+    elif kind == "too_short":
+        n = ctx.get("min_length")
+        msg = "must not be empty" if n == 1 else f"must have at least {n} entries"
+    elif kind == "string_too_short":
+        msg = "must not be empty"
+    elif kind == "string_pattern_mismatch":
+        msg = f"must match {ctx.get('pattern')}, got {_describe(value)}"
+    elif kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+    else:
+        msg = err["msg"]
+    return f"{where}: {msg}"
