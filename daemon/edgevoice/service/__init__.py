@@ -1,0 +1,1 @@
+"""Running under systemd: notify, watchdog, signals, logging, status."""
