@@ -1,5 +1,145 @@
-"""Command line entry point (filled in below)."""
+"""Command line: ``edgevoice check-config | demo | simulator``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from edgevoice import __version__
+from edgevoice.config import Config, ConfigError, find_config_path, load_config
+from edgevoice.secrets import ENV_API_KEY, Secret, SecretError, protect
+from edgevoice.service.logs import setup_logging
 
 
-def main() -> int:
+def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    path = find_config_path(getattr(args, "config", None))
+    return load_config(path), path
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config, path = _load(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    where = str(path) if path else "built-in defaults"
+    tools = f", {len(config.tools)} tool(s)" if config.tools else ""
+    print(f"{where}: valid{tools}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgevoice.demo import run_demo
+
+    config, _ = _load(args)
+    setup_logging("debug" if args.verbose else "warning")
+    api_key = None
+    if args.api_key:
+        api_key = Secret(args.api_key)
+        protect(api_key)
+    elif args.endpoint and os.environ.get(ENV_API_KEY):
+        api_key = Secret(os.environ[ENV_API_KEY])
+    return asyncio.run(
+        run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
+                 api_key=api_key, output=Path(args.output),
+                 recording=Path(args.recording) if args.recording else None,
+                 timeout_s=args.timeout)
+    )
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from edgevoice.voicelive.script import Script
+    from edgevoice.voicelive.simulator import Simulator
+
+    setup_logging("debug" if args.verbose else "info")
+    try:
+        script = Script.load(args.script) if args.script else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    key = os.environ.get(ENV_API_KEY) or None
+
+    async def serve() -> None:
+        sim = Simulator(host=args.host, port=args.port, script=script, api_key=key,
+                        pace=args.pace, tts=not args.no_tts)
+        await sim.start()
+        print(f"Voice Live simulator listening on {sim.url}/voice-live/realtime"
+              + (" (api-key required)" if key else ""), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await sim.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgevoice", description="Hands-free voice assistant daemon (Azure AI Voice Live)."
+    )
+    parser.add_argument("--version", action="version", version=f"edgevoice {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="PATH",
+                       help="config file (default: $EDGEVOICE_CONFIG, /etc/edgevoice/config.toml, "
+                            "built-in defaults)")
+        return p
+
+    p = with_config(sub.add_parser("check-config", help="validate the configuration"))
+    p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser(
+        "demo", help="one spoken question through Voice Live (loopback simulator by default)"))
+    p.add_argument("--endpoint", help="a real Voice Live endpoint, e.g. "
+                   "wss://<resource>.services.ai.azure.com (default: in-process simulator)")
+    p.add_argument("--api-key", help=f"API key for --endpoint (prefer ${ENV_API_KEY}: "
+                   "arguments are visible to other users)")
+    p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
+    p.add_argument("--output", default="demo-reply.wav", help="reply WAV (default: %(default)s)")
+    p.add_argument("--recording", help="a 16-bit WAV to send instead of the bundled question")
+    p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulator", help="run the loopback Voice Live simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--script",
+                   help="a simulator script (see config/examples/simulator-script.toml)")
+    p.add_argument("--pace", type=float, default=1.0,
+                   help="reply audio speed, times real time (0: as fast as possible)")
+    p.add_argument("--no-tts", action="store_true", help="tones instead of espeak-ng speech")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_simulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    except SecretError as exc:
+        print(f"edgevoice: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
