@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from edgevoice.util import between
 
@@ -79,9 +79,19 @@ class AzurePersonalVoice(_AzureVoiceBase):
     ]
 
 
+def _voice_tag(value: Any) -> str | None:
+    # A voice without a type is an OpenAI voice: `[voice] name = "coral"` just works.
+    if isinstance(value, dict):
+        return value.get("type", "openai")
+    return getattr(value, "type", None)
+
+
 Voice = Annotated[
-    OpenAIVoice | AzureStandardVoice | AzureCustomVoice | AzurePersonalVoice,
-    Field(discriminator="type"),
+    Annotated[OpenAIVoice, Tag("openai")]
+    | Annotated[AzureStandardVoice, Tag("azure-standard")]
+    | Annotated[AzureCustomVoice, Tag("azure-custom")]
+    | Annotated[AzurePersonalVoice, Tag("azure-personal")],
+    Discriminator(_voice_tag),
 ]
 
 
