@@ -383,3 +383,28 @@ async def test_session_recycled_only_when_quiet(speech: Callable[..., bytes]) ->
         assert first.sent("response.done"), "recycled before the reply was complete"
         assert link.stats["recycles"] >= 1
         assert not [e for e in caller.seen if isinstance(e, LinkDown)]
+
+
+async def test_refused_session_update_is_reported_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session = {"id": "sess_y", "object": "realtime.session", "model": "gpt-realtime"}
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "session.created", "event_id": "e1", "session": session}))
+        update = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "error", "event_id": "e2", "error": {
+            "type": "invalid_request_error", "message": "voice not available in this region",
+            "param": "session.voice", "event_id": update["event_id"]}}))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        link = make_link(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        caller = Caller(link)
+        link.start()
+        err = await caller.until(lambda e: isinstance(e, ServiceError))
+        await link.wait_ready(2)
+        await link.close()
+    assert err.caused_by == "session.update" and "voice not available" in err.message
+    assert link.stats["connects"] == 1
+    assert "refused the session settings: voice not available" in caplog.text

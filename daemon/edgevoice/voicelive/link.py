@@ -223,6 +223,7 @@ class VoiceLiveLink:
         self._unacked: list[_Pending] = []  # turn audio written but not yet committed
         self._unacked_trimmed = False  # some of it was trimmed: a resend would have a hole
         self._effective_session: dict[str, Any] = {}
+        self._update_id: str | None = None
         self._sent_types: OrderedDict[str, str] = OrderedDict()
         self._seq = 0
         self._wanted = asyncio.Event()
@@ -591,7 +592,7 @@ class VoiceLiveLink:
                            else "Voice Live: connection closed before session.created")
                 return None
             update = ev.SessionUpdate(session=self.session)
-            update.event_id = self._next_id()
+            update.event_id = self._update_id = self._next_id()
             await self._write(ws, update)
             done, _ = await asyncio.wait({updated, reader}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -600,8 +601,15 @@ class VoiceLiveLink:
                            f"{timeout:g} s" if reader not in done
                            else "Voice Live: connection closed before session.updated")
                 return None
-            self._effective_session = updated.result().session.model_dump(mode="json") \
-                if hasattr(updated.result(), "session") else {}
+            answer = updated.result()
+            if isinstance(answer, ev.ErrorEvent):
+                # Refused settings are a config problem, not a network one: reconnecting would
+                # not help. Say so loudly and go on with what the service has.
+                log.error("Voice Live refused the session settings: %s (param %s)",
+                          answer.error.message, answer.error.param)
+                self._effective_session = {}
+            else:
+                self._effective_session = answer.session.model_dump(mode="json")
             items = self.context.replay_items()
             for item in items:
                 create = ev.ConversationItemCreate.model_validate({"item": item})
@@ -697,6 +705,8 @@ class VoiceLiveLink:
         """Bookkeeping on every server event. Returns False when the caller must not see it."""
         kind = event.type
         waiter = self._session_waiters.get(kind)
+        if isinstance(event, ev.ErrorEvent) and event.error.event_id == self._update_id:
+            waiter = self._session_waiters.get("session.updated")  # the update was refused
         if waiter is not None and not waiter.done():
             waiter.set_result(event)
         if isinstance(event, ev.UnknownServerEvent):
