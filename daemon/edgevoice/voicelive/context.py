@@ -103,7 +103,9 @@ class ConversationLog:
             space = entry.text.rfind(" ", 0, cut + 1)
             entry.text = entry.text[: space if space > 0 else cut].rstrip()
 
-    def add_function_call(self, call_id: str, name: str, arguments: str, item_id: str | None) -> None:
+    def add_function_call(
+        self, call_id: str, name: str, arguments: str, item_id: str | None
+    ) -> None:
         if any(e.kind == "function_call" and e.call_id == call_id for e in self.entries):
             return
         self._append(Entry("function_call", item_id=item_id, call_id=call_id, name=name,

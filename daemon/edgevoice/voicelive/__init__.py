@@ -1,0 +1,1 @@
+"""Azure AI Voice Live: typed events, session config, connection, loopback simulator."""
