@@ -1,4 +1,4 @@
-"""Command line: ``edgevoice check-config | demo | simulator``.
+"""Command line: ``edgevoice check-config | devices | demo | simulator``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -35,6 +35,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
     print(f"{where}: valid{tools}")
     return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from edgevoice.audio.devices import devices_command, quiet_native_logs
+
+    config, _ = _load(args)
+    quiet_native_logs()
+    return devices_command(config.audio.input_device, config.audio.output_device, sys.stdout)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -100,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("check-config", help="validate the configuration"))
     p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser(
+        "devices", help="list capture and playback devices; mark the configured ones"))
+    p.set_defaults(func=cmd_devices)
 
     p = with_config(sub.add_parser(
         "demo", help="one spoken question through Voice Live (loopback simulator by default)"))

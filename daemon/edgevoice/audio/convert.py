@@ -60,10 +60,23 @@ def decode(data: bytes, fmt: str) -> bytes:
     raise ValueError(f"unknown audio format {fmt!r}")
 
 
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) * np.float32(1 / 32768)
+
+
+def _to_pcm16(samples: np.ndarray) -> bytes:
+    # Round and clip ourselves: soxr's own int16 output adds TPDF dither, which makes the
+    # output random in the last bit (two runs over the same input differ).
+    scaled = np.clip(np.rint(samples * np.float32(32768)), -32768, 32767)
+    return scaled.astype("<i2").tobytes()
+
+
 class Resampler:
     """Streaming PCM16 resampler (soxr). ``process`` may be called with chunks of any size;
     the filter state carries across chunks, so there are no clicks at chunk borders.
-    Same-rate streams pass through untouched. Not thread-safe: one stream per owner."""
+    Same-rate streams pass through untouched. Deterministic: soxr runs in float32 and the
+    result is rounded (no dither), so the same input gives the same bytes.
+    Not thread-safe: one stream per owner."""
 
     def __init__(self, in_rate: int, out_rate: int, channels: int = 1, quality: str = "HQ") -> None:
         self.in_rate = in_rate
@@ -72,16 +85,17 @@ class Resampler:
         self._stream = (
             None
             if in_rate == out_rate
-            else soxr.ResampleStream(in_rate, out_rate, channels, dtype="int16", quality=quality)
+            else soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32",
+                                     quality=quality)
         )
 
     def process(self, pcm: bytes, last: bool = False) -> bytes:
         if self._stream is None:
             return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
+        samples = _to_float(np.frombuffer(pcm, dtype="<i2"))
         if self.channels > 1:
             samples = samples.reshape(-1, self.channels)
-        return self._stream.resample_chunk(samples, last=last).astype("<i2").tobytes()
+        return _to_pcm16(self._stream.resample_chunk(samples, last=last))
 
     def flush(self) -> bytes:
         """Drain the filter's tail at the end of a stream."""
@@ -89,11 +103,11 @@ class Resampler:
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
-    """One-shot resampling of a whole PCM16 mono buffer."""
+    """One-shot resampling of a whole PCM16 mono buffer (deterministic, as Resampler)."""
     if in_rate == out_rate:
         return pcm
-    samples = np.frombuffer(pcm, dtype="<i2")
-    return soxr.resample(samples, in_rate, out_rate).astype("<i2").tobytes()
+    samples = _to_float(np.frombuffer(pcm, dtype="<i2"))
+    return _to_pcm16(soxr.resample(samples, in_rate, out_rate))
 
 
 def read_wav(path: str | Path) -> tuple[bytes, int]:
