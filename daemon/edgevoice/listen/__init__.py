@@ -1,0 +1,42 @@
+"""Local listening: wake word (openWakeWord models) behind a VAD gate, and the VAD decisions
+for the audio streamed upstream. Frames in, decisions out; no I/O anywhere in this package.
+
+* :mod:`edgevoice.listen.wake` — :class:`WakeWordDetector`: several models, thresholds,
+  trigger levels, refractory periods; :class:`Detection`.
+* :mod:`edgevoice.listen.gate` — :class:`WakeGate`: runs the detector only around speech,
+  with a pre-roll ring buffer; decisions identical to the ungated detector.
+* :mod:`edgevoice.listen.vad` — :class:`UpstreamGate` (what to stream while listening) and
+  :class:`LocalEndpointer` (end of utterance when the server's turn detection is off).
+"""
+
+from edgevoice.listen.gate import WakeGate
+from edgevoice.listen.vad import (
+    AudioChunk,
+    EndpointDecision,
+    LocalEndpointer,
+    SpeechDetector,
+    UpstreamDecision,
+    UpstreamGate,
+)
+from edgevoice.listen.wake import (
+    BUILTIN_MODELS,
+    Detection,
+    WakeModelError,
+    WakeWordDetector,
+    WakeWordSpec,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "AudioChunk",
+    "Detection",
+    "EndpointDecision",
+    "LocalEndpointer",
+    "SpeechDetector",
+    "UpstreamDecision",
+    "UpstreamGate",
+    "WakeGate",
+    "WakeModelError",
+    "WakeWordDetector",
+    "WakeWordSpec",
+]
