@@ -85,7 +85,7 @@ class WakeConfig(Strict):
 
 
 class VadConfig(Strict):
-    aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    aggressiveness: Annotated[int, Field(ge=0, le=3)] = 3
     frame_ms: Literal[10, 20, 30] = 20
     prefix_padding_ms: Annotated[int, Field(ge=0, le=5000)] = 300
     tail_ms: Annotated[int, Field(ge=0, le=10000)] = 800
