@@ -1,0 +1,46 @@
+"""Building the listening parts from the config file's ``[wake]``, ``[vad]`` and ``[session]``."""
+
+from __future__ import annotations
+
+from edgevoice.config import Config
+from edgevoice.listen.gate import WakeGate
+from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
+from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
+
+#: Silence sent after speech beyond the server's own silence_duration_ms, so that its turn
+#: detection sees enough silence to close the turn even with network jitter.
+TAIL_MARGIN_MS = 200
+
+
+def wake_gate(cfg: Config) -> WakeGate:
+    """The wake word detector (every configured model) behind the VAD gate.
+    Raises WakeModelError naming a model that is unknown, missing or corrupt."""
+    specs = [
+        WakeWordSpec(m.name, threshold=m.threshold, trigger_level=m.trigger_level,
+                     refractory_s=m.refractory_s)
+        for m in cfg.wake.models
+    ]
+    return WakeGate(WakeWordDetector(specs), enabled=cfg.wake.vad_gate,
+                    aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
+                    pre_roll_s=cfg.wake.preroll_ms / 1000)
+
+
+def upstream_tail_ms(cfg: Config) -> int:
+    """The silence tail streamed after speech: the configured one, but never shorter than the
+    server's silence_duration_ms plus a margin (else the server could not end the turn)."""
+    td = cfg.session.turn_detection
+    if td.type == "none":
+        return cfg.vad.tail_ms
+    return max(cfg.vad.tail_ms, td.silence_duration_ms + TAIL_MARGIN_MS)
+
+
+def upstream_gate(cfg: Config) -> UpstreamGate:
+    return UpstreamGate(aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
+                        prefix_padding_ms=cfg.vad.prefix_padding_ms,
+                        tail_ms=upstream_tail_ms(cfg))
+
+
+def endpointer(cfg: Config) -> LocalEndpointer:
+    """End of utterance decided locally, for ``turn_detection.type = "none"``."""
+    return LocalEndpointer(aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
+                           silence_ms=cfg.vad.local_end_of_utterance_ms)
