@@ -222,6 +222,7 @@ class VoiceLiveLink:
         self._outbox_ready = asyncio.Event()
         self._unacked: list[_Pending] = []  # turn audio written but not yet committed
         self._unacked_trimmed = False  # some of it was trimmed: a resend would have a hole
+        self._turn_bytes = 0  # audio bytes in the outbox and unacked
         self._effective_session: dict[str, Any] = {}
         self._update_id: str | None = None
         self._sent_types: OrderedDict[str, str] = OrderedDict()
@@ -330,6 +331,7 @@ class VoiceLiveLink:
         self._outbox.append(pending)
         self._outbox_ready.set()
         if pending.audio is not None:
+            self._turn_bytes += len(pending.audio)
             self._bound_turn_audio()
 
     def _bytes_per_second(self) -> float:
@@ -338,13 +340,16 @@ class VoiceLiveLink:
             return (self.session.input_audio_sampling_rate or 24000) * 2
         return 8000.0
 
-    def _turn_audio_bytes(self) -> int:
+    def _recount_turn_audio(self) -> None:
+        """Recount the turn's audio bytes (outbox + unacked) after a bulk change; appends keep
+        the running count themselves, so the hot path stays O(1)."""
         queued = sum(len(p.audio) for p in self._outbox if p.audio is not None)
-        return queued + sum(len(p.audio) for p in self._unacked if p.audio is not None)
+        self._turn_bytes = queued + sum(len(p.audio) for p in self._unacked
+                                        if p.audio is not None)
 
     def _bound_turn_audio(self) -> None:
         limit = self.cfg.offline_buffer_s * self._bytes_per_second()
-        total = self._turn_audio_bytes()
+        total = self._turn_bytes
         if total <= limit:
             return
         if self.ready:
@@ -354,6 +359,7 @@ class VoiceLiveLink:
             while self._unacked and total > limit:
                 total -= len(self._unacked.pop(0).audio or b"")
                 self._unacked_trimmed = True
+            self._turn_bytes = total
             if total <= limit:
                 return
         dropped_ms = 1000.0 * total / self._bytes_per_second()
@@ -367,6 +373,7 @@ class VoiceLiveLink:
                              if p.event.type not in ("input_audio_buffer.append",
                                                      "input_audio_buffer.commit"))
         self._unacked_trimmed = False
+        self._recount_turn_audio()
 
     def _abandon(self, reason: str, dropped_ms: float) -> None:
         self.stats["abandoned_turns"] += 1
@@ -563,7 +570,7 @@ class VoiceLiveLink:
             self._response_active = None
         # Written-but-uncommitted turn audio goes back to the front of the outbox.
         if self._unacked_trimmed and self._unacked:
-            dropped_ms = 1000.0 * self._turn_audio_bytes() / self._bytes_per_second()
+            dropped_ms = 1000.0 * self._turn_bytes / self._bytes_per_second()
             self._drop_turn_audio()
             self._abandon("connection lost during a turn too long to resend", dropped_ms)
         self._outbox.extendleft(reversed(self._unacked))
@@ -717,11 +724,13 @@ class VoiceLiveLink:
             audio = b"".join(p.audio for p in self._unacked if p.audio)
             self._unacked = []
             self._unacked_trimmed = False
+            self._recount_turn_audio()
             self.context.add_user_audio(event.item_id, audio or None)
             self._awaiting_response = True
         elif kind == "input_audio_buffer.cleared":
             self._unacked = []
             self._unacked_trimmed = False
+            self._recount_turn_audio()
         elif kind == "conversation.item.input_audio_transcription.completed":
             self.context.set_user_transcript(event.item_id, event.transcript or "")
         elif kind == "response.created":
