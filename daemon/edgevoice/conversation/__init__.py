@@ -1,0 +1,1 @@
+"""The conversation core (sans-I/O) and its echo guard."""

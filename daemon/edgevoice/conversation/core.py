@@ -1,0 +1,439 @@
+"""The conversation core: a sans-I/O state machine.
+
+Inputs are method calls — a microphone frame, a wake detection, a server or link event, a
+playback report, a tool result, a timer tick — each with the time as an argument. Outputs are
+:class:`Action` objects the caller carries out (send, play, stop playback, duck, run a tool, …).
+No sockets, threads or clocks in here: tests drive it with exact timings and the daemon's
+latency figures come from the same code.
+
+States::
+
+    IDLE ──wake──► LISTENING ──response.created──► RESPONDING ──done & drained──► FOLLOW_UP
+      ▲                ▲                              │ barge-in                     │ │
+      │                └──────────────────────────────┘ (VAD, server, wake, stop)    │ │
+      │                └───────────────────────── speech ────────────────────────────┘ │
+      └──────────────────────────────── follow-up window over ─────────────────────────┘
+
+Guarantees:
+- In IDLE no audio leaves: :class:`SendAudio` is only emitted in LISTENING (and, at a
+  barge-in or a follow-up, for the speech that started the new turn).
+- Every chunk the upstream VAD gate selects from the end of the wake word on is sent once, in
+  order; the link buffers it while connecting.
+- A ``call_id`` produces one :class:`RunTool`, ever; outputs go back as
+  ``function_call_output`` items followed by exactly one ``response.create`` per response.
+- Duck is emitted on wake, Unduck when the conversation ends (follow-up over, error) and from
+  :meth:`Core.shutdown`; both are idempotent on the caller's side.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgevoice.conversation.echo import EchoGuard, level_dbfs
+from edgevoice.listen.vad import SpeechDetector, UpstreamGate
+from edgevoice.voicelive import events as ev
+from edgevoice.voicelive.link import LinkDown, LinkUp, ServiceError, TurnAbandoned
+
+log = logging.getLogger("edgevoice.conversation")
+
+
+class State(enum.StrEnum):
+    IDLE = "idle"
+    LISTENING = "listening"
+    RESPONDING = "responding"
+    FOLLOW_UP = "follow_up"
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class SendAudio:
+    pcm: bytes  # 16 kHz mono PCM16
+    t: float  # stream time of its first sample
+
+
+@dataclass(frozen=True)
+class SendEvent:
+    event: ev.ClientEvent
+
+
+@dataclass(frozen=True)
+class Play:
+    item_id: str
+    data: bytes  # wire bytes in the session's output format
+    fmt: str
+
+
+@dataclass(frozen=True)
+class FinishItem:
+    item_id: str  # no more audio will come for this item
+
+
+@dataclass(frozen=True)
+class StopPlayback:
+    """Silence the speaker now and drop what is queued; the caller reports back through
+    :meth:`Core.on_playback_stopped` with the milliseconds of ``item_id`` actually played."""
+
+    item_id: str | None
+
+
+@dataclass(frozen=True)
+class Duck:
+    pass
+
+
+@dataclass(frozen=True)
+class Unduck:
+    pass
+
+
+@dataclass(frozen=True)
+class RunTool:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Earcon:
+    name: str
+
+
+@dataclass(frozen=True)
+class Connect:
+    wanted: bool
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """A timeline entry: what happened, when, with details (the demo prints these)."""
+
+    name: str
+    t: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    old: State
+    new: State
+    t: float
+
+
+Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | Duck | Unduck | RunTool
+          | Earcon | Connect | Telemetry | StateChanged)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    output_format: str = "pcm16"
+    follow_up_s: float = 6.0  # 0 disables the follow-up window
+    listen_timeout_s: float = 8.0  # no speech after the wake word for this long: back to IDLE
+    bargein_min_speech_ms: int = 200
+    bargein_on_wake: bool = True
+    stop_words: frozenset[str] = frozenset()
+    auto_truncate: bool = False
+    local_end_of_utterance: bool = False  # turn_detection "none": commit + response.create here
+    earcon: bool = True
+    idle_disconnect_s: float = 60.0  # keep the connection warm this long after a conversation
+    frame_ms: int = 20
+
+
+class Core:
+    """See the module docstring. Not thread-safe: one event loop drives it."""
+
+    def __init__(
+        self,
+        settings: CoreSettings,
+        *,
+        upstream: UpstreamGate,
+        bargein_vad: SpeechDetector,
+        echo: EchoGuard | None = None,
+        endpointer: Any | None = None,
+    ) -> None:
+        self.s = settings
+        self.state = State.IDLE
+        self.upstream = upstream
+        self.bargein_vad = bargein_vad
+        self.echo = echo or EchoGuard()
+        self.endpointer = endpointer
+        self.turn = 0
+        self._t_state = 0.0
+        self._pending_chunks: list[SendAudio] = []  # gate's chunks not yet sent (RESPONDING)
+        self._voiced_ms = 0.0
+        self._response_id: str | None = None
+        self._response_done = True
+        self._playing_item: str | None = None
+        self._items_with_audio: list[str] = []
+        self._drained = True
+        self._calls: dict[str, ev.ResponseFunctionCallArgumentsDone] = {}
+        self._ran: set[str] = set()
+        self._awaiting_outputs: set[str] = set()
+        self._first_delta_seen = False
+        self._heard_speech = False
+        self._idle_since: float | None = None
+        self._connected = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _go(self, new: State, t: float, out: list[Action]) -> None:
+        if new is self.state:
+            return
+        out.append(StateChanged(self.state, new, t))
+        log.info("state %s -> %s (turn %d)", self.state.value, new.value, self.turn)
+        self.state = new
+        self._t_state = t
+
+    def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
+        self._go(State.IDLE, t, out)
+        out.append(Unduck())
+        out.append(Telemetry("idle", t, {"why": why}))
+        self._idle_since = t
+        self._pending_chunks.clear()
+        self.upstream.reset()
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_wake(
+        self, name: str, score: float, t: float, level_db: float | None = None
+    ) -> list[Action]:
+        """A wake word (or stop word) detection at stream time ``t``."""
+        out: list[Action] = []
+        if self.state is State.IDLE or self.state is State.FOLLOW_UP:
+            if name in self.s.stop_words:
+                return out
+            self.turn += 1
+            out.append(Telemetry("wake", t, {"word": name, "score": round(score, 3)}))
+            if self.state is State.IDLE:
+                if self.s.earcon:
+                    out.append(Earcon("wake"))
+                out.append(Duck())
+                out.append(Connect(True))
+            self._idle_since = None
+            self._heard_speech = False
+            self.upstream.reset()
+            self._go(State.LISTENING, t, out)
+        elif self.state is State.RESPONDING:
+            if level_db is not None and not self.echo.is_user(level_db, t):
+                out.append(Telemetry("wake ignored (echo)", t, {"word": name}))
+                return out
+            if name in self.s.stop_words:
+                self._barge_in(t, out, "stop word", then=State.FOLLOW_UP)
+            elif self.s.bargein_on_wake:
+                self._barge_in(t, out, "wake word", then=State.LISTENING)
+        return out
+
+    def on_frame(self, pcm: bytes, t: float) -> list[Action]:
+        """One microphone frame (16 kHz mono PCM16) whose first sample is at ``t``."""
+        out: list[Action] = []
+        state = self.state
+        if state is State.IDLE:
+            return out
+        decision = self.upstream.process(pcm, t)
+        chunks = [SendAudio(c.pcm, c.t) for c in decision.send]
+        if state is State.LISTENING:
+            out.extend(chunks)
+            if decision.speech_started:
+                self._heard_speech = True
+                out.append(Telemetry("speech start (local)", t))
+            if self.endpointer is not None and self.s.local_end_of_utterance:
+                end = self.endpointer.process(pcm, t)
+                if end.end_of_utterance:
+                    out.append(Telemetry("end of utterance (local)", t))
+                    out.append(SendEvent(ev.InputAudioBufferCommit()))
+                    out.append(SendEvent(ev.ResponseCreate()))
+            if (not self._heard_speech and self.s.listen_timeout_s > 0
+                    and t - self._t_state >= self.s.listen_timeout_s):
+                self._end_conversation(t, out, "no speech after the wake word")
+        elif state is State.FOLLOW_UP:
+            if decision.speech_started:
+                self.turn += 1
+                out.append(Telemetry("follow-up speech", t))
+                self._heard_speech = True
+                self._go(State.LISTENING, t, out)
+                out.extend(chunks)
+            elif decision.streaming:
+                out.extend(chunks)  # cannot happen without a start; kept for safety
+        elif state is State.RESPONDING:
+            # Keep what the gate would send for the current speech segment: if it turns out
+            # to be the user barging in, that audio (with its prefix padding) starts the turn.
+            if decision.speech_started:
+                self._pending_chunks = []
+            self._pending_chunks.extend(chunks)
+            if not decision.streaming:
+                self._pending_chunks = []
+            level = level_dbfs(pcm)
+            voiced = any(self.bargein_vad.process(pcm))
+            if voiced and self.echo.is_user(level, t):
+                self._voiced_ms += self.s.frame_ms
+            else:
+                self._voiced_ms = max(0.0, self._voiced_ms - self.s.frame_ms / 2)
+            if self._voiced_ms >= self.s.bargein_min_speech_ms:
+                self._barge_in(t, out, "local speech", then=State.LISTENING)
+        return out
+
+    def on_playback_reference(self, level_db: float, t: float) -> None:
+        """Audio of ``level_db`` was handed to the speaker at ``t`` (for the echo guard)."""
+        self.echo.reference(level_db, t)
+
+    def on_playback_drained(self, t: float) -> list[Action]:
+        out: list[Action] = []
+        self._drained = True
+        if self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs:
+            self._to_follow_up(t, out)
+        return out
+
+    def on_playback_stopped(self, item_id: str | None, played_ms: float, t: float) -> list[Action]:
+        """The caller stopped playback; ``played_ms`` of ``item_id`` reached the speaker."""
+        out: list[Action] = []
+        out.append(Telemetry("playback stopped", t, {"item": item_id,
+                                                     "played_ms": round(played_ms)}))
+        if item_id and not self.s.auto_truncate:
+            out.append(SendEvent(ev.ConversationItemTruncate(
+                item_id=item_id, audio_end_ms=max(0, int(played_ms)))))
+            out.append(Telemetry("truncate", t, {"item": item_id, "audio_end_ms": int(played_ms)}))
+        return out
+
+    def on_tool_result(self, call_id: str, output: str, t: float) -> list[Action]:
+        out: list[Action] = []
+        if call_id not in self._awaiting_outputs:
+            return out
+        self._awaiting_outputs.discard(call_id)
+        out.append(SendEvent(ev.ConversationItemCreate.function_call_output(call_id, output)))
+        out.append(Telemetry("tool output", t, {"call_id": call_id}))
+        if not self._awaiting_outputs:
+            out.append(SendEvent(ev.ResponseCreate()))
+            self._response_done = False
+        return out
+
+    def on_tick(self, t: float) -> list[Action]:
+        out: list[Action] = []
+        if self.state is State.FOLLOW_UP and t - self._t_state >= self.s.follow_up_s:
+            self._end_conversation(t, out, "follow-up window over")
+        if (self.state is State.IDLE and self._idle_since is not None
+                and t - self._idle_since >= self.s.idle_disconnect_s):
+            self._idle_since = None
+            out.append(Connect(False))
+        if (self.state is State.LISTENING and not self._heard_speech
+                and self.s.listen_timeout_s > 0 and t - self._t_state >= self.s.listen_timeout_s):
+            self._end_conversation(t, out, "no speech after the wake word")
+        return out
+
+    def on_event(self, event: Any, t: float) -> list[Action]:
+        """A typed server event or a link event."""
+        out: list[Action] = []
+        if isinstance(event, LinkUp):
+            out.append(Telemetry("session ready", t, {"reconnected": event.reconnected}))
+        elif isinstance(event, LinkDown):
+            out.append(Telemetry("link down", t, {"reason": event.reason}))
+        elif isinstance(event, TurnAbandoned):
+            out.append(Telemetry("turn abandoned", t, {"reason": event.reason}))
+            if self.state is not State.IDLE:
+                self._end_conversation(t, out, "turn abandoned")
+        elif isinstance(event, ServiceError):
+            if not event.benign:
+                out.append(Telemetry("service error", t, {"message": event.message}))
+        elif isinstance(event, ev.InputAudioBufferSpeechStarted):
+            out.append(Telemetry("speech start (server)", t,
+                                 {"audio_start_ms": event.audio_start_ms}))
+            self._heard_speech = True
+            if self.state is State.RESPONDING and self._playing_item is not None:
+                self._barge_in(t, out, "server speech", then=State.LISTENING)
+            elif self.state is State.FOLLOW_UP:
+                self.turn += 1
+                self._go(State.LISTENING, t, out)
+        elif isinstance(event, ev.InputAudioBufferSpeechStopped):
+            out.append(Telemetry("speech end (server)", t, {"audio_end_ms": event.audio_end_ms}))
+        elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
+            out.append(Telemetry("user said", t, {"text": event.transcript}))
+        elif isinstance(event, ev.ResponseCreated):
+            self._response_id = event.response.id
+            self._response_done = False
+            self._first_delta_seen = False
+            if self.state in (State.LISTENING, State.FOLLOW_UP, State.RESPONDING):
+                self._go(State.RESPONDING, t, out)
+                self._voiced_ms = 0.0
+                self._pending_chunks = []
+        elif isinstance(event, ev.ResponseAudioDelta):
+            if self.state is State.RESPONDING and event.response_id == self._response_id:
+                if not self._first_delta_seen:
+                    self._first_delta_seen = True
+                    out.append(Telemetry("first reply audio", t, {"item": event.item_id}))
+                self._playing_item = event.item_id
+                self._drained = False
+                out.append(Play(event.item_id, event.audio_bytes(), self.s.output_format))
+        elif isinstance(event, ev.ResponseAudioDone):
+            if event.item_id == self._playing_item:
+                out.append(FinishItem(event.item_id))
+        elif isinstance(event, ev.ResponseAudioTranscriptDone):
+            out.append(Telemetry("assistant said", t, {"text": event.transcript}))
+        elif isinstance(event, ev.ResponseFunctionCallArgumentsDone):
+            if event.call_id not in self._ran:
+                self._calls[event.call_id] = event
+        elif isinstance(event, ev.ResponseDone):
+            self._on_response_done(event, t, out)
+        return out
+
+    def shutdown(self, t: float) -> list[Action]:
+        """Stop everything: playback off, volumes back, connection closed."""
+        out: list[Action] = [StopPlayback(self._playing_item), Unduck(), Connect(False)]
+        self._go(State.IDLE, t, out)
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _on_response_done(self, event: ev.ResponseDone, t: float, out: list[Action]) -> None:
+        if event.response.id != self._response_id:
+            return  # a late done of a cancelled response
+        self._response_done = True
+        self._response_id = None
+        out.append(Telemetry("reply done", t, {"status": event.response.status}))
+        calls = [c for c in self._calls.values() if c.call_id not in self._ran]
+        self._calls.clear()
+        for call in calls:
+            self._ran.add(call.call_id)
+            self._awaiting_outputs.add(call.call_id)
+            out.append(RunTool(call.call_id, call.name, call.arguments))
+            out.append(Telemetry("tool call", t, {"name": call.name, "call_id": call.call_id}))
+        if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
+            self._to_follow_up(t, out)
+
+    def _to_follow_up(self, t: float, out: list[Action]) -> None:
+        self._playing_item = None
+        self.upstream.reset()
+        self._pending_chunks = []
+        if self.s.follow_up_s > 0:
+            self._go(State.FOLLOW_UP, t, out)
+        else:
+            self._end_conversation(t, out, "reply done")
+
+    def _barge_in(self, t: float, out: list[Action], why: str, *, then: State) -> None:
+        out.append(Telemetry("barge-in", t, {"by": why}))
+        out.append(StopPlayback(self._playing_item))
+        if self._response_id is not None:
+            out.append(SendEvent(ev.ResponseCancel()))
+        self._voiced_ms = 0.0
+        self._playing_item = None
+        self._drained = True
+        if then is State.LISTENING:
+            self.turn += 1
+            self._heard_speech = True
+            self._go(State.LISTENING, t, out)
+            out.extend(self._pending_chunks)  # the interrupting speech, from its padding on
+        else:
+            self._go(then, t, out)
+            self.upstream.reset()
+        self._pending_chunks = []
+
+
+def actions_of(kind: type, actions: Iterable[Action]) -> list[Any]:
+    """The actions of one kind (handy for callers and tests)."""
+    return [a for a in actions if isinstance(a, kind)]

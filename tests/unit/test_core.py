@@ -1,0 +1,235 @@
+"""The conversation core with exact timings: real VADs on espeak speech, events as typed models."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgevoice.audio.convert import read_wav
+from edgevoice.conversation.core import (
+    Connect,
+    Core,
+    CoreSettings,
+    Duck,
+    Earcon,
+    Play,
+    RunTool,
+    SendAudio,
+    SendEvent,
+    State,
+    StopPlayback,
+    Unduck,
+    actions_of,
+)
+from edgevoice.conversation.echo import EchoGuard, level_dbfs
+from edgevoice.listen.vad import SpeechDetector, UpstreamGate
+from edgevoice.voicelive import events as ev
+
+WAKE = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
+FRAME = 640  # 20 ms at 16 kHz
+
+
+def sentence() -> bytes:
+    pcm, rate = read_wav(WAKE / "sentence_00.wav")
+    assert rate == 16000
+    return pcm
+
+
+def scaled(pcm: bytes, gain_db: float) -> bytes:
+    x = np.frombuffer(pcm, "<i2").astype(np.float32) * 10 ** (gain_db / 20)
+    return np.clip(x, -32768, 32767).astype("<i2").tobytes()
+
+
+def make_core(**over: Any) -> Core:
+    settings = CoreSettings(**over)
+    return Core(settings, upstream=UpstreamGate(prefix_padding_ms=300, tail_ms=700),
+                bargein_vad=SpeechDetector(), echo=EchoGuard())
+
+
+def feed(core: Core, pcm: bytes, t0: float, on_frame: Any = None) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        t = t0 + i / 32000
+        if on_frame is not None:
+            on_frame(t)
+        out += core.on_frame(pcm[i : i + FRAME], t)
+    return out
+
+
+def server(data: dict[str, Any]) -> ev.ServerEvent:
+    return ev.parse_server_event(__import__("json").dumps(data))
+
+
+def response_created(rid: str = "resp_1") -> ev.ServerEvent:
+    return server({"type": "response.created", "response": {"id": rid, "status": "in_progress"}})
+
+
+def audio_delta(rid: str = "resp_1", item: str = "item_a", ms: int = 100) -> ev.ServerEvent:
+    data = base64.b64encode(bytes(48 * ms)).decode()
+    return server({"type": "response.audio.delta", "response_id": rid, "item_id": item,
+                   "output_index": 0, "content_index": 0, "delta": data})
+
+
+def response_done(rid: str = "resp_1", status: str = "completed") -> ev.ServerEvent:
+    return server({"type": "response.done", "response": {"id": rid, "status": status}})
+
+
+def test_idle_sends_nothing_then_wake_streams_the_speech_in_order() -> None:
+    core = make_core()
+    speech = sentence()
+    assert not actions_of(SendAudio, feed(core, speech, 0.0))  # privacy: IDLE sends nothing
+    woke = core.on_wake("hey_jarvis", 0.98, 10.0)
+    assert [type(a) for a in woke if isinstance(a, Earcon | Duck | Connect)] == \
+        [Earcon, Duck, Connect]
+    assert core.state is State.LISTENING
+    sent = actions_of(SendAudio, feed(core, bytes(FRAME * 10) + speech, 10.0))
+    assert sent, "speech after the wake word was not streamed"
+    times = [a.t for a in sent]
+    assert times == sorted(times) and len(set(times)) == len(times)  # in order, never twice
+    joined = b"".join(a.pcm for a in sent)
+    # The voiced part of the sentence is inside what was sent, contiguous.
+    core_part = speech[len(speech) // 3 : len(speech) // 3 + 3200]
+    assert core_part in joined
+
+
+def test_reply_follow_up_and_idle_with_warm_connection() -> None:
+    core = make_core(follow_up_s=5.0, idle_disconnect_s=30.0)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    feed(core, sentence(), 0.0)
+    core.on_event(response_created(), 3.0)
+    assert core.state is State.RESPONDING
+    plays = actions_of(Play, core.on_event(audio_delta(), 3.1))
+    assert plays and plays[0].item_id == "item_a" and len(plays[0].data) == 4800
+    core.on_event(response_done(), 3.2)
+    assert core.state is State.RESPONDING  # still playing
+    core.on_playback_drained(4.0)
+    assert core.state is State.FOLLOW_UP
+    assert core.on_tick(8.9) == []
+    ended = core.on_tick(9.0)
+    assert core.state is State.IDLE and actions_of(Unduck, ended)
+    assert not actions_of(Connect, core.on_tick(38.9))
+    assert actions_of(Connect, core.on_tick(39.0)) == [Connect(False)]
+
+
+def test_follow_up_speech_continues_without_wake_word() -> None:
+    core = make_core()
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    core.on_event(response_created(), 1.0)
+    core.on_event(response_done(), 1.1)
+    core.on_playback_drained(1.2)
+    assert core.state is State.FOLLOW_UP
+    out = feed(core, bytes(FRAME * 5) + sentence(), 1.5)
+    assert core.state is State.LISTENING and actions_of(SendAudio, out)
+
+
+def test_tool_calls_run_once_and_answer_once() -> None:
+    core = make_core()
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    core.on_event(response_created(), 1.0)
+    for call_id, name in (("c1", "open_window"), ("c2", "set_fan"), ("c1", "open_window")):
+        core.on_event(server({"type": "response.function_call_arguments.done",
+                              "response_id": "resp_1", "item_id": f"it_{call_id}",
+                              "call_id": call_id, "name": name, "arguments": "{}"}), 1.1)
+    runs = actions_of(RunTool, core.on_event(response_done(), 1.2))
+    assert sorted(r.call_id for r in runs) == ["c1", "c2"]
+    assert core.state is State.RESPONDING  # waiting for outputs
+    first = core.on_tool_result("c1", '{"ok":true}', 1.3)
+    assert [type(a.event) for a in actions_of(SendEvent, first)] == [ev.ConversationItemCreate]
+    second = core.on_tool_result("c2", '{"ok":true}', 1.4)
+    assert [type(a.event) for a in actions_of(SendEvent, second)] == \
+        [ev.ConversationItemCreate, ev.ResponseCreate]
+    assert core.on_tool_result("c2", "again", 1.5) == []  # exactly once
+    core.on_event(response_created("resp_2"), 1.6)
+    core.on_event(server({"type": "response.function_call_arguments.done",
+                          "response_id": "resp_2", "item_id": "x", "call_id": "c1",
+                          "name": "open_window", "arguments": "{}"}), 1.7)
+    assert not actions_of(RunTool, core.on_event(response_done("resp_2"), 1.8))
+
+
+def responding_core(**over: Any) -> Core:
+    core = make_core(**over)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    core.on_event(response_created(), 1.0)
+    core.on_event(audio_delta(), 1.0)
+    return core
+
+
+def test_server_speech_barge_in_stops_cancels_and_truncates_played_ms() -> None:
+    core = responding_core()
+    out = core.on_event(server({"type": "input_audio_buffer.speech_started",
+                                "audio_start_ms": 5000, "item_id": "u2"}), 2.0)
+    assert actions_of(StopPlayback, out) == [StopPlayback("item_a")]
+    assert [type(a.event) for a in actions_of(SendEvent, out)] == [ev.ResponseCancel]
+    assert core.state is State.LISTENING
+    truncate = actions_of(SendEvent, core.on_playback_stopped("item_a", 1234.6, 2.01))
+    assert truncate[0].event.item_id == "item_a" and truncate[0].event.audio_end_ms == 1234
+
+
+def test_auto_truncate_sends_no_truncate() -> None:
+    core = responding_core(auto_truncate=True)
+    core.on_event(server({"type": "input_audio_buffer.speech_started",
+                          "audio_start_ms": 1, "item_id": "u"}), 2.0)
+    assert not actions_of(SendEvent, core.on_playback_stopped("item_a", 500, 2.01))
+
+
+def test_local_speech_barges_in_but_echo_does_not() -> None:
+    speech = sentence()
+    reference_db = level_dbfs(speech)
+
+    # Echo only: the assistant's own speech comes back 6 dB down, 60 ms (3 frames) late; the
+    # guard starts from a coupling guess 6 dB too low and must learn the real one.
+    echo_core = responding_core()
+    echo_core.echo = EchoGuard(coupling_db=-12.0)
+    delay = 3 * FRAME
+    mic = bytes(delay) + scaled(speech, -6.0)
+    played = speech + bytes(delay)
+    out: list[Any] = []
+    for i in range(0, len(played) - FRAME + 1, FRAME):
+        t = 2.0 + i / 32000
+        echo_core.on_playback_reference(level_dbfs(played[i : i + FRAME]), t)
+        out += echo_core.on_frame(mic[i : i + FRAME], t)
+    assert echo_core.state is State.RESPONDING and not actions_of(StopPlayback, out)
+
+    # The user speaks clearly above the quiet playback: barge-in after >= 200 ms of speech.
+    user_core = responding_core()
+    out = feed(user_core, bytes(FRAME * 10) + speech, 2.0,
+               on_frame=lambda t: user_core.on_playback_reference(reference_db - 30, t))
+    stops = actions_of(StopPlayback, out)
+    assert stops and user_core.state is State.LISTENING
+    sent = actions_of(SendAudio, out)
+    assert sent, "the interrupting speech must start the new turn"
+
+
+def test_stop_word_silences_without_starting_a_turn() -> None:
+    core = responding_core(stop_words=frozenset({"stop"}))
+    out = core.on_wake("stop", 0.9, 2.0, level_db=-20.0)
+    assert actions_of(StopPlayback, out) and core.state is State.FOLLOW_UP
+
+
+def test_wake_word_on_own_echo_is_ignored() -> None:
+    core = responding_core()
+    core.on_playback_reference(-10.0, 1.95)
+    out = core.on_wake("hey_jarvis", 0.9, 2.0, level_db=-20.0)  # at the echo's level
+    assert core.state is State.RESPONDING and not actions_of(StopPlayback, out)
+
+
+def test_no_speech_after_wake_returns_to_idle() -> None:
+    core = make_core(listen_timeout_s=4.0)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    assert core.on_tick(3.9) == []
+    out = core.on_tick(4.0)
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+
+
+@pytest.mark.parametrize("status", ["cancelled", "failed"])
+def test_late_done_of_a_cancelled_response_is_ignored(status: str) -> None:
+    core = responding_core()
+    core.on_event(server({"type": "input_audio_buffer.speech_started",
+                          "audio_start_ms": 1, "item_id": "u"}), 2.0)
+    core.on_event(response_created("resp_2"), 2.5)
+    assert core.on_event(response_done("resp_1", status), 2.6) == []
+    assert core.state is State.RESPONDING
