@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,19 +12,8 @@ import pytest
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
 from edgevoice.audio.devices import DeviceError, DeviceState
 from edgevoice.audio.virtual import FifoSink, FifoSource, VirtualAlsa
-
-
-def use(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in va.env().items():
-        monkeypatch.setenv(key, value)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.01)
+from support import until
+from support import use_alsa as use
 
 
 class Frames:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,21 +22,10 @@ from edgevoice.audio.convert import Resampler, decode, encode
 from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.audio.virtual import FifoSink, VirtualAlsa
+from support import until
+from support import use_alsa as use
 
 PERIOD_MS = 20
-
-
-def use(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in va.env().items():
-        monkeypatch.setenv(key, value)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.005)
 
 
 def noise(seconds: float, rate: int, seed: int = 2) -> bytes:

@@ -14,16 +14,13 @@ import asyncio
 import base64
 import json
 import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgevoice.audio.convert import read_wav, resample
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
+from support import espeak
 
 voicelive = pytest.importorskip("azure.ai.voicelive.aio")
 models = pytest.importorskip("azure.ai.voicelive.models")
@@ -43,12 +40,6 @@ SCRIPT = {
 }
 
 
-def speech(text: str, rate: int = 24000) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
-        pcm, native = read_wav(wav)
-    return resample(pcm, native, rate)
 
 
 def base_fallbacks(obj: Any, path: str = "event") -> list[str]:
@@ -225,3 +216,7 @@ async def test_sdk_parses_cancel_text_only_and_errors() -> None:
             assert bad.param == "session.input_audio_format" and bad.event_id == "sdk_bad"
         types = {e.type for e in rx.events}
         assert {"response.text.delta", "response.text.done", "error"} <= types
+
+
+def speech(text: str, rate: int = 24000) -> bytes:
+    return espeak(text, rate)

@@ -9,11 +9,8 @@ import asyncio
 import base64
 import json
 import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,9 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from edgevoice.audio import g711
-from edgevoice.audio.convert import read_wav, resample
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
+from support import espeak
 
 API = "/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime"
 EXAMPLE_SCRIPT = Path(__file__).resolve().parents[2] / "config/examples/simulator-script.toml"
@@ -38,14 +35,6 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="nee
 # helpers
 
 
-@cache
-def speech(text: str, rate: int = 24000) -> bytes:
-    """espeak-ng speech as PCM16 mono at ``rate`` (the same pipeline the simulator uses)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
-        pcm, native = read_wav(wav)
-    return resample(pcm, native, rate)
 
 
 def silence(ms: int, rate: int = 24000) -> bytes:
@@ -642,3 +631,7 @@ def test_example_script_loads_and_shows_every_feature() -> None:
     assert any(t.error for t in script.turns) and any(len(t.calls) > 1 for t in script.turns)
     kinds = {(c.http_status is not None, c.drop, c.silent, c.no_pong) for c in script.connections}
     assert len(kinds) == len(script.connections)
+
+
+def speech(text: str, rate: int = 24000) -> bytes:
+    return espeak(text, rate)

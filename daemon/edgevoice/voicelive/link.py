@@ -589,24 +589,13 @@ class VoiceLiveLink:
         created: asyncio.Future[ev.ServerEvent] = loop.create_future()
         updated: asyncio.Future[ev.ServerEvent] = loop.create_future()
         self._session_waiters = {"session.created": created, "session.updated": updated}
-        timeout = self.cfg.connect_timeout_s
         try:
-            done, _ = await asyncio.wait({created, reader}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if created not in done:
-                self._fail("Voice Live: no session.created from the server in "
-                           f"{timeout:g} s" if reader not in done
-                           else "Voice Live: connection closed before session.created")
+            if not await self._await_server(created, reader, "session.created"):
                 return None
             update = ev.SessionUpdate(session=self.session)
             update.event_id = self._update_id = self._next_id()
             await self._write(ws, update)
-            done, _ = await asyncio.wait({updated, reader}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if updated not in done:
-                self._fail("Voice Live: no session.updated from the server in "
-                           f"{timeout:g} s" if reader not in done
-                           else "Voice Live: connection closed before session.updated")
+            if not await self._await_server(updated, reader, "session.updated"):
                 return None
             answer = updated.result()
             if isinstance(answer, ev.ErrorEvent):
@@ -635,6 +624,19 @@ class VoiceLiveLink:
             return None
         finally:
             self._session_waiters = {}
+
+    async def _await_server(
+        self, waiter: asyncio.Future[ev.ServerEvent], reader: asyncio.Task[None], name: str
+    ) -> bool:
+        """Wait for one handshake event; False (with the reason logged) on timeout or close."""
+        timeout = self.cfg.connect_timeout_s
+        done, _ = await asyncio.wait({waiter, reader}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            return True
+        self._fail(f"Voice Live: connection closed before {name}" if reader in done
+                   else f"Voice Live: no {name} from the server in {timeout:g} s")
+        return False
 
     def _with_id(self, event: ev.ClientEvent) -> ev.ClientEvent:
         event.event_id = self._next_id()
