@@ -233,3 +233,18 @@ def test_late_done_of_a_cancelled_response_is_ignored(status: str) -> None:
     core.on_event(response_created("resp_2"), 2.5)
     assert core.on_event(response_done("resp_1", status), 2.6) == []
     assert core.state is State.RESPONDING
+
+
+def test_calls_announced_before_a_drop_run_once_after_the_reconnect() -> None:
+    from edgevoice.voicelive.link import LinkDown, LinkUp
+
+    core = make_core()
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    core.on_event(response_created(), 1.0)
+    core.on_event(server({"type": "response.function_call_arguments.done",
+                          "response_id": "resp_1", "item_id": "it", "call_id": "c9",
+                          "name": "lights", "arguments": "{}"}), 1.1)
+    core.on_event(LinkDown("closed", 0.2, 1.2), 1.2)  # no response.done: the socket died
+    runs = actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 1.5), 1.5))
+    assert [r.call_id for r in runs] == ["c9"]
+    assert not actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 2.0), 2.0))

@@ -332,6 +332,10 @@ class Core:
         out: list[Action] = []
         if isinstance(event, LinkUp):
             out.append(Telemetry("session ready", t, {"reconnected": event.reconnected}))
+            if event.reconnected and self._calls:
+                # The response that announced these calls died with the old connection, so
+                # its response.done never comes; the replayed context expects their outputs.
+                self._run_calls(t, out)
         elif isinstance(event, LinkDown):
             out.append(Telemetry("link down", t, {"reason": event.reason}))
         elif isinstance(event, TurnAbandoned):
@@ -396,6 +400,11 @@ class Core:
         self._response_done = True
         self._response_id = None
         out.append(Telemetry("reply done", t, {"status": event.response.status}))
+        self._run_calls(t, out)
+        if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
+            self._to_follow_up(t, out)
+
+    def _run_calls(self, t: float, out: list[Action]) -> None:
         calls = [c for c in self._calls.values() if c.call_id not in self._ran]
         self._calls.clear()
         for call in calls:
@@ -403,8 +412,6 @@ class Core:
             self._awaiting_outputs.add(call.call_id)
             out.append(RunTool(call.call_id, call.name, call.arguments))
             out.append(Telemetry("tool call", t, {"name": call.name, "call_id": call.call_id}))
-        if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
-            self._to_follow_up(t, out)
 
     def _to_follow_up(self, t: float, out: list[Action]) -> None:
         self._playing_item = None
