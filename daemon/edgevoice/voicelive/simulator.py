@@ -978,6 +978,16 @@ class _Session:
 
     # -- conversation store ------------------------------------------------------------------
 
+    async def _announce_item(self, response_id: str, output_index: int,
+                             item: dict[str, Any]) -> None:
+        """output_item.added then conversation.item.created for a new response item."""
+        await self.send({"type": "response.output_item.added", "response_id": response_id,
+                         "output_index": output_index, "item": copy.deepcopy(item)})
+        prev = self.last_item_id()
+        self.add_item(item)
+        await self.send({"type": "conversation.item.created", "previous_item_id": prev,
+                         "item": copy.deepcopy(item)})
+
     def last_item_id(self) -> str | None:
         return self.order[-1] if self.order else None
 
@@ -1395,12 +1405,7 @@ class _Session:
             "id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
             "status": "in_progress", "content": [],
         }
-        await self.send({"type": "response.output_item.added", "response_id": active.id,
-                         "output_index": output_index, "item": copy.deepcopy(item)})
-        prev = self.last_item_id()
-        self.add_item(item)
-        await self.send({"type": "conversation.item.created", "previous_item_id": prev,
-                         "item": copy.deepcopy(item)})
+        await self._announce_item(active.id, output_index, item)
         ids = {"response_id": active.id, "item_id": item_id, "output_index": output_index,
                "content_index": 0}
         words = re.findall(r"\s*\S+", text) or [""]
@@ -1476,12 +1481,7 @@ class _Session:
             "id": item_id, "object": "realtime.item", "type": "function_call",
             "name": call.name, "call_id": call_id, "arguments": "", "status": "in_progress",
         }
-        await self.send({"type": "response.output_item.added", "response_id": active.id,
-                         "output_index": output_index, "item": copy.deepcopy(item)})
-        prev = self.last_item_id()
-        self.add_item(item)
-        await self.send({"type": "conversation.item.created", "previous_item_id": prev,
-                         "item": copy.deepcopy(item)})
+        await self._announce_item(active.id, output_index, item)
         ids = {"response_id": active.id, "item_id": item_id, "output_index": output_index,
                "call_id": call_id}
         args = call.arguments
