@@ -36,10 +36,22 @@ def use_alsa(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``cond`` every 5 ms until it holds; AssertionError after ``timeout`` seconds."""
+async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll ``cond`` every 5 ms until it is truthy and return its value; AssertionError after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not (value := cond()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or cond}")
         await asyncio.sleep(0.005)
+    return value
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """:func:`until` for code without an event loop (blocks the calling thread)."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        time.sleep(0.01)
+    return value

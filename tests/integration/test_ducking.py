@@ -22,7 +22,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from edgevoice.ducking import (
     make_ducker,
 )
 from edgevoice.ducking.alsa import parse_sget
+from support import until, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,28 +45,6 @@ PA_NORM = 65536
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.01)
-
-
-async def until(cond: Callable[[], object], timeout: float = 5.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.01)
 
 
 def lowered(raw: int, db: float = DUCK_DB) -> int:
