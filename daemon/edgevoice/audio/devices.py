@@ -368,11 +368,11 @@ class OpenedStream:
 class SupervisedStream(ABC):
     """Open a PortAudio stream, watch it, and reopen it with backoff when it fails.
 
-    Failure means: the stream is no longer active (PortAudio ended it after a driver error),
-    no callback for ``stall_timeout`` seconds (a vanished or hung device), or the callback
-    reported an error via :meth:`_report_failure`. A failed stream is closed (in a worker
-    thread) and reopened after ``backoff[i]`` seconds (the last value repeats). ``state``
-    changes are logged once per change ("<role> missing: reason" / "<role> back").
+    Failure means: the stream is no longer active (PortAudio ended it after a driver error)
+    or no callback for ``stall_timeout`` seconds (a vanished or hung device). A failed stream
+    is closed (in a worker thread) and reopened after ``backoff[i]`` seconds (the last value
+    repeats). ``state`` changes are logged once per change ("<role> missing: reason" /
+    "<role> back").
     """
 
     kind: Kind
@@ -402,8 +402,6 @@ class SupervisedStream(ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._failed = threading.Event()
-        self._failure_reason = ""
         self._wake: asyncio.Event | None = None
         self._first_attempt: asyncio.Future[None] | None = None
         self._last_callback = 0.0  # monotonic; written by the callback thread
@@ -460,19 +458,6 @@ class SupervisedStream(ABC):
     @property
     def device_name(self) -> str | None:
         return self.opened.device.name if self.opened else None
-
-    # -- callback-thread side --
-
-    def _report_failure(self, reason: str) -> None:
-        """Thread-safe: mark the current stream failed and wake the supervisor."""
-        if self._failed.is_set():
-            return
-        self._failure_reason = reason
-        self._failed.set()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
 
     # -- internals --
 
@@ -539,7 +524,6 @@ class SupervisedStream(ABC):
             while not self._stopping.is_set():
                 self._generation += 1
                 generation = self._generation
-                self._failed.clear()
                 try:
                     opened = await run_blocking(
                         lambda g=generation: self._open_blocking(g),  # type: ignore[misc]
@@ -603,8 +587,6 @@ class SupervisedStream(ABC):
             stalled = silent > self.stall_timeout
             if self._stopping.is_set():
                 return "stopped", stalled
-            if self._failed.is_set():
-                return self._failure_reason, stalled
             try:
                 active = opened.stream.is_active()
             except OSError as exc:

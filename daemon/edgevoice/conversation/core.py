@@ -172,7 +172,6 @@ class Core:
         self._response_id: str | None = None
         self._response_done = True
         self._playing_item: str | None = None
-        self._items_with_audio: list[str] = []
         self._drained = True
         self._calls: dict[str, ev.ResponseFunctionCallArgumentsDone] = {}
         self._ran: set[str] = set()
@@ -180,7 +179,6 @@ class Core:
         self._first_delta_seen = False
         self._heard_speech = False
         self._idle_since: float | None = None
-        self._connected = False
 
     # ------------------------------------------------------------------ helpers
 

@@ -67,10 +67,8 @@ class EntraAuth:
         self._credential = credential
         self._owns = owns_credential
         self.scope = scope
-        self.calls = 0
 
     async def token(self, scope: str) -> Secret:
-        self.calls += 1
         try:
             access = await self._credential.get_token(scope)
         except Exception as exc:  # azure-identity raises many types; never leak their details

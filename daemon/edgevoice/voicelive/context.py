@@ -116,9 +116,6 @@ class ConversationLog:
             return
         self._append(Entry("function_call_output", call_id=call_id, output=output))
 
-    def has_output(self, call_id: str) -> bool:
-        return any(e.kind == "function_call_output" and e.call_id == call_id for e in self.entries)
-
     def clear(self) -> None:
         self.entries.clear()
 
