@@ -26,7 +26,7 @@ from edgevoice.conversation.core import (
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard, level_dbfs
-from edgevoice.listen.vad import SpeechDetector, UpstreamGate
+from edgevoice.listen.vad import UpstreamGate
 from edgevoice.voicelive import events as ev
 
 WAKE = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
@@ -47,7 +47,7 @@ def scaled(pcm: bytes, gain_db: float) -> bytes:
 def make_core(**over: Any) -> Core:
     settings = CoreSettings(**over)
     return Core(settings, upstream=UpstreamGate(prefix_padding_ms=300, tail_ms=700),
-                bargein_vad=SpeechDetector(), echo=EchoGuard())
+                echo=EchoGuard())
 
 
 def feed(core: Core, pcm: bytes, t0: float, on_frame: Any = None) -> list[Any]:

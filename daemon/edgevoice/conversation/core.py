@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgevoice.conversation.echo import EchoGuard, level_dbfs
-from edgevoice.listen.vad import SpeechDetector, UpstreamGate
+from edgevoice.listen.vad import UpstreamGate
 from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.link import LinkDown, LinkUp, ServiceError, TurnAbandoned
 
@@ -155,14 +155,12 @@ class Core:
         settings: CoreSettings,
         *,
         upstream: UpstreamGate,
-        bargein_vad: SpeechDetector,
         echo: EchoGuard | None = None,
         endpointer: Any | None = None,
     ) -> None:
         self.s = settings
         self.state = State.IDLE
-        self.upstream = upstream
-        self.bargein_vad = bargein_vad
+        self.upstream = upstream  # its VAD also decides barge-in: one VAD per frame
         self.echo = echo or EchoGuard()
         self.endpointer = endpointer
         self.turn = 0
@@ -269,8 +267,7 @@ class Core:
             if not decision.streaming:
                 self._pending_chunks = []
             level = level_dbfs(pcm)
-            voiced = any(self.bargein_vad.process(pcm))
-            if voiced and self.echo.is_user(level, t):
+            if decision.voiced and self.echo.is_user(level, t):
                 self._voiced_ms += self.s.frame_ms
             else:
                 self._voiced_ms = max(0.0, self._voiced_ms - self.s.frame_ms / 2)

@@ -154,12 +154,15 @@ class UpstreamDecision:
     speech_stopped: the trailing silence tail ended with this frame; streaming is paused
         until the next speech onset.
     streaming: audio is being sent (in speech or in its tail) after this frame.
+    voiced: a VAD frame completed by this input frame was voiced (lets a caller reuse this
+        gate's VAD, e.g. for barge-in, instead of running a second one on the same audio).
     """
 
     send: tuple[AudioChunk, ...]
     speech_started: bool
     speech_stopped: bool
     streaming: bool
+    voiced: bool = False
 
 
 class _Ring:
@@ -274,7 +277,9 @@ class UpstreamGate:
         self._ring.push(start, chunk)
         fs = self._vad.frame_samples
         onset_at: int | None = None
+        any_voiced = False
         for voiced in self._vad.process(frame):
+            any_voiced = any_voiced or voiced
             index = self._vad_frames
             self._vad_frames += 1
             if self._streaming or onset_at is not None:
@@ -287,15 +292,15 @@ class UpstreamGate:
                 self._speech_end = (index + 1) * fs
         if not self._streaming:
             if onset_at is None:
-                return UpstreamDecision((), False, False, False)
+                return UpstreamDecision((), False, False, False, any_voiced)
             self._streaming = True
             self._onset.clear()
             send = tuple(self._ring.since(max(0, onset_at * fs - self.prefix_padding_samples)))
-            return UpstreamDecision(send, True, False, True)
+            return UpstreamDecision(send, True, False, True, any_voiced)
         if self._pos >= self._speech_end + self.tail_samples:
             self._streaming = False
-            return UpstreamDecision((chunk,), False, True, False)
-        return UpstreamDecision((chunk,), False, False, True)
+            return UpstreamDecision((chunk,), False, True, False, any_voiced)
+        return UpstreamDecision((chunk,), False, False, True, any_voiced)
 
 
 @dataclass(frozen=True, slots=True)
