@@ -21,10 +21,10 @@ from typing import Any, TextIO
 
 from edgevoice.audio.convert import (
     OUTPUT_FORMAT_RATES,
-    Resampler,
     decode,
     encode,
     read_wav,
+    resample,
     wire_rate,
     write_wav,
 )
@@ -169,8 +169,7 @@ async def _converse(
 
 def _send_recording(link: VoiceLiveLink, pcm: bytes, rate: int, in_rate: int, fmt: str) -> None:
     """The recording, then 1.2 s of silence so the server's VAD ends the turn."""
-    resampler = Resampler(rate, in_rate)
-    audio = resampler.process(pcm) + resampler.flush() + bytes(int(in_rate * 1.2) * 2)
+    audio = resample(pcm, rate, in_rate) + bytes(int(in_rate * 1.2) * 2)
     step = in_rate * CHUNK_MS // 1000 * 2
     for i in range(0, len(audio), step):
         link.append_audio(encode(audio[i : i + step], fmt))

@@ -381,9 +381,7 @@ class VoiceLiveLink:
         self.events.put_nowait(TurnAbandoned(reason, dropped_ms, self.clock()))
 
     def _record_item(self, event: ev.ConversationItemCreate) -> None:
-        item = event.item
-        data = item.model_dump(mode="json", exclude_none=True) if hasattr(item, "model_dump") \
-            else dict(item)
+        data = event.item.model_dump(mode="json", exclude_none=True)
         kind = data.get("type")
         if kind == "function_call_output":
             self.context.add_function_output(data["call_id"], data.get("output", ""))
