@@ -240,9 +240,79 @@ class SessionConfig(Strict):
         return self
 
 
+class ConversationConfig(Strict):
+    follow_up_s: Annotated[float, Field(ge=0, le=120)] = 6.0
+    listen_timeout_s: Annotated[float, Field(ge=0, le=120)] = 8.0
+    idle_disconnect_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    connect_on_start: bool = False
+    earcon: bool = True
+    earcon_file: str | None = Field(default=None, min_length=1)
+    earcon_volume_db: Annotated[float, Field(ge=-60, le=0)] = -12.0
+
+    @field_validator("earcon_file")
+    @classmethod
+    def _earcon_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+class BargeInConfig(Strict):
+    local_vad: bool = True
+    server_vad: bool = True
+    min_speech_ms: Annotated[int, Field(ge=60, le=2000)] = 200
+    wake_word: Literal["listen", "stop", "off"] = "listen"
+    stop_words: list[WakeModel] = Field(default_factory=list)
+    echo_margin_db: Annotated[float, Field(ge=0, le=40)] = 10.0
+    echo_delay_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    echo_spread_ms: Annotated[int, Field(ge=0, le=1000)] = 150
+    echo_coupling_db: Annotated[float, Field(ge=-60, le=20)] = -6.0
+
+
+class AlsaDuckingConfig(Strict):
+    device: str = Field(default="default", min_length=1)
+    control: str = Field(default="Master", min_length=1)
+
+
+class PulseDuckingConfig(Strict):
+    server: str | None = Field(default=None, min_length=1)
+    exclude_apps: list[str] = Field(default_factory=list)
+
+
+class CommandDuckingConfig(Strict):
+    duck: list[str] = Field(default_factory=list)
+    unduck: list[str] = Field(default_factory=list)
+
+
 class DuckingConfig(Strict):
     backend: Literal["none", "alsa", "pulse", "command"] = "none"
     duck_db: Annotated[float, Field(ge=0, le=60)] = 15.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    alsa: AlsaDuckingConfig = Field(default_factory=AlsaDuckingConfig)
+    pulse: PulseDuckingConfig = Field(default_factory=PulseDuckingConfig)
+    command: CommandDuckingConfig = Field(default_factory=CommandDuckingConfig)
+
+    @model_validator(mode="after")
+    def _command_hooks(self) -> DuckingConfig:
+        if self.backend == "command" and not (self.command.duck and self.command.unduck):
+            raise ValueError("backend \"command\" needs ducking.command.duck and "
+                             "ducking.command.unduck (argv lists)")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`edgevoice.ducking.make_ducker`."""
+        opts: dict[str, Any] = {"timeout": self.timeout_s}
+        if self.backend == "alsa":
+            opts |= {"duck_db": self.duck_db, "device": self.alsa.device,
+                     "control": self.alsa.control}
+        elif self.backend == "pulse":
+            opts |= {"duck_db": self.duck_db, "server": self.pulse.server,
+                     "exclude_apps": list(self.pulse.exclude_apps)}
+        elif self.backend == "command":
+            opts |= {"duck": list(self.command.duck), "unduck": list(self.command.unduck)}
+        else:
+            opts = {}
+        return opts
 
 
 class ToolConfig(FunctionTool):
@@ -260,6 +330,8 @@ class Config(Strict):
     voicelive: VoiceLiveConfig = Field(default_factory=VoiceLiveConfig)
     voice: Voice = Field(default_factory=OpenAIVoice)
     session: SessionConfig = Field(default_factory=SessionConfig)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+    bargein: BargeInConfig = Field(default_factory=BargeInConfig)
     ducking: DuckingConfig = Field(default_factory=DuckingConfig)
     tools: list[ToolConfig] = Field(default_factory=list)
     service: ServiceConfig = Field(default_factory=ServiceConfig)

@@ -138,8 +138,10 @@ class CoreSettings:
     follow_up_s: float = 6.0  # 0 disables the follow-up window
     listen_timeout_s: float = 8.0  # no speech after the wake word for this long: back to IDLE
     bargein_min_speech_ms: int = 200
-    bargein_on_wake: bool = True
-    stop_words: frozenset[str] = frozenset()
+    bargein_local_vad: bool = True
+    bargein_server_vad: bool = True
+    wake_bargein: str = "listen"  # the wake word during a reply: "listen", "stop" or "off"
+    stop_words: frozenset[str] = frozenset()  # detections that only ever stop a reply
     auto_truncate: bool = False
     local_end_of_utterance: bool = False  # turn_detection "none": commit + response.create here
     earcon: bool = True
@@ -221,9 +223,9 @@ class Core:
             if level_db is not None and not self.echo.is_user(level_db, t):
                 out.append(Telemetry("wake ignored (echo)", t, {"word": name}))
                 return out
-            if name in self.s.stop_words:
+            if name in self.s.stop_words or self.s.wake_bargein == "stop":
                 self._barge_in(t, out, "stop word", then=State.FOLLOW_UP)
-            elif self.s.bargein_on_wake:
+            elif self.s.wake_bargein == "listen":
                 self._barge_in(t, out, "wake word", then=State.LISTENING)
         return out
 
@@ -271,7 +273,7 @@ class Core:
                 self._voiced_ms += self.s.frame_ms
             else:
                 self._voiced_ms = max(0.0, self._voiced_ms - self.s.frame_ms / 2)
-            if self._voiced_ms >= self.s.bargein_min_speech_ms:
+            if self.s.bargein_local_vad and self._voiced_ms >= self.s.bargein_min_speech_ms:
                 self._barge_in(t, out, "local speech", then=State.LISTENING)
         return out
 
@@ -344,7 +346,8 @@ class Core:
             out.append(Telemetry("speech start (server)", t,
                                  {"audio_start_ms": event.audio_start_ms}))
             self._heard_speech = True
-            if self.state is State.RESPONDING and self._playing_item is not None:
+            if (self.state is State.RESPONDING and self._playing_item is not None
+                    and self.s.bargein_server_vad):
                 self._barge_in(t, out, "server speech", then=State.LISTENING)
             elif self.state is State.FOLLOW_UP:
                 self.turn += 1
