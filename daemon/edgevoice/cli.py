@@ -1,4 +1,4 @@
-"""Command line: ``edgevoice check-config | devices | demo | simulator``.
+"""Command line: ``edgevoice run | demo | devices | check-config | simulator``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -58,10 +58,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
         api_key = Secret(os.environ[ENV_API_KEY])
     return asyncio.run(
         run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
-                 api_key=api_key, output=Path(args.output),
-                 recording=Path(args.recording) if args.recording else None,
-                 timeout_s=args.timeout)
+                 api_key=api_key, output=Path(args.output), timeout_s=args.timeout)
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgevoice.app import Daemon
+    from edgevoice.audio.devices import quiet_native_logs
+    from edgevoice.listen.wake import WakeModelError
+    from edgevoice.voicelive.auth import make_auth
+
+    config, path = _load(args)
+    setup_logging("debug" if args.verbose else config.service.log_level)
+    quiet_native_logs()
+    api_key = None
+    if config.voicelive.auth == "api-key":
+        from edgevoice.secrets import resolve_api_key
+
+        api_key = resolve_api_key(config.voicelive.api_key_file)
+        protect(api_key)
+
+    async def serve() -> int:
+        auth = make_auth(config.voicelive, api_key)
+        try:
+            daemon = Daemon(config, auth=auth)
+        except (WakeModelError, ValueError) as exc:
+            print(f"edgevoice: {exc}", file=sys.stderr)
+            return 2
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await daemon.run(stop)
+        finally:
+            await auth.close()
+        return 0
+
+    return asyncio.run(serve())
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
@@ -106,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "built-in defaults)")
         return p
 
+    p = with_config(sub.add_parser("run", help="run the daemon (what the systemd unit starts)"))
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_run)
+
     p = with_config(sub.add_parser("check-config", help="validate the configuration"))
     p.set_defaults(func=cmd_check_config)
 
@@ -114,15 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices)
 
     p = with_config(sub.add_parser(
-        "demo", help="one spoken question through Voice Live (loopback simulator by default)"))
+        "demo", help="the whole daemon on a virtual sound card, talking to the loopback "
+                     "simulator (or to --endpoint)"))
     p.add_argument("--endpoint", help="a real Voice Live endpoint, e.g. "
                    "wss://<resource>.services.ai.azure.com (default: in-process simulator)")
     p.add_argument("--api-key", help=f"API key for --endpoint (prefer ${ENV_API_KEY}: "
                    "arguments are visible to other users)")
     p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
     p.add_argument("--output", default="demo-reply.wav", help="reply WAV (default: %(default)s)")
-    p.add_argument("--recording", help="a 16-bit WAV to send instead of the bundled question")
-    p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     p.set_defaults(func=cmd_demo)
 

@@ -64,6 +64,7 @@ class AudioConfig(Strict):
     input_rate: Annotated[int, Field(ge=0, le=192000)] = 0
     output_rate: Annotated[int, Field(ge=0, le=192000)] = 0
     output_period_ms: Annotated[int, Field(ge=5, le=200)] = 20
+    output_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 0
     reopen_backoff_s: list[Annotated[float, Field(gt=0, le=600)]] = Field(
         default_factory=lambda: [0.5, 1.0, 2.0, 5.0], min_length=1
     )

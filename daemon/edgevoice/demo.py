@@ -1,46 +1,114 @@
-"""``edgevoice demo``: one spoken question through the Voice Live link, end to end.
+"""``edgevoice demo``: the whole daemon on a virtual sound card, talking to the simulator.
 
-Without ``--endpoint`` it starts the loopback simulator in-process (127.0.0.1, a random port
-and a random API key), so it needs neither an Azure account nor a sound card. It streams the
-bundled recording of a spoken question as one user turn (followed by silence, so the server's
-turn detection closes the turn), writes the reply audio to a WAV file and prints a timeline
-with milliseconds since start: connected, session ready, speech started/stopped, first reply
-audio, reply done. ``--json`` prints one JSON object per timeline entry instead.
+It runs the same :class:`~edgevoice.app.Daemon` as ``edgevoice run``, on the embedded defaults,
+with two differences only: the sound card is virtual (the bundled ALSA config
+``data/demo-asound.conf``: ``file``-plugin PCMs on FIFOs paced in real time, see
+:class:`Rig`) and, without ``--endpoint``, Voice Live is the loopback simulator in-process
+(127.0.0.1, a random port and API key) with the matching script ``data/demo-script.toml``.
+
+The microphone plays the demo recording (:data:`RECORDING`): "hey jarvis", a question, a pause
+long enough for the reply and the follow-up window, "hey jarvis" again, a request that makes
+the model call a tool, and an interruption during the spoken reply. The speaker's output is
+written to a WAV. The timeline (ms since start) shows the wake word, speech start and end,
+first reply audio, the barge-in with the truncated milliseconds, the tool call and the return
+to idle; ``--json`` prints one JSON object per line instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets as _random
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgevoice.audio.convert import (
-    OUTPUT_FORMAT_RATES,
-    decode,
-    encode,
-    read_wav,
-    resample,
-    wire_rate,
-    write_wav,
-)
+from edgevoice.app import Daemon, ToolRunner, data_path
+from edgevoice.audio.convert import read_wav, resample, write_wav
+from edgevoice.audio.virtual import SYSTEM_ALSA_CONF, EchoPath, FifoSink, FifoSource
 from edgevoice.config import Config
+from edgevoice.conversation import core as c
 from edgevoice.secrets import Secret
-from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.auth import make_auth
-from edgevoice.voicelive.link import LinkDown, LinkUp, ServiceError, TurnAbandoned, VoiceLiveLink
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 
-CHUNK_MS = 20
+MIC_RATE = 16000
+SPEAKER_RATE = 24000
+
+#: The demo recording: (silence before, clip) in order; clips are 16 kHz WAVs in data/.
+RECORDING: tuple[tuple[float, str], ...] = (
+    (1.0, "demo/wake.wav"),
+    (0.3, "question.wav"),
+    (13.0, "demo/wake.wav"),  # the reply (~5 s) and the follow-up window (6 s) pass
+    (0.3, "demo/light.wav"),
+    (3.6, "demo/stop.wav"),  # into the reply that follows the tool call
+)
 
 
-def data_path(name: str) -> Path:
-    return Path(str(resources.files("edgevoice") / "data" / name))
+def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> tuple[bytes, list[float]]:
+    """The recording as 16 kHz PCM16 and the start time (s) of each clip."""
+    out = bytearray()
+    starts: list[float] = []
+    for gap, name in plan:
+        out += bytes(int(gap * MIC_RATE) * 2)
+        starts.append(len(out) / 2 / MIC_RATE)
+        pcm, rate = read_wav(data_path(name))
+        out += pcm if rate == MIC_RATE else resample(pcm, rate, MIC_RATE)
+    return bytes(out), starts
+
+
+class Rig:
+    """A virtual microphone and speaker from the bundled ALSA config, paced in real time.
+
+    Entering creates the FIFOs and their pacers (before any ``PyAudio()``, see
+    :mod:`edgevoice.audio.virtual`) and points ALSA at the config; leaving closes them and
+    restores the environment. ``mic.feed(pcm)`` plays 16 kHz audio into the microphone
+    (silence otherwise); ``speaker_pcm()`` is what the speaker played (24 kHz). With
+    ``echo``, the speaker's output also comes back into the microphone (a room).
+    """
+
+    def __init__(self, directory: str | Path, *, echo: EchoPath | None = None,
+                 speed: float = 1.0) -> None:
+        self.directory = Path(directory)
+        self.echo = echo
+        self.speed = speed
+        self.mic: FifoSource
+        self.speaker: FifoSink
+        self._saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> Rig:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        echo = self.echo
+        self.mic = FifoSource(self.directory / "mic.fifo", MIC_RATE, speed=self.speed,
+                              mix=echo.take if echo else None)
+        self.speaker = FifoSink(self.directory / "speaker.fifo", SPEAKER_RATE, speed=self.speed,
+                                on_read=echo.heard if echo else None)
+        text = data_path("demo-asound.conf").read_text()
+        conf = self.directory / "asound.conf"
+        conf.write_text(text.replace("@MIC@", str(self.mic.path))
+                        .replace("@SPEAKER@", str(self.speaker.path)))
+        env = {"ALSA_CONFIG_PATH": f"{SYSTEM_ALSA_CONF}:{conf}", "JACK_NO_START_SERVER": "1"}
+        self._saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mic.close()
+        self.speaker.close(drain=0.05)
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def speaker_pcm(self) -> bytes:
+        return self.speaker.data()
 
 
 @dataclass
@@ -52,15 +120,37 @@ class Timeline:
     t0: float = field(default_factory=time.monotonic)
     entries: list[dict[str, Any]] = field(default_factory=list)
 
-    def mark(self, event: str, **details: Any) -> None:
-        entry = {"t_ms": round((time.monotonic() - self.t0) * 1000), "event": event, **details}
+    def mark(self, event: str, t: float | None = None, **details: Any) -> None:
+        when = time.monotonic() if t is None else t
+        entry = {"t_ms": round((when - self.t0) * 1000), "event": event, **details}
         self.entries.append(entry)
         if self.as_json:
-            self.out.write(json.dumps(entry) + "\n")
+            self.out.write(json.dumps(entry, default=str) + "\n")
         else:
             extra = "  ".join(f"{k}={v}" for k, v in details.items())
-            self.out.write(f"{entry['t_ms']:>7} ms  {event:<22} {extra}".rstrip() + "\n")
+            self.out.write(f"{entry['t_ms']:>7} ms  {event:<24} {extra}".rstrip() + "\n")
         self.out.flush()
+
+    def telemetry(self, entry: c.Telemetry) -> None:
+        if entry.name in QUIET:
+            return
+        fields = dict(entry.fields)
+        if not self.as_json:  # quote text with spaces so the columns stay readable
+            fields = {k: json.dumps(v) if isinstance(v, str) and " " in v else v
+                      for k, v in fields.items()}
+        self.mark(entry.name, entry.t, **fields)
+
+
+QUIET = {"tool output", "playback stopped"}  # shown through their neighbours
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
+        yield Path(tmp)
 
 
 async def run_demo(
@@ -71,105 +161,65 @@ async def run_demo(
     endpoint: str | None = None,
     api_key: Secret | None = None,
     output: Path = Path("demo-reply.wav"),
-    recording: Path | None = None,
-    timeout_s: float = 60.0,
+    timeout_s: float = 90.0,
+    tools: ToolRunner | None = None,
+    workdir: Path | None = None,
 ) -> int:
-    """Run the demo; returns the process exit code (0 when a reply was received)."""
+    """Run the demo; returns the exit code: 0 when every turn of the recording was answered
+    and the daemon went back to idle, 1 otherwise."""
     timeline = Timeline(out, as_json)
     simulator: Simulator | None = None
     vl = cfg.voicelive
     if endpoint is None:
         key = api_key or Secret(_random.token_urlsafe(24))
         simulator = Simulator(script=Script.load(data_path("demo-script.toml")),
-                              api_key=key.reveal(), pace=0.0)
+                              api_key=key.reveal(), pace=1.0)
         await simulator.start()
-        vl = vl.model_copy(update={"endpoint": simulator.url, "model": vl.model or "gpt-realtime"})
+        vl = vl.model_copy(update={"endpoint": simulator.url})
         api_key = key
         timeline.mark("simulator", url=simulator.url)
     else:
         vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
-    auth = make_auth(vl, api_key)
-    session = cfg.request_session()
-    link = VoiceLiveLink(vl, session, auth)
-    pcm, rate = read_wav(recording or data_path("question.wav"))
-    in_rate = wire_rate(session.input_audio_format or "pcm16",
-                        session.input_audio_sampling_rate or 24000)
-    fmt_out = session.output_audio_format or "pcm16"
-    reply = bytearray()
+    cfg = cfg.model_copy(update={"voicelive": vl})
+    pcm, starts = recording_pcm()
     status = 1
     try:
-        link.start()
-        timeline.mark("connecting", endpoint=vl.endpoint)
-        status = await asyncio.wait_for(
-            _converse(link, timeline, pcm, rate, in_rate, session.input_audio_format or "pcm16",
-                      fmt_out, reply),
-            timeout_s,
-        )
-    except TimeoutError:
-        timeline.mark("timeout", after_s=timeout_s)
+        with _workdir(workdir) as tmp, Rig(tmp) as rig:
+            auth = make_auth(vl, api_key)
+            daemon = Daemon(cfg, auth=auth, tools=tools, on_telemetry=timeline.telemetry,
+                            on_state=lambda s: None)
+            stop = asyncio.Event()
+            task = asyncio.create_task(daemon.run(stop))
+            try:
+                await asyncio.wait_for(daemon.ready.wait(), 20)
+                timeline.mark("listening", words=",".join(daemon.wake.detector.names))
+                t_feed = time.monotonic()
+                rig.mic.feed(pcm)
+                for start, (_, name) in zip(starts, RECORDING, strict=True):
+                    timeline.entries.append({"t_ms": round((t_feed + start - timeline.t0) * 1000),
+                                             "event": "mic plays", "clip": name})
+                status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
+            finally:
+                stop.set()
+                await task
+                await auth.close()
+            reply = rig.speaker_pcm()
     finally:
-        await link.close()
-        await auth.close()
         if simulator is not None:
             await simulator.close()
-    out_rate = OUTPUT_FORMAT_RATES.get(fmt_out, 24000)
-    write_wav(output, bytes(reply), out_rate)
-    timeline.mark("wrote", file=str(output), audio_ms=round(len(reply) / 2 / out_rate * 1000))
+    write_wav(output, reply, SPEAKER_RATE)
+    timeline.mark("wrote", file=str(output), audio_ms=round(len(reply) / 2 / SPEAKER_RATE * 1000))
+    if status:
+        timeline.mark("incomplete", turns=len(daemon.turns), errors=daemon.errors)
     return status
 
 
-async def _converse(
-    link: VoiceLiveLink,
-    timeline: Timeline,
-    pcm: bytes,
-    rate: int,
-    in_rate: int,
-    in_fmt: str,
-    out_fmt: str,
-    reply: bytearray,
-) -> int:
-    first_audio = True
-    sent = False
-    while True:
-        item = await link.events.get()
-        if isinstance(item, LinkUp):
-            timeline.mark("session ready", reconnected=item.reconnected)
-            if not sent:
-                _send_recording(link, pcm, rate, in_rate, in_fmt)
-                sent = True
-                timeline.mark("question sent", audio_ms=round(len(pcm) / 2 / rate * 1000))
-        elif isinstance(item, LinkDown):
-            retry = round(item.retry_in or 0, 2)
-            timeline.mark("disconnected", reason=item.reason, retry_in_s=retry)
-        elif isinstance(item, TurnAbandoned):
-            timeline.mark("turn abandoned", reason=item.reason)
-            return 1
-        elif isinstance(item, ServiceError):
-            if not item.benign:
-                timeline.mark("service error", message=item.message, caused_by=item.caused_by)
-        elif isinstance(item, ev.SessionCreated):
-            timeline.mark("connected", session=item.session.id)
-        elif isinstance(item, ev.InputAudioBufferSpeechStarted):
-            timeline.mark("speech started", audio_start_ms=item.audio_start_ms)
-        elif isinstance(item, ev.InputAudioBufferSpeechStopped):
-            timeline.mark("speech stopped", audio_end_ms=item.audio_end_ms)
-        elif isinstance(item, ev.ConversationItemInputAudioTranscriptionCompleted):
-            timeline.mark("user said", text=json.dumps(item.transcript))
-        elif isinstance(item, ev.ResponseAudioDelta):
-            if first_audio:
-                timeline.mark("first reply audio")
-                first_audio = False
-            reply += decode(item.audio_bytes(), out_fmt)
-        elif isinstance(item, ev.ResponseAudioTranscriptDone):
-            timeline.mark("assistant said", text=json.dumps(item.transcript))
-        elif isinstance(item, ev.ResponseDone):
-            timeline.mark("reply done", status=item.response.status)
-            return 0 if reply else 1
-
-
-def _send_recording(link: VoiceLiveLink, pcm: bytes, rate: int, in_rate: int, fmt: str) -> None:
-    """The recording, then 1.2 s of silence so the server's VAD ends the turn."""
-    audio = resample(pcm, rate, in_rate) + bytes(int(in_rate * 1.2) * 2)
-    step = in_rate * CHUNK_MS // 1000 * 2
-    for i in range(0, len(audio), step):
-        link.append_audio(encode(audio[i : i + step], fmt))
+async def _wait_done(daemon: Daemon, length_s: float, t_feed: float, timeout_s: float) -> int:
+    """Wait until the recording has played and the daemon is idle again (or time out)."""
+    deadline = t_feed + timeout_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        played = time.monotonic() - t_feed >= length_s
+        if played and daemon.core.state is c.State.IDLE:
+            return 0
+    return 1

@@ -206,14 +206,21 @@ def test_local_speech_barges_in_but_echo_does_not() -> None:
 
 def test_stop_word_silences_without_starting_a_turn() -> None:
     core = responding_core(stop_words=frozenset({"stop"}))
-    out = core.on_wake("stop", 0.9, 2.0, level_db=-20.0)
+    out = core.on_wake("stop", 0.9, 2.0)
     assert actions_of(StopPlayback, out) and core.state is State.FOLLOW_UP
 
 
 def test_wake_word_on_own_echo_is_ignored() -> None:
     core = responding_core()
-    core.on_playback_reference(-10.0, 1.95)
-    out = core.on_wake("hey_jarvis", 0.9, 2.0, level_db=-20.0)  # at the echo's level
+    # The assistant played loud audio while the word was spoken; the microphone heard only
+    # that audio, 16 dB down: the guard attributes it to the echo.
+    speech = sentence()[16000 * 2 : 16000 * 2 + 70 * FRAME]  # past the leading silence
+    for i in range(0, len(speech), FRAME):
+        t = 1.1 + i / 32000
+        core.on_playback_reference(level_dbfs(speech[i : i + FRAME]), t - 0.05)
+        stops = actions_of(StopPlayback, core.on_frame(scaled(speech[i : i + FRAME], -16.0), t))
+        assert not stops, "echo must not barge in"
+    out = core.on_wake("hey_jarvis", 0.9, 2.5)
     assert core.state is State.RESPONDING and not actions_of(StopPlayback, out)
 
 

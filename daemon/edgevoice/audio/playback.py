@@ -39,6 +39,7 @@ from edgevoice.audio.devices import DeviceInfo, DeviceState, OpenedStream, Super
 FirstAudioHook = Callable[[str, float], None]
 
 _MAX_TRACKED_ITEMS = 64  # per-item counters kept for barge-in reports
+_MAX_REFERENCE = 256  # echo-guard reference periods (~5 s at 20 ms)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class Playback(SupervisedStream):
         self._frame_bytes = 2
         self.dropped_ms = 0.0
         self.first_audio_at: dict[str, float] = {}
+        # (time it becomes audible, level dBFS) of each period with reply audio, for the echo
+        # guard; bounded, the oldest entries fall off if nobody takes them.
+        self._reference: deque[tuple[float, float]] = deque(maxlen=_MAX_REFERENCE)
         self.stop_latencies: list[float] = []
         # Shared with the callback thread; guarded by _lock.
         self._lock = threading.Lock()
@@ -116,6 +120,7 @@ class Playback(SupervisedStream):
         self._open_item: str | None = None  # last fed item, until finish()
         self._played: OrderedDict[str, int] = OrderedDict()  # frames handed per item
         self._stop_at: float | None = None
+        self._paused = False
         self._silence = b""
         self._generation_cb = -1
         self.underruns = 0
@@ -163,11 +168,33 @@ class Playback(SupervisedStream):
             self._queued = 0
             self._armed = False
             self._open_item = None
-            self._stop_at = time.monotonic()
+            if not self._paused:  # a pause already silenced it: that was the stop
+                self._stop_at = time.monotonic()
+            self._paused = False
         self._resamplers.clear()
         self._cancel_arm_timer()
         self._drained.set()
         return dropped
+
+    def pause(self) -> None:
+        """Silence the speaker from the next callback on but keep what is queued (a possible
+        barge-in that is not confirmed yet); :meth:`resume` plays on from the same sample,
+        :meth:`stop` drops it. ``played_frames`` does not change while paused. Idempotent."""
+        with self._lock:
+            if not self._paused:
+                self._paused = True
+                self._stop_at = time.monotonic()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`. Idempotent."""
+        with self._lock:
+            self._paused = False
+            self._stop_at = None
+
+    @property
+    def paused(self) -> bool:
+        with self._lock:
+            return self._paused
 
     def played_frames(self, item_id: str) -> int:
         """Device frames of ``item_id`` handed to the device so far (0 if unknown)."""
@@ -179,6 +206,15 @@ class Playback(SupervisedStream):
         if not self.device_rate:
             return 0.0
         return self.played_frames(item_id) * 1000.0 / self.device_rate
+
+    def take_reference(self) -> list[tuple[float, float]]:
+        """The ``(t, level_dbfs)`` of periods handed to the device since the last call: ``t``
+        is when the period reaches the DAC (``time.monotonic()`` plus PortAudio's reported
+        output delay). At most the last few seconds are kept."""
+        with self._lock:
+            out = list(self._reference)
+            self._reference.clear()
+        return out
 
     @property
     def drained(self) -> bool:
@@ -355,7 +391,7 @@ class Playback(SupervisedStream):
                 if self._stop_at is not None:
                     self.stop_latencies.append(now - self._stop_at)
                     self._stop_at = None
-                if not self._armed or not self._segments:
+                if self._paused or not self._armed or not self._segments:
                     return silence, pyaudio.paContinue
                 parts: list[bytes] = []
                 got = 0
@@ -384,6 +420,17 @@ class Playback(SupervisedStream):
                     self._armed = False
                     if self._open_item is not None:
                         self.underruns += 1
+            audio = b"".join(parts)
+            if got:
+                # The RMS of one period is a few µs of numpy; the echo guard needs it.
+                samples = np.frombuffer(audio, dtype="<i2")[: got // 2].astype(np.float32)
+                rms = float(np.sqrt(np.mean(samples * samples)))
+                level = 20.0 * np.log10(rms / 32768.0) if rms > 0 else -100.0
+                ahead = time_info.get("output_buffer_dac_time", 0.0) - time_info.get(
+                    "current_time", 0.0)
+                with self._lock:
+                    self._reference.append((now + (ahead if 0.0 < ahead < 1.0 else 0.0),
+                                            float(level)))
             try:
                 for item_id in first:
                     loop.call_soon_threadsafe(self._notify_first_audio, item_id, now)
@@ -391,6 +438,6 @@ class Playback(SupervisedStream):
                     loop.call_soon_threadsafe(self._notify_drained)
             except RuntimeError:  # loop closed
                 return silence, pyaudio.paAbort
-            return b"".join(parts), pyaudio.paContinue
+            return audio, pyaudio.paContinue
 
         return callback

@@ -46,9 +46,13 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from edgevoice.audio.convert import Resampler
 
 #: Standard top-level ALSA configuration that every per-use config is layered over.
 SYSTEM_ALSA_CONF = "/usr/share/alsa/alsa.conf"
@@ -213,8 +217,12 @@ class FifoSource:
         speed: float = 1.0,
         idle_silence: bool = True,
         create: bool = True,
+        mix: Callable[[int], bytes] | None = None,
     ) -> None:
+        """``mix(nbytes)``, if given, returns ``nbytes`` of audio added (saturating) to every
+        chunk written, queued or silence — e.g. an :class:`EchoPath`."""
         self.path = make_fifo(path) if create else Path(path).absolute()
+        self._mix = mix
         self.bytes_per_second = rate * channels * 2
         self._chunk = max(2 * channels, self.bytes_per_second * chunk_ms // 1000)
         self._chunk -= self._chunk % (2 * channels)
@@ -275,8 +283,17 @@ class FifoSource:
             self._pending = data[self._chunk :]
             data = data[: self._chunk]
         if data:
-            return data + bytes(self._chunk - len(data)), True
-        return (bytes(self._chunk), False) if self._idle_silence else (b"", False)
+            return self._mixed(data + bytes(self._chunk - len(data))), True
+        if self._idle_silence:
+            return self._mixed(bytes(self._chunk)), False
+        return b"", False
+
+    def _mixed(self, data: bytes) -> bytes:
+        if self._mix is None:
+            return data
+        extra = self._mix(len(data))
+        mixed = np.frombuffer(data, "<i2").astype(np.int32) + np.frombuffer(extra, "<i2")
+        return np.clip(mixed, -32768, 32767).astype("<i2").tobytes()
 
     def _run(self) -> None:
         next_at = time.monotonic()
@@ -322,8 +339,11 @@ class FifoSink:
         speed: float = 1.0,
         pipe_bytes: int = 4096,
         create: bool = True,
+        on_read: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``on_read(chunk)``, if given, sees every chunk read, on the sink's thread."""
         self.path = make_fifo(path) if create else Path(path).absolute()
+        self._on_read = on_read
         self.bytes_per_second = rate * channels * 2
         self._frame = 2 * channels
         self._speed = speed
@@ -379,8 +399,40 @@ class FifoSink:
                     consumed += len(chunk)
                     with self._lock:
                         self._buf += chunk
+                    if self._on_read is not None:
+                        self._on_read(chunk)
                     continue
                 # Empty pipe: the writer is behind or gone. Bank at most ~50 ms of read
                 # credit so a writer that comes back is paced, not drained in a burst.
                 consumed = max(consumed, due - max_credit)
             self._closed.wait(self._tick)
+
+
+class EchoPath:
+    """The room between a virtual speaker and a virtual microphone: what the speaker plays
+    (fed to :meth:`heard`, e.g. as a :class:`FifoSink` ``on_read`` hook) comes back in the
+    microphone (taken by :meth:`take`, e.g. as a :class:`FifoSource` ``mix`` hook) ``gain_db``
+    quieter and ``delay_ms`` late, resampled to the microphone's rate. Thread-safe; holds at
+    most ``max_s`` seconds (a microphone that stops taking does not grow it without bound)."""
+
+    def __init__(self, speaker_rate: int = 24000, mic_rate: int = 16000, *,
+                 gain_db: float = -12.0, delay_ms: float = 60.0, max_s: float = 5.0) -> None:
+        self.gain = 10 ** (gain_db / 20)
+        self._resampler = Resampler(speaker_rate, mic_rate)
+        self._buf = bytearray(int(mic_rate * delay_ms / 1000) * 2)
+        self._max = int(mic_rate * max_s) * 2
+        self._lock = threading.Lock()
+
+    def heard(self, pcm: bytes) -> None:
+        pcm = pcm[: len(pcm) - len(pcm) % 2]
+        scaled = np.frombuffer(self._resampler.process(pcm), "<i2").astype(np.float32) * self.gain
+        with self._lock:
+            self._buf += scaled.astype("<i2").tobytes()
+            if len(self._buf) > self._max:
+                del self._buf[: len(self._buf) - self._max]
+
+    def take(self, nbytes: int) -> bytes:
+        with self._lock:
+            out = bytes(self._buf[:nbytes])
+            del self._buf[:nbytes]
+        return out + bytes(nbytes - len(out))

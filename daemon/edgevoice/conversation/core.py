@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,16 @@ class StopPlayback:
 
 
 @dataclass(frozen=True)
+class PausePlayback:
+    """Silence the speaker but keep the reply queued: the user may be barging in."""
+
+
+@dataclass(frozen=True)
+class ResumePlayback:
+    """It was not a barge-in after all: play on from where the pause left off."""
+
+
+@dataclass(frozen=True)
 class Duck:
     pass
 
@@ -125,8 +136,13 @@ class StateChanged:
     t: float
 
 
-Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | Duck | Unduck | RunTool
-          | Earcon | Connect | Telemetry | StateChanged)
+WAKE_WORD_S = 1.5  # how far back a wake word's audio reaches
+USER_EVIDENCE_MS = 120  # user speech needed within it while echo is possible
+VOICED_HISTORY_S = 2.0
+
+Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | PausePlayback
+          | ResumePlayback | Duck | Unduck | RunTool | Earcon | Connect | Telemetry
+          | StateChanged)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -138,6 +154,10 @@ class CoreSettings:
     follow_up_s: float = 6.0  # 0 disables the follow-up window
     listen_timeout_s: float = 8.0  # no speech after the wake word for this long: back to IDLE
     bargein_min_speech_ms: int = 200
+    # The speaker is paused after this much of the user's speech (0: never pause early) and
+    # resumed if the speech does not last bargein_min_speech_ms: silence within ~2 frames,
+    # without cancelling a reply for a cough.
+    bargein_pause_ms: int = 40
     bargein_local_vad: bool = True
     bargein_server_vad: bool = True
     wake_bargein: str = "listen"  # the wake word during a reply: "listen", "stop" or "off"
@@ -169,6 +189,7 @@ class Core:
         self._t_state = 0.0
         self._pending_chunks: list[SendAudio] = []  # gate's chunks not yet sent (RESPONDING)
         self._voiced_ms = 0.0
+        self._paused = False
         self._response_id: str | None = None
         self._response_done = True
         self._playing_item: str | None = None
@@ -179,6 +200,9 @@ class Core:
         self._first_delta_seen = False
         self._heard_speech = False
         self._idle_since: float | None = None
+        # (t, is the user) of recent voiced frames: a wake word or follow-up speech while the
+        # assistant's voice may still come back from the room needs the user's own voice.
+        self._voiced: deque[tuple[float, bool]] = deque()
 
     # ------------------------------------------------------------------ helpers
 
@@ -200,11 +224,24 @@ class Core:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_wake(
-        self, name: str, score: float, t: float, level_db: float | None = None
-    ) -> list[Action]:
-        """A wake word (or stop word) detection at stream time ``t``."""
+    def _user_ms(self, t: float, window_s: float) -> float:
+        """Milliseconds of voiced microphone audio in ``[t - window_s, t]`` that the echo guard
+        judged to be the user."""
+        return self.s.frame_ms * sum(1 for (tv, user) in self._voiced
+                                     if user and tv >= t - window_s)
+
+    def _echo_possible(self, t: float, window_s: float) -> bool:
+        return self.echo.played_within(t - window_s - self.echo.delay_s, t)
+
+    def on_wake(self, name: str, score: float, t: float) -> list[Action]:
+        """A wake word (or stop word) detection at stream time ``t``. While the assistant's
+        voice may be in the microphone (it played within the word's length), the detection
+        counts only if the echo guard heard the user during the word."""
         out: list[Action] = []
+        if (self.state is not State.IDLE and self._echo_possible(t, WAKE_WORD_S)
+                and self._user_ms(t, WAKE_WORD_S) < USER_EVIDENCE_MS):
+            out.append(Telemetry("wake ignored (echo)", t, {"word": name}))
+            return out
         if self.state is State.IDLE or self.state is State.FOLLOW_UP:
             if name in self.s.stop_words:
                 return out
@@ -220,9 +257,6 @@ class Core:
             self.upstream.reset()
             self._go(State.LISTENING, t, out)
         elif self.state is State.RESPONDING:
-            if level_db is not None and not self.echo.is_user(level_db, t):
-                out.append(Telemetry("wake ignored (echo)", t, {"word": name}))
-                return out
             if name in self.s.stop_words or self.s.wake_bargein == "stop":
                 self._barge_in(t, out, "stop word", then=State.FOLLOW_UP)
             elif self.s.wake_bargein == "listen":
@@ -237,6 +271,11 @@ class Core:
             return out
         decision = self.upstream.process(pcm, t)
         chunks = [SendAudio(c.pcm, c.t) for c in decision.send]
+        user = self.echo.is_user(level_dbfs(pcm), t) and decision.voiced
+        if decision.voiced:
+            self._voiced.append((t, user))
+        while self._voiced and self._voiced[0][0] < t - VOICED_HISTORY_S:
+            self._voiced.popleft()
         if state is State.LISTENING:
             out.extend(chunks)
             if decision.speech_started:
@@ -252,7 +291,11 @@ class Core:
                     and t - self._t_state >= self.s.listen_timeout_s):
                 self._end_conversation(t, out, "no speech after the wake word")
         elif state is State.FOLLOW_UP:
-            if decision.speech_started:
+            if (decision.speech_started and self._echo_possible(t, 0.3)
+                    and self._user_ms(t, 0.3) < self.s.frame_ms):
+                out.append(Telemetry("speech ignored (echo)", t))
+                self.upstream.reset()
+            elif decision.speech_started:
                 self.turn += 1
                 out.append(Telemetry("follow-up speech", t))
                 self._heard_speech = True
@@ -268,13 +311,23 @@ class Core:
             self._pending_chunks.extend(chunks)
             if not decision.streaming:
                 self._pending_chunks = []
-            level = level_dbfs(pcm)
-            if decision.voiced and self.echo.is_user(level, t):
+            if user:
                 self._voiced_ms += self.s.frame_ms
             else:
                 self._voiced_ms = max(0.0, self._voiced_ms - self.s.frame_ms / 2)
-            if self.s.bargein_local_vad and self._voiced_ms >= self.s.bargein_min_speech_ms:
+            if not self.s.bargein_local_vad or self._playing_item is None:
+                pass
+            elif self._voiced_ms >= self.s.bargein_min_speech_ms:
                 self._barge_in(t, out, "local speech", then=State.LISTENING)
+            elif (not self._paused and self.s.bargein_pause_ms
+                    and self._voiced_ms >= self.s.bargein_pause_ms):
+                self._paused = True
+                out.append(PausePlayback())
+                out.append(Telemetry("speaker paused", t, {"voiced_ms": self._voiced_ms}))
+            elif self._paused and self._voiced_ms == 0:
+                self._paused = False
+                out.append(ResumePlayback())
+                out.append(Telemetry("speaker resumed", t))
         return out
 
     def on_playback_reference(self, level_db: float, t: float) -> None:
@@ -413,6 +466,7 @@ class Core:
 
     def _to_follow_up(self, t: float, out: list[Action]) -> None:
         self._playing_item = None
+        self._paused = False
         self.upstream.reset()
         self._pending_chunks = []
         if self.s.follow_up_s > 0:
@@ -422,10 +476,11 @@ class Core:
 
     def _barge_in(self, t: float, out: list[Action], why: str, *, then: State) -> None:
         out.append(Telemetry("barge-in", t, {"by": why}))
-        out.append(StopPlayback(self._playing_item))
-        if self._response_id is not None:
+        if self._response_id is not None:  # cancel first, then truncate (after the stop)
             out.append(SendEvent(ev.ResponseCancel()))
+        out.append(StopPlayback(self._playing_item))
         self._voiced_ms = 0.0
+        self._paused = False
         self._playing_item = None
         self._drained = True
         if then is State.LISTENING:

@@ -7,8 +7,9 @@ handed to the speaker over the last seconds and predicts the echo level at the m
 as the user's only when the microphone is at least ``margin_db`` above that prediction.
 
 The coupling is learned: while the assistant plays and the microphone is not clearly above
-the current estimate, the estimate follows ``mic - reference`` (fast up, slow down), so a loud
-speaker next to the microphone raises the bar by itself. It starts from ``coupling_db`` and
+the current estimate, the estimate follows the upper envelope of ``mic - reference`` (fast up,
+slower down), so a loud speaker next to the microphone raises the bar by itself and a quiet
+room lowers it within about a second of playback. It starts from ``coupling_db`` and
 never drops below ``min_coupling_db``. Pure: no I/O, time is an argument; memory is bounded by
 ``history_s``.
 """
@@ -21,6 +22,7 @@ from collections import deque
 import numpy as np
 
 SILENCE_DB = -100.0
+LEARN_MIN_REF_DB = -50.0  # quieter playback says too little about the room to learn from
 
 
 def level_dbfs(pcm: bytes) -> float:
@@ -65,18 +67,24 @@ class EchoGuard:
             return SILENCE_DB
         return max(levels) + self.coupling_db
 
+    def played_within(self, lo: float, hi: float) -> bool:
+        """True when audio above silence reached the speaker between ``lo`` and ``hi``."""
+        return any(lo <= tr <= hi and lv > SILENCE_DB + 1 for (tr, lv) in self._ref)
+
     def is_user(self, mic_db: float, t: float) -> bool:
-        """True when the microphone level cannot be the assistant's echo. Also adapts the
-        coupling estimate from frames that look like pure echo."""
+        """True when the microphone level cannot be the assistant's echo. Call it for every
+        microphone frame while the assistant may be heard (voiced or not): frames that are
+        not the user teach the guard the room's coupling."""
         expected = self.expected_echo_db(t)
         if expected <= SILENCE_DB + 1:
             return True
         user = mic_db >= expected + self.margin_db
-        if not user:
-            ref = expected - self.coupling_db
-            observed = mic_db - ref
-            # Fast up (a louder path is dangerous), slow down (quiet moments are common).
-            rate = 0.3 if observed > self.coupling_db else 0.02
+        ref = expected - self.coupling_db
+        if not user and ref > LEARN_MIN_REF_DB:
+            observed = max(self.min_coupling_db, mic_db - ref)
+            # Track the upper envelope of mic − reference: fast up (a louder path is
+            # dangerous), slower down (a quiet room lowers the bar within about a second).
+            rate = 0.3 if observed > self.coupling_db else 0.05
             self.coupling_db = max(self.min_coupling_db,
                                    self.coupling_db + rate * (observed - self.coupling_db))
         return user

@@ -211,6 +211,9 @@ class VoiceLiveLink:
         self.status_text = "Voice Live: idle"
         self.context = ConversationLog(max_items=cfg.replay_max_items)
         self.hold_recycle = False  # the caller sets this while a turn is in progress
+        #: Called with the clock time right after each audio append was written to the socket
+        #: (latency figures: wake-to-send). Must not raise or block.
+        self.on_audio_written: Callable[[float], None] | None = None
 
         self.stats = {"connects": 0, "failures": 0, "malformed": 0, "unknown": 0,
                       "abandoned_turns": 0, "recycles": 0}
@@ -662,6 +665,8 @@ class VoiceLiveLink:
             self._outbox.popleft()
             if pending.event.type in ("input_audio_buffer.append", "input_audio_buffer.commit"):
                 self._unacked.append(pending)
+                if pending.audio is not None and self.on_audio_written is not None:
+                    self.on_audio_written(self.clock())
 
     async def _watch(self, ws: ClientConnection) -> None:
         """Recycles the connection before the service's session limit, at a quiet moment;

@@ -104,6 +104,7 @@ class Turn:
     delay_ms: int = 0
     drop: str | None = None
     close_code: int | None = None
+    speech_started_at_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ class _Parser:
         t = self.table(
             value,
             path,
-            {"user", "say", "calls", "after_tools", "error", "delay_ms", "drop", "close_code"},
+            {"user", "say", "calls", "after_tools", "error", "delay_ms", "drop", "close_code",
+             "speech_started_at_ms"},
         )
         calls = tuple(
             self.call(c, f"{path}.calls[{i}]")
@@ -261,6 +263,9 @@ class _Parser:
             delay_ms=self.integer(t.get("delay_ms", 0), f"{path}.delay_ms", 0, 600_000),
             drop=drop,
             close_code=self.close_code(t, path),
+            speech_started_at_ms=self.integer(t["speech_started_at_ms"],
+                                              f"{path}.speech_started_at_ms", 0, 600_000)
+            if "speech_started_at_ms" in t else None,
         )
 
     def call(self, value: Any, path: str) -> Call:

@@ -495,6 +495,7 @@ class _Plan:
     drop: str | None = None
     close_code: int | None = None
     turn: Turn | None = None
+    speech_started_at_ms: int | None = None
 
 
 @dataclass
@@ -509,6 +510,7 @@ class _Active:
     first_audio_at: float | None = None
     audio_ms_sent: float = 0.0
     transcript_sent: str = ""
+    heard: bool = False
 
     async def pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the response is cancelled."""
@@ -716,6 +718,7 @@ class Simulator:
             drop=drop,
             close_code=turn.close_code,
             turn=turn,
+            speech_started_at_ms=turn.speech_started_at_ms,
         )
 
     # -- handshake ---------------------------------------------------------------------------
@@ -1413,6 +1416,8 @@ class _Session:
             active.audio_item_id = item_id
             await self.send({"type": "response.content_part.added", **ids,
                              "part": {"type": "audio", "transcript": ""}})
+            if item_id in self.items:  # truncatable from its first delta on
+                self.items[item_id]["content"] = [{"type": "audio", "transcript": ""}]
             rate = OUTPUT_FORMAT_RATES[fmt]
             pcm = await self.sim._tts.pcm(text, rate)
             chunk = rate * CHUNK_MS // 1000 * 2
@@ -1436,6 +1441,11 @@ class _Session:
                 self.item_audio_ms[item_id] = active.audio_ms_sent
                 await self.send({"type": "response.audio.delta", **ids,
                                  "delta": base64.b64encode(encode(piece, fmt)).decode("ascii")})
+                heard = plan.speech_started_at_ms
+                if heard is not None and active.audio_ms_sent >= heard and not active.heard:
+                    # Scripted: the service's VAD "hears" the user over the reply.
+                    active.heard = True
+                    await self.on_speech_started(self.config.get("turn_detection") or {})
                 if drop_at is not None and i + 1 == drop_at and plan.turn_index is not None:
                     if self.sim._fire("mid-audio", plan.turn_index):
                         # The cut reply is not consumed: the next response speaks it again.
