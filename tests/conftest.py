@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from support import espeak
+from support import PulseServer, espeak, stop_process
 
 
 @pytest.fixture
 def speech() -> Callable[..., bytes]:
     """``speech(text, rate=16000, voice="en-us")``: real espeak-ng speech as PCM16 mono."""
     return espeak
+
+
+@pytest.fixture
+def pulse() -> Iterator[PulseServer]:
+    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
+        pytest.skip("pulseaudio/pulseaudio-utils not installed (apt-get install pulseaudio "
+                    "pulseaudio-utils)")
+    server = PulseServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def players() -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        stop_process(proc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -55,3 +57,82 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "") 
             raise AssertionError(f"timed out waiting for {what or cond}")
         time.sleep(0.01)
     return value
+
+
+class PulseServer:
+    """A private PulseAudio server (run as root, as on the project's machines): a null sink
+    and a unix socket with anonymous auth, in a runtime dir of its own."""
+
+    def __init__(self) -> None:
+        # Not tmp_path: a unix socket path must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="ev-pulse-"))
+        runtime = self.root / "run"
+        runtime.mkdir(mode=0o700)
+        socket = runtime / "native"
+        self.config = self.root / "server.pa"
+        self.config.write_text(
+            "load-module module-null-sink sink_name=duckingtest\n"
+            f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n")
+        self.server = f"unix:{socket}"
+        self.env = {**os.environ, "HOME": str(self.root), "XDG_RUNTIME_DIR": str(runtime),
+                    "PULSE_RUNTIME_PATH": str(runtime), "PULSE_SERVER": self.server}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with (self.root / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
+                 "--system=false", "--use-pid-file=no", "-F", str(self.config)],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, \
+                (self.root / "server.log").read_text()
+            return subprocess.run(["pactl", "info"], env=self.env, capture_output=True,
+                                  timeout=5).returncode == 0
+
+        wait_for(up, what="the PulseAudio server")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def pactl(self, *args: str) -> str:
+        return subprocess.run(["pactl", *args], env=self.env, capture_output=True, text=True,
+                              check=True, timeout=5).stdout
+
+    def sink_inputs(self) -> dict[str, dict]:
+        """application.name -> sink input (pactl's JSON)."""
+        out = json.loads(self.pactl("--format=json", "list", "sink-inputs"))
+        return {si["properties"]["application.name"]: si for si in out}
+
+    def volume(self, app: str) -> tuple[int, ...]:
+        return tuple(ch["value"] for ch in self.sink_inputs()[app]["volume"].values())
+
+    def volume_db(self, app: str) -> tuple[float, ...]:
+        vol = self.sink_inputs()[app]["volume"].values()
+        return tuple(float(ch["db"].split()[0]) for ch in vol)
+
+    def set_volume(self, app: str, *raw: int) -> None:
+        index = self.sink_inputs()[app]["index"]
+        self.pactl("set-sink-input-volume", str(index), *map(str, raw))
+
+    def play(self, app: str, procs: list[subprocess.Popen]) -> None:
+        """Start another program playing (endless silence) and wait for its stream."""
+        procs.append(subprocess.Popen(
+            ["pacat", "--playback", "--raw", "--channels=2", f"--client-name={app}",
+             "--stream-name=music", "/dev/zero"],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
+        wait_for(lambda: app in self.sink_inputs(), what=f"stream {app}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -190,6 +190,7 @@ class Daemon:
         self.playback = Playback(device=audio.output_device, rate=audio.output_rate or None,
                                  period_ms=audio.output_period_ms,
                                  prebuffer_ms=audio.output_prebuffer_ms,
+                                 rebuffer_ms=audio.output_rebuffer_ms,
                                  backoff=audio.reopen_backoff_s,
                                  on_first_audio=self._on_first_audio)
         self.ducker: Ducker = make_ducker(cfg.ducking.backend, **cfg.ducking.options())
@@ -279,7 +280,7 @@ class Daemon:
                     self._delta_at.setdefault(event.item_id, self.clock())
                 self._do(self.core.on_event(event, self.clock()))
                 if isinstance(event, LinkUp | LinkDown):
-                    log.info("Voice Live: %s", self.link.status_text)
+                    log.info("%s", self.link.status_text)
             except Exception:
                 self.errors += 1
                 log.exception("error while handling %s", getattr(event, "type", event))

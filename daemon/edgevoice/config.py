@@ -65,6 +65,7 @@ class AudioConfig(Strict):
     output_rate: Annotated[int, Field(ge=0, le=192000)] = 0
     output_period_ms: Annotated[int, Field(ge=5, le=200)] = 20
     output_prebuffer_ms: Annotated[int, Field(ge=0, le=1000)] = 0
+    output_rebuffer_ms: Annotated[int, Field(ge=0, le=2000)] = 100
     reopen_backoff_s: list[Annotated[float, Field(gt=0, le=600)]] = Field(
         default_factory=lambda: [0.5, 1.0, 2.0, 5.0], min_length=1
     )
@@ -265,7 +266,7 @@ class BargeInConfig(Strict):
     wake_word: Literal["listen", "stop", "off"] = "listen"
     stop_words: list[WakeModel] = Field(default_factory=list)
     echo_margin_db: Annotated[float, Field(ge=0, le=40)] = 10.0
-    echo_delay_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    echo_delay_ms: Annotated[int, Field(ge=0, le=1000)] = 100
     echo_spread_ms: Annotated[int, Field(ge=0, le=1000)] = 150
     echo_coupling_db: Annotated[float, Field(ge=-60, le=20)] = -6.0
 

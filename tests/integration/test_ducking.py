@@ -22,7 +22,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ from edgevoice.ducking import (
     make_ducker,
 )
 from edgevoice.ducking.alsa import parse_sget
-from support import until, wait_for
+from support import PulseServer, stop_process, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,107 +49,6 @@ PA_NORM = 65536
 def lowered(raw: int, db: float = DUCK_DB) -> int:
     """What PulseAudio's cubic volume scale gives for ``raw`` lowered by ``db``."""
     return round(raw * 10 ** (-db / 60))
-
-
-class PulseServer:
-    """A private PulseAudio server (run as root, as on the project's machines): a null sink
-    and a unix socket with anonymous auth, in a runtime dir of its own."""
-
-    def __init__(self) -> None:
-        # Not tmp_path: a unix socket path must stay under 108 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix="ev-pulse-"))
-        runtime = self.root / "run"
-        runtime.mkdir(mode=0o700)
-        socket = runtime / "native"
-        self.config = self.root / "server.pa"
-        self.config.write_text(
-            "load-module module-null-sink sink_name=duckingtest\n"
-            f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n")
-        self.server = f"unix:{socket}"
-        self.env = {**os.environ, "HOME": str(self.root), "XDG_RUNTIME_DIR": str(runtime),
-                    "PULSE_RUNTIME_PATH": str(runtime), "PULSE_SERVER": self.server}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with (self.root / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
-                 "--system=false", "--use-pid-file=no", "-F", str(self.config)],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, \
-                (self.root / "server.log").read_text()
-            return subprocess.run(["pactl", "info"], env=self.env, capture_output=True,
-                                  timeout=5).returncode == 0
-
-        wait_for(up, what="the PulseAudio server")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def pactl(self, *args: str) -> str:
-        return subprocess.run(["pactl", *args], env=self.env, capture_output=True, text=True,
-                              check=True, timeout=5).stdout
-
-    def sink_inputs(self) -> dict[str, dict]:
-        """application.name -> sink input (pactl's JSON)."""
-        out = json.loads(self.pactl("--format=json", "list", "sink-inputs"))
-        return {si["properties"]["application.name"]: si for si in out}
-
-    def volume(self, app: str) -> tuple[int, ...]:
-        return tuple(ch["value"] for ch in self.sink_inputs()[app]["volume"].values())
-
-    def volume_db(self, app: str) -> tuple[float, ...]:
-        vol = self.sink_inputs()[app]["volume"].values()
-        return tuple(float(ch["db"].split()[0]) for ch in vol)
-
-    def set_volume(self, app: str, *raw: int) -> None:
-        index = self.sink_inputs()[app]["index"]
-        self.pactl("set-sink-input-volume", str(index), *map(str, raw))
-
-    def play(self, app: str, procs: list[subprocess.Popen]) -> None:
-        """Start another program playing (endless silence) and wait for its stream."""
-        procs.append(subprocess.Popen(
-            ["pacat", "--playback", "--raw", "--channels=2", f"--client-name={app}",
-             "--stream-name=music", "/dev/zero"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL))
-        wait_for(lambda: app in self.sink_inputs(), what=f"stream {app}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def pulse() -> Iterator[PulseServer]:
-    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
-        pytest.skip("pulseaudio/pulseaudio-utils not installed (apt-get install pulseaudio "
-                    "pulseaudio-utils)")
-    server = PulseServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
-
-
-@pytest.fixture
-def players() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        stop(proc)
 
 
 def ducking_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -214,7 +112,7 @@ async def test_pulse_ducks_streams_that_appear_and_skips_vanished(pulse, players
         await until(lambda: pulse.volume("notification") == (lowered(PA_NORM),) * 2,
                     what="the new stream to be ducked")
         # A stream that ends while ducked is skipped on restore.
-        stop(players[1])
+        stop_process(players[1])
         await until(lambda: "podcast" not in pulse.sink_inputs(), what="podcast to end")
         await ducker.unduck()
         assert pulse.volume("music") == (PA_NORM, PA_NORM)
@@ -339,7 +237,7 @@ def test_pulse_restored_when_the_process_is_terminated(pulse, players, mode):
             child.send_signal(signal.SIGTERM)
         code = child.wait(10)
     finally:
-        stop(child)
+        stop_process(child)
     assert code == {"default": -signal.SIGTERM, "asyncio": 0, "atexit": 0}[mode]
     assert pulse.volume("music") == (40000, 20000)
 

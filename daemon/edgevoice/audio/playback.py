@@ -66,9 +66,12 @@ class Playback(SupervisedStream):
 
     Call everything on the event loop. Playback of newly fed audio starts once
     ``prebuffer_ms`` is queued, the item is :meth:`finish`-ed, or ``prebuffer_ms`` has passed
-    since the first byte — whichever is first — which absorbs network jitter at the start of
-    a reply. ``underruns`` counts callbacks that found the buffer empty while an item was
-    still open (fed, not finished); ``device_underflows`` counts PortAudio's own flags.
+    since the first byte — whichever is first. An item that runs dry before it is finished
+    (the network fell behind) waits for ``rebuffer_ms`` the same way before it resumes, so a
+    late stream costs one gap rather than one per packet; the first audio still plays at once
+    when ``prebuffer_ms`` is 0. ``underruns`` counts callbacks that found the buffer empty
+    while an item was still open (fed, not finished); ``device_underflows`` counts
+    PortAudio's own flags.
 
     ``rate``/``channels`` force the device format; by default 24 kHz mono (the Voice Live
     default, no resampling) is tried, then 48 kHz, 44.1 kHz, 16 kHz and the native rate.
@@ -86,6 +89,7 @@ class Playback(SupervisedStream):
         channels: int | None = None,
         period_ms: int = 20,
         prebuffer_ms: int = 60,
+        rebuffer_ms: int = 100,
         max_buffer_ms: int = 120_000,
         backoff: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0),
         stall_timeout: float = 2.0,
@@ -100,6 +104,8 @@ class Playback(SupervisedStream):
         self.preferred_channels = channels
         self.period_ms = period_ms
         self.prebuffer_ms = prebuffer_ms
+        self.rebuffer_ms = rebuffer_ms
+        self._rebuffering = False  # an item ran dry: wait for rebuffer_ms before resuming
         self.max_buffer_ms = max_buffer_ms
         self.on_first_audio = on_first_audio
         self.device_rate = 0
@@ -155,6 +161,7 @@ class Playback(SupervisedStream):
         with self._lock:
             if self._open_item == item_id:
                 self._open_item = None
+        self._rebuffering = False
         self._enqueue(item_id, tail, open_item=False)
         self._arm()
 
@@ -172,6 +179,7 @@ class Playback(SupervisedStream):
                 self._stop_at = time.monotonic()
             self._paused = False
         self._resamplers.clear()
+        self._rebuffering = False
         self._cancel_arm_timer()
         self._drained.set()
         return dropped
@@ -285,11 +293,12 @@ class Playback(SupervisedStream):
         if queued:
             self._drained.clear()
         if not armed and queued:
-            prebuffer = self.prebuffer_ms * self.device_rate // 1000 * self._frame_bytes
+            wait_ms = self.rebuffer_ms if self._rebuffering else self.prebuffer_ms
+            prebuffer = wait_ms * self.device_rate // 1000 * self._frame_bytes
             if queued >= prebuffer:
                 self._arm()
             elif self._arm_timer is None and self._loop is not None:
-                self._arm_timer = self._loop.call_later(self.prebuffer_ms / 1000, self._arm)
+                self._arm_timer = self._loop.call_later(wait_ms / 1000, self._arm)
 
     def _arm(self) -> None:
         self._cancel_arm_timer()
@@ -300,6 +309,9 @@ class Playback(SupervisedStream):
         if self._arm_timer is not None:
             self._arm_timer.cancel()
             self._arm_timer = None
+
+    def _start_rebuffering(self) -> None:
+        self._rebuffering = True
 
     def _notify_drained(self) -> None:
         if self.drained:
@@ -380,6 +392,7 @@ class Playback(SupervisedStream):
             now = time.monotonic()
             self._last_callback = now
             first: list[str] = []
+            underrun = False
             with self._lock:
                 fb = self._frame_bytes
                 need = frame_count * fb
@@ -420,6 +433,7 @@ class Playback(SupervisedStream):
                     self._armed = False
                     if self._open_item is not None:
                         self.underruns += 1
+                        underrun = True
             audio = b"".join(parts)
             if got:
                 # The RMS of one period is a few µs of numpy; the echo guard needs it.
@@ -436,6 +450,8 @@ class Playback(SupervisedStream):
                     loop.call_soon_threadsafe(self._notify_first_audio, item_id, now)
                 if empty:
                     loop.call_soon_threadsafe(self._notify_drained)
+                if underrun:
+                    loop.call_soon_threadsafe(self._start_rebuffering)
             except RuntimeError:  # loop closed
                 return silence, pyaudio.paAbort
             return audio, pyaudio.paContinue

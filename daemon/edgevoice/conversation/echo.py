@@ -6,10 +6,11 @@ handed to the speaker over the last seconds and predicts the echo level at the m
 ``max(reference level in [t - delay - spread, t - delay + spread]) + coupling``. Speech counts
 as the user's only when the microphone is at least ``margin_db`` above that prediction.
 
-The coupling is learned: while the assistant plays and the microphone is not clearly above
-the current estimate, the estimate follows the upper envelope of ``mic - reference`` (fast up,
-slower down), so a loud speaker next to the microphone raises the bar by itself and a quiet
-room lowers it within about a second of playback. It starts from ``coupling_db`` and
+The coupling is learned: while the assistant plays, every microphone frame that is not clearly
+the user is an observation of ``mic - reference``, and the coupling is the largest of them over
+the last ``memory_s`` seconds of playback. A loud speaker next to the microphone raises the bar
+at once; a quiet room lowers it after ``memory_s`` of playback; pauses between words cannot
+lower it. It starts from ``coupling_db`` and
 never drops below ``min_coupling_db``. Pure: no I/O, time is an argument; memory is bounded by
 ``history_s``.
 """
@@ -22,7 +23,10 @@ from collections import deque
 import numpy as np
 
 SILENCE_DB = -100.0
+WARMUP_FRAMES = 50  # observations (about 1 s of playback) before the prior stops being a floor
 LEARN_MIN_REF_DB = -50.0  # quieter playback says too little about the room to learn from
+USER_HOLD_S = 0.5  # no learning this long after a frame that was the user
+MAX_RISE_DB = 1.0  # the most the coupling may rise per observed frame
 
 
 def level_dbfs(pcm: bytes) -> float:
@@ -38,12 +42,13 @@ class EchoGuard:
     def __init__(
         self,
         *,
-        delay_s: float = 0.05,
+        delay_s: float = 0.1,
         spread_s: float = 0.15,
         coupling_db: float = -6.0,
         min_coupling_db: float = -30.0,
         margin_db: float = 10.0,
         history_s: float = 3.0,
+        memory_s: float = 5.0,
     ) -> None:
         self.delay_s = delay_s
         self.spread_s = spread_s
@@ -51,7 +56,14 @@ class EchoGuard:
         self.min_coupling_db = min_coupling_db
         self.margin_db = margin_db
         self.history_s = history_s
+        self.memory_s = memory_s
         self._ref: deque[tuple[float, float]] = deque()  # (t, level dB) handed to the speaker
+        # (t, mic − reference) of recent frames that were not the user, kept decreasing in
+        # the value so the front is the window's maximum (a monotonic queue: O(1) per frame).
+        self._observed: deque[tuple[float, float]] = deque()
+        self._prior = coupling_db
+        self._observations = 0
+        self._user_at = float("-inf")
 
     def reference(self, level_db: float, t: float) -> None:
         """Record that audio of ``level_db`` reached the speaker at time ``t``."""
@@ -61,11 +73,12 @@ class EchoGuard:
 
     def expected_echo_db(self, t: float) -> float:
         """Predicted echo level at the microphone at time ``t`` (SILENCE_DB when none)."""
+        ref = self._reference_at(t)
+        return SILENCE_DB if ref <= SILENCE_DB + 1 else ref + self.coupling_db
+
+    def _reference_at(self, t: float) -> float:
         lo, hi = t - self.delay_s - self.spread_s, t - self.delay_s + self.spread_s
-        levels = [lv for (tr, lv) in self._ref if lo <= tr <= hi]
-        if not levels:
-            return SILENCE_DB
-        return max(levels) + self.coupling_db
+        return max((lv for (tr, lv) in self._ref if lo <= tr <= hi), default=SILENCE_DB)
 
     def played_within(self, lo: float, hi: float) -> bool:
         """True when audio above silence reached the speaker between ``lo`` and ``hi``."""
@@ -75,16 +88,33 @@ class EchoGuard:
         """True when the microphone level cannot be the assistant's echo. Call it for every
         microphone frame while the assistant may be heard (voiced or not): frames that are
         not the user teach the guard the room's coupling."""
-        expected = self.expected_echo_db(t)
-        if expected <= SILENCE_DB + 1:
+        ref = self._reference_at(t)
+        if ref <= SILENCE_DB + 1:
             return True
-        user = mic_db >= expected + self.margin_db
-        ref = expected - self.coupling_db
-        if not user and ref > LEARN_MIN_REF_DB:
-            observed = max(self.min_coupling_db, mic_db - ref)
-            # Track the upper envelope of mic − reference: fast up (a louder path is
-            # dangerous), slower down (a quiet room lowers the bar within about a second).
-            rate = 0.3 if observed > self.coupling_db else 0.05
-            self.coupling_db = max(self.min_coupling_db,
-                                   self.coupling_db + rate * (observed - self.coupling_db))
+        user = mic_db >= ref + self.coupling_db + self.margin_db
+        if user:
+            self._user_at = t
+        elif ref > LEARN_MIN_REF_DB and t - self._user_at > USER_HOLD_S:
+            # Not right after the user's voice: the quiet ends of their words are not echo.
+            # A rise is slew-limited: the onset of the user's voice (quiet first frames not
+            # yet clearly above the bar) must not lift the bar out of the user's reach.
+            observed = min(mic_db - ref, self.coupling_db + MAX_RISE_DB)
+            self._learn(max(self.min_coupling_db, observed), t)
         return user
+
+    def _learn(self, observed: float, t: float) -> None:
+        # The coupling is the loudest echo seen over the last memory_s of playback: a pause
+        # between words (quiet microphone, loud reference window) cannot pull it down, a
+        # quiet room lowers it once the louder observations age out. Without new playback
+        # the last estimate stays (the room does not change between replies).
+        q = self._observed
+        while q and q[-1][1] <= observed:
+            q.pop()
+        q.append((t, observed))
+        while q[0][0] < t - self.memory_s:
+            q.popleft()
+        self._observations += 1
+        # Until a second of playback was observed the prior is a floor: an estimate that fell
+        # too low early would call the echo "user" and never see it to learn from.
+        warm = self._observations >= WARMUP_FRAMES
+        self.coupling_db = q[0][1] if warm else max(self._prior, q[0][1])

@@ -1,0 +1,347 @@
+"""The whole daemon, all real: ALSA ``file`` PCMs on FIFOs paced in real time (the demo's
+virtual sound card), espeak-ng speech in the microphone, the loopback simulator on 127.0.0.1,
+and for ducking a real PulseAudio server with another program playing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgevoice.app import Daemon
+from edgevoice.audio.convert import read_wav
+from edgevoice.audio.virtual import EchoPath
+from edgevoice.config import Config
+from edgevoice.conversation.core import State, Telemetry
+from edgevoice.demo import Rig
+from edgevoice.secrets import Secret
+from edgevoice.voicelive.auth import ApiKeyAuth
+from edgevoice.voicelive.script import Script
+from edgevoice.voicelive.simulator import Simulator
+from support import PulseServer, espeak, stop_process, until, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
+MS16 = 32  # bytes per ms at 16 kHz PCM16
+MS24 = 48  # bytes per ms at 24 kHz PCM16
+LONG_REPLY = ("Here is a long answer so that there is time to interrupt it. The weather will be "
+              "sunny in the morning, cloudy at noon, and in the evening there may be showers, "
+              "so take an umbrella and a warm coat if you go out tonight.")
+
+
+def wake_word() -> bytes:
+    pcm, rate = read_wav(FIXTURES / "jarvis_en-us.wav")
+    assert rate == 16000
+    return pcm
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * 16000) * 2)
+
+
+def onset(pcm: bytes, threshold: int = 300) -> int:
+    """Byte offset of the first sample louder than ``threshold``."""
+    x = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
+    return int(np.argmax(x > threshold)) * 2
+
+
+@dataclass
+class Harness:
+    sim: Simulator
+    rig: Rig
+    daemon: Daemon
+    timeline: list[Telemetry]
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.timeline]
+
+    def entries(self, name: str) -> list[Telemetry]:
+        return [e for e in self.timeline if e.name == name]
+
+    async def event(self, name: str, count: int = 1, timeout: float = 20.0) -> Telemetry:
+        try:
+            await until(lambda: len(self.entries(name)) >= count, timeout, what=name)
+        except AssertionError as exc:
+            raise AssertionError(f"no {name!r} (#{count}) in:\n{self.dump()}") from exc
+        return self.entries(name)[count - 1]
+
+    def dump(self) -> str:
+        t0 = self.timeline[0].t if self.timeline else 0.0
+        return "\n".join(f"{e.t - t0:8.3f} {e.name} {e.fields}" for e in self.timeline)
+
+    def say(self, pcm: bytes) -> int:
+        """Play ``pcm`` into the microphone; returns the byte count to wait for."""
+        self.rig.mic.feed(pcm)
+        return self.rig.mic.written + len(pcm)
+
+    def reply_audio(self, item_id: str) -> bytes:
+        """The audio the simulator sent for ``item_id`` (24 kHz PCM16)."""
+        return b"".join(base64.b64decode(e["delta"]) for e in self.sim.sent("response.audio.delta")
+                        if e["item_id"] == item_id)
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
+                  **sections: dict[str, Any]) -> AsyncIterator[Harness]:
+    key = secrets.token_urlsafe(16)
+    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
+    await sim.start()
+    cfg = Config.model_validate({"voicelive": {"endpoint": sim.url}, **sections})
+    timeline: list[Telemetry] = []
+    try:
+        with Rig(tmp_path / "rig", echo=echo) as rig:
+            daemon = Daemon(cfg, auth=ApiKeyAuth(Secret(key)), on_telemetry=timeline.append)
+            stop = asyncio.Event()
+            task = asyncio.create_task(daemon.run(stop))
+            try:
+                await asyncio.wait_for(daemon.ready.wait(), 20)
+                yield Harness(sim, rig, daemon, timeline)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 15)
+            assert daemon.errors == 0
+    finally:
+        await sim.close()
+
+
+def nonzero(pcm: bytes) -> bytes:
+    """The samples that are not exact digital silence: a gap the playback filled with silence
+    (a late packet) does not hide whether the reply's audio came out in order."""
+    x = np.frombuffer(pcm, "<i2")
+    return x[x != 0].tobytes()
+
+
+async def check_truncate_against_speaker(h: Harness) -> int:
+    """The truncate names the item that was playing and exactly the milliseconds of it that
+    reached the speaker: the output holds that prefix of the reply and not 60 ms more."""
+    await asyncio.sleep(0.3)  # what PortAudio already took is still on its way to the FIFO
+    truncate = h.sim.received("conversation.item.truncate")[0]
+    end_ms = truncate["audio_end_ms"]
+    reply = h.reply_audio(truncate["item_id"])
+    speaker = nonzero(h.rig.speaker_pcm())
+    assert h.entries("reply done")[0].fields["status"] == "cancelled"
+    if nonzero(reply[: end_ms * MS24]) not in speaker:
+        lo, hi = 0, end_ms
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if nonzero(reply[: mid * MS24]) in speaker:
+                lo = mid
+            else:
+                hi = mid - 1
+        raise AssertionError(f"truncate {end_ms} ms, but only {lo} ms of the reply are in the "
+                             f"speaker output; stats {h.daemon.playback.stats}")
+    more = reply[: (end_ms + 60) * MS24]
+    tail = np.frombuffer(more[end_ms * MS24:], "<i2")
+    if len(more) == (end_ms + 60) * MS24 and np.abs(tail).max() > 300:
+        assert nonzero(more) not in speaker, "audio after the truncate point reached the speaker"
+    return end_ms
+
+
+async def test_wake_question_reply_then_follow_up_and_nothing_sent_while_idle(tmp_path):
+    script = {"turn": [{"user": "what's the weather", "say": "Sunny and warm."},
+                       {"user": "and tomorrow", "say": "Rain tomorrow."}]}
+    async with running(tmp_path, script, conversation={"follow_up_s": 6.0}) as h:
+        # Idle: speech that is not the wake word goes nowhere — no connection, no byte.
+        n = h.say(espeak("the kettle is boiling"))
+        await until(lambda: h.rig.mic.written >= n, timeout=10, what="the speech to play")
+        await asyncio.sleep(0.3)
+        assert h.sim.connection_count == 0 and h.sim.appended_audio == b""
+
+        h.say(wake_word() + silence(0.3) + espeak("what's the weather like today")
+              + silence(1.5))
+        await h.event("reply done", timeout=25)
+        await until(lambda: h.daemon.core.state is State.FOLLOW_UP, what="follow-up")
+        speaker = np.frombuffer(h.rig.speaker_pcm(), "<i2")
+        assert np.count_nonzero(np.abs(speaker) > 300) > 24000 * 0.5  # the spoken reply
+
+        # Follow-up: a question without the wake word continues the conversation.
+        h.say(espeak("and what about tomorrow") + silence(1.5))
+        await h.event("follow-up speech", timeout=10)
+        await h.event("reply done", count=2, timeout=25)
+        assert h.names().count("wake") == 1
+        assert [e.fields["text"] for e in h.entries("assistant said")] == [
+            "Sunny and warm.", "Rain tomorrow."]
+        assert len(h.sim.received("response.create")) == 0  # server VAD made both responses
+        assert h.daemon.turns[-1].first_delta_to_device_ms is not None
+
+
+async def test_first_word_reaches_the_service_intact_on_a_cold_connection(tmp_path):
+    question = espeak("seven apples are on the table")
+    async with running(tmp_path, {"turn": [{"say": "Okay."}]}) as h:
+        assert h.sim.connection_count == 0  # cold: nothing connected before the wake word
+        h.say(wake_word() + question + silence(1.5))  # no pause after the wake word
+        wake = await h.event("wake")
+        ready = await h.event("session ready")
+        assert ready.t > wake.t  # the connection was made after the wake word
+        await h.event("reply done", timeout=25)
+        sent = h.sim.appended_audio
+        start = onset(question)
+        # Byte-exact: from 100 ms before the first word to its end, nothing lost or altered
+        # although the socket was still connecting when the user started to speak.
+        assert question[max(0, start - 100 * MS16):] in sent
+        ww = wake_word()
+        middle = onset(ww) + 150 * MS16
+        assert ww[middle : middle + 200 * MS16] not in sent  # the wake word stayed local
+        assert h.daemon.turns[0].wake_to_send_ms is not None
+
+
+async def test_barge_in_by_local_speech_stops_cancels_and_truncates_what_was_played(tmp_path):
+    script = {"turn": [{"say": LONG_REPLY}, {"say": "Okay."}]}
+    async with running(tmp_path, script) as h:
+        h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
+        await h.event("first reply audio", timeout=25)
+        await asyncio.sleep(2.0)
+        h.say(espeak("no wait, stop, I have another question") + silence(1.5))
+        barge = await h.event("barge-in")
+        assert barge.fields["by"] == "local speech"
+        await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
+        types = [e["type"] for e in h.sim.connections[0].received_events]
+        assert types.index("response.cancel") < types.index("conversation.item.truncate")
+        end_ms = await check_truncate_against_speaker(h)
+        assert 1500 < end_ms < 6000
+        # The interruption is the next turn: streamed and answered.
+        await h.event("reply done", count=2, timeout=25)
+        assert h.entries("assistant said")[-1].fields["text"] == "Okay."
+
+
+async def test_barge_in_by_server_speech_started(tmp_path):
+    script = {"turn": [{"say": LONG_REPLY, "speech_started_at_ms": 1500}]}
+    async with running(tmp_path, script, bargein={"local_vad": False},
+                       conversation={"listen_timeout_s": 2.0}) as h:
+        h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
+        barge = await h.event("barge-in", timeout=30)
+        assert barge.fields["by"] == "server speech"
+        await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
+        end_ms = await check_truncate_against_speaker(h)
+        assert 1000 < end_ms <= 1600  # what had played when the service heard the user
+
+
+async def test_stop_word_silences_the_reply_without_the_cloud_deciding(tmp_path):
+    script = {"turn": [{"say": LONG_REPLY}]}
+    async with running(tmp_path, script, bargein={"local_vad": False, "server_vad": False,
+                                                  "wake_word": "stop"}) as h:
+        h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
+        await h.event("first reply audio", timeout=25)
+        await asyncio.sleep(1.5)
+        h.say(wake_word())
+        barge = await h.event("barge-in")
+        assert barge.fields["by"] == "stop word"
+        assert h.daemon.core.state is State.FOLLOW_UP  # stopped, not a new question
+        await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
+        assert h.sim.received("response.cancel")
+        await check_truncate_against_speaker(h)
+
+
+async def test_echo_of_the_reply_neither_barges_in_nor_wakes(tmp_path):
+    # The assistant's reply says the wake word; the speaker's output comes back into the
+    # microphone 6 dB down and 60 ms late, as from a speaker next to the microphone.
+    say = ("You can say hey jarvis whenever you need me. Hey jarvis, that is my name, and "
+           "I will listen when you call me.")
+    echo = EchoPath(gain_db=-6.0, delay_ms=60)
+    taken: list[bytes] = []
+    take = echo.take
+    echo.take = lambda n: taken.append(take(n)) or taken[-1]  # type: ignore[method-assign]
+    async with running(tmp_path, {"turn": [{"say": say}]}, echo=echo,
+                       conversation={"follow_up_s": 2.0}) as h:
+        h.say(wake_word() + espeak("what is your name") + silence(1.5))
+        await h.event("reply done", timeout=30)
+        await h.event("idle", timeout=15)
+        names = h.names()
+        assert "barge-in" not in names and "speaker paused" not in names, h.dump()
+        assert names.count("wake") == 1 and "follow-up speech" not in names, names
+        assert h.entries("reply done")[0].fields["status"] == "completed"
+        # The echo was really there: the microphone heard the reply at a speech level.
+        mic_echo = np.frombuffer(b"".join(taken), "<i2").astype(np.float32)
+        assert np.abs(mic_echo).max() > 3000
+
+
+# -- ducking against a real PulseAudio server ---------------------------------------------
+
+
+def pulse_config(pulse: PulseServer, **conversation: Any) -> dict[str, Any]:
+    return {"ducking": {"backend": "pulse", "duck_db": 15.0,
+                        "pulse": {"server": pulse.server}},
+            "conversation": {"follow_up_s": 1.0, **conversation}}
+
+
+async def test_ducking_lowers_other_audio_during_the_conversation_and_restores_it(
+        tmp_path, pulse, players):
+    pulse.play("music", players)
+    pulse.set_volume("music", 50000, 30000)
+    async with running(tmp_path, {"turn": [{"say": "Sunny and warm."}]},
+                       **pulse_config(pulse)) as h:
+        h.say(wake_word() + espeak("what's the weather like") + silence(1.5))
+        await h.event("wake")
+        await until(lambda: pulse.volume("music") != (50000, 30000), what="ducked")
+        assert all(a < b for a, b in zip(pulse.volume("music"), (50000, 30000), strict=True))
+        await h.event("idle", timeout=30)
+        await until(lambda: pulse.volume("music") == (50000, 30000), what="restored")
+
+
+def test_ducking_is_restored_when_the_daemon_gets_sigterm(tmp_path, pulse, players):
+    pulse.play("music", players)
+    pulse.set_volume("music", 50000, 30000)
+    key = secrets.token_urlsafe(16)
+
+    async def main() -> int:
+        sim = Simulator(script=Script.from_dict({"turn": [{"say": LONG_REPLY}]}),
+                        api_key=key, pace=1.0)
+        await sim.start()
+        conf = tmp_path / "edgevoice.toml"
+        # The devices by name: with PULSE_SERVER set, ALSA's "default" may be PulseAudio's.
+        conf.write_text(f'[audio]\ninput_device = "edgevoice_mic"\n'
+                        f'output_device = "edgevoice_speaker"\n'
+                        f'[voicelive]\nendpoint = "{sim.url}"\n'
+                        f'[ducking]\nbackend = "pulse"\n[ducking.pulse]\n'
+                        f'server = "{pulse.server}"\n')
+        try:
+            with Rig(tmp_path / "rig") as rig:
+                env = {**pulse.env, "VOICELIVE_API_KEY": key,
+                       "ALSA_CONFIG_PATH": os.environ["ALSA_CONFIG_PATH"],
+                       "PYTHONPATH": os.pathsep.join(sys.path)}
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "edgevoice", "run", "--config", str(conf)],
+                    env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                lines: list[str] = []
+                assert child.stderr is not None
+                reader = threading.Thread(target=lambda: lines.extend(child.stderr or []),
+                                          daemon=True)
+                reader.start()
+                try:
+                    await until(lambda: any("listening for" in ln for ln in lines), 20,
+                                what="the daemon to listen")
+                    rig.mic.feed(wake_word() + espeak("tell me about the weather")
+                                 + silence(1.5))
+                    try:
+                        await until(lambda: pulse.volume("music") != (50000, 30000), 20,
+                                    what="ducked")
+                    except AssertionError as exc:
+                        raise AssertionError("".join(lines)) from exc
+                    await until(lambda: sim.sent("response.audio.delta"), 25,
+                                what="the reply to play")
+                    child.send_signal(signal.SIGTERM)
+                    code = await asyncio.to_thread(child.wait, 10)
+                finally:
+                    stop_process(child)
+                reader.join(2)
+                assert not any("Traceback" in ln for ln in lines), "".join(lines)
+                return code
+        finally:
+            await sim.close()
+
+    assert asyncio.run(main()) == 0
+    wait_for(lambda: pulse.volume("music") == (50000, 30000), what="restored after SIGTERM")
