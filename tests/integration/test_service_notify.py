@@ -172,12 +172,13 @@ async def test_watchdog_pings_at_half_the_interval_only_while_healthy(
     first = [t - t0 for t in pings if t < t_sick]
     sick = [t for t in pings if t_sick + 0.01 < t < t_well]
     again = [t - t_well for t in pings if t >= t_well]
-    assert 5 <= len(first) <= 7, first  # at 0, 0.1, … 0.5 s
+    assert 4 <= len(first) <= 7, first  # at 0, 0.1, … 0.5 s
     assert first[0] < 0.05
     gaps = [b - a for a, b in zip(first, first[1:], strict=False)]
-    assert all(0.07 < g < 0.16 for g in gaps), gaps
+    assert all(0.07 < g < 0.2 for g in gaps), gaps
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.1, abs=0.02)
     assert sick == []  # an unhealthy daemon is left to the watchdog
-    assert again and again[0] < 0.15 and 3 <= len(again) <= 5, again
+    assert again and again[0] < 0.2 and 2 <= len(again) <= 5, again
     assert n.watchdog_pings == len(pings)
 
 
