@@ -1,4 +1,4 @@
-"""Command line: ``edgevoice run | demo | devices | check-config | simulator``.
+"""Command line: ``edgevoice run | demo | status | devices | check-config | simulator``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -127,6 +127,33 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from edgevoice.config import DEFAULT_STATUS_SOCKET
+    from edgevoice.service.status import StatusUnavailable, format_status, query_status
+
+    if args.socket:
+        path: Path | None = Path(args.socket)
+    else:
+        config, _ = _load(args)
+        path = config.service.status_socket_path()
+        if path is None:
+            print("edgevoice: the status socket is turned off (service.status_socket = \"\"); "
+                  f"use --socket PATH (default {DEFAULT_STATUS_SOCKET})", file=sys.stderr)
+            return 1
+    try:
+        snapshot = query_status(path, timeout=args.timeout)
+    except StatusUnavailable as exc:
+        print(f"edgevoice: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snapshot, indent=2, ensure_ascii=False))
+    else:
+        print(format_status(snapshot))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgevoice", description="Hands-free voice assistant daemon (Azure AI Voice Live)."
@@ -163,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     p.set_defaults(func=cmd_demo)
+
+    p = with_config(sub.add_parser(
+        "status", help="what the running daemon is doing (exit 1 when it is not running)"))
+    p.add_argument("--json", action="store_true", help="the daemon's status snapshot as JSON")
+    p.add_argument("--socket", metavar="PATH",
+                   help="the status socket (default: service.status_socket of the config)")
+    p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("simulator", help="run the loopback Voice Live simulator")
     p.add_argument("--host", default="127.0.0.1")

@@ -321,8 +321,40 @@ class ToolConfig(FunctionTool):
     """A tool the model may call. Actions are added by the tools module."""
 
 
+DEFAULT_STATUS_SOCKET = "/run/edgevoice/status.sock"
+
+
 class ServiceConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_target: Literal["auto", "journal", "stderr"] = "auto"
+    status_socket: str = DEFAULT_STATUS_SOCKET
+
+    @field_validator("status_socket")
+    @classmethod
+    def _socket_path(cls, value: str) -> str:
+        if value == "":
+            return value
+        if not value.startswith("/"):
+            raise ValueError(f"must be an absolute path (or \"\" for none), got {value!r}")
+        if len(os.fsencode(value)) > 107:
+            raise ValueError("must be at most 107 bytes long (a unix socket path)")
+        return value
+
+    def journal(self) -> bool | None:
+        """``setup_logging(journal=…)``: None lets it detect systemd's journal stream."""
+        return {"auto": None, "journal": True, "stderr": False}[self.log_target]
+
+    def status_socket_path(self, env: Mapping[str, str] | None = None) -> Path | None:
+        """Where the status socket lives: None when turned off (``""``); the default path
+        moves into ``$RUNTIME_DIRECTORY`` (systemd's ``RuntimeDirectory=``) when that is set
+        (it is ``/run/edgevoice`` under the shipped unit, the same place)."""
+        env = os.environ if env is None else env
+        if not self.status_socket:
+            return None
+        runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if self.status_socket == DEFAULT_STATUS_SOCKET and runtime.startswith("/"):
+            return Path(runtime) / Path(DEFAULT_STATUS_SOCKET).name
+        return Path(self.status_socket)
 
 
 class Config(Strict):

@@ -1,27 +1,210 @@
-"""Logging setup: stderr with a redacting filter (journald comes with the service work)."""
+"""Logging: to the systemd journal with structured fields, or to stderr; secrets never.
+
+Where records go (:func:`setup_logging`):
+
+- **journal** when asked (``journal=True``) or, by default, when stderr already is the
+  journal (systemd sets ``$JOURNAL_STREAM`` to the device and inode of the stream it gave the
+  service; a process whose stderr was redirected elsewhere is not fooled). Each record is one
+  journal entry with ``MESSAGE``, ``PRIORITY``, ``SYSLOG_IDENTIFIER=edgevoice``, ``LOGGER``,
+  ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``, ``THREAD_NAME``, ``EXCEPTION_TEXT`` when there
+  is a traceback, and one ``EDGEVOICE_<NAME>`` field per ``extra=`` value: ``log.info("…",
+  extra={"state": "idle", "turn": 3, "latency_ms": 412.5})`` gives ``EDGEVOICE_STATE=idle``,
+  ``EDGEVOICE_TURN=3``, ``EDGEVOICE_LATENCY_MS=412.5``. Names are upper-cased with anything
+  but ``[A-Z0-9_]`` turned into ``_``; values that are not plain scalars (or lists of them)
+  are left out. ``journalctl -u edgevoice EDGEVOICE_TURN=3`` then finds one turn.
+- **stderr** otherwise, one compact line per record: ``12:01:05.123 INFO edgevoice.link:
+  connected state=ready turn=3``.
+
+Secrets: both handlers carry :data:`edgevoice.secrets.REDACTOR`, and every text that leaves
+through them — the message, the traceback, each extra field — is redacted again on the way
+out. The stock ``JournalHandler.emit`` is not used because it also sends every attribute of
+the record (``record.__dict__``: the unformatted ``args`` and the ``exc_info`` exception),
+which would carry a secret past the redactor.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
+import re
 import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
 
-from edgevoice.secrets import REDACTOR
+from edgevoice.secrets import REDACTOR, Secret
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
+IDENTIFIER = "edgevoice"
+FIELD_PREFIX = "EDGEVOICE_"
+_FIELD_MAX = 64  # journald's limit on field names
 
-def setup_logging(level: str = "info") -> None:
-    """Log to stderr at ``level``; every handler carries the secret redactor. Idempotent."""
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+try:
+    from systemd.journal import JournalHandler as _JournalHandler
+    from systemd.journal import send as _journal_send
+except ImportError:  # pragma: no cover - only where systemd-python is not installed
+    _JournalHandler = None  # type: ignore[assignment,misc]
+    _journal_send = None
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret registered with the redactor replaced by ``***``."""
+    record = logging.LogRecord("", 0, "", 0, text, None, None)
+    REDACTOR.filter(record)
+    return record.getMessage()
+
+
+def field_name(key: str) -> str:
+    """The journal field for an ``extra=`` key: ``latency_ms`` → ``EDGEVOICE_LATENCY_MS``."""
+    return (FIELD_PREFIX + re.sub(r"[^A-Z0-9_]", "_", key.upper()))[:_FIELD_MAX]
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(round(value, 3))
+    if isinstance(value, str | int):
+        return str(value)
+    return None
+
+
+def _field_value(value: Any) -> str | None:
+    """The text of an extra value: scalars and lists of scalars; None for anything else."""
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_scalar(v) for v in value]
+        if any(i is None for i in items):
+            return None
+        return ",".join(i for i in items if i is not None)
+    if isinstance(value, Secret):
+        return str(value)  # masks itself
+    return _scalar(value)
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The record's ``extra=`` values as redacted journal fields (see the module docstring)."""
+    fields: dict[str, str] = {}
+    for key, value in vars(record).items():
+        if key in _RECORD_ATTRS or key.startswith("_"):
+            continue
+        text = _field_value(value)
+        if text is not None:
+            fields[field_name(key)] = redact(text)
+    return fields
+
+
+if _JournalHandler is not None:
+
+    class EdgevoiceJournalHandler(_JournalHandler):
+        """A JournalHandler that sends exactly the documented fields, each redacted."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = redact(self.format(record))
+                fields: dict[str, Any] = dict(self._extra)
+                fields.update(extra_fields(record))
+                fields.update(
+                    PRIORITY=str(self.map_priority(record.levelno)),
+                    LOGGER=record.name,
+                    THREAD_NAME=record.threadName or "",
+                )
+                if record.exc_text:
+                    fields["EXCEPTION_TEXT"] = redact(record.exc_text)
+                self.send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno,
+                          CODE_FUNC=record.funcName, **fields)
+            except Exception:
+                self.handleError(record)
+
+else:  # pragma: no cover
+    EdgevoiceJournalHandler = None  # type: ignore[assignment,misc]
+
+
+class CompactFormatter(logging.Formatter):
+    """``12:01:05.123 INFO edgevoice.link: message key=value …`` (extras redacted)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%H:%M:%S", self.converter(record.created)) + \
+            f".{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = extra_fields(record)
+        if extras:
+            pairs = " ".join(f"{k[len(FIELD_PREFIX):].lower()}={v}" for k, v in extras.items())
+            first, sep, rest = text.partition("\n")
+            text = f"{first} {pairs}{sep}{rest}"
+        return redact(text)
+
+
+def journal_stream_is_stderr(env: Mapping[str, str] | None = None,
+                             stream: TextIO | None = None) -> bool:
+    """True when ``$JOURNAL_STREAM`` (``DEVICE:INODE``) names ``stream`` (default stderr):
+    systemd connected it to the journal."""
+    env = os.environ if env is None else env
+    value = env.get("JOURNAL_STREAM", "")
+    stream = sys.stderr if stream is None else stream
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def setup_logging(level: str = "info", *, journal: bool | None = None,
+                  identifier: str = IDENTIFIER) -> logging.Handler:
+    """Send log records at ``level`` and above to the journal or to stderr; returns the
+    handler. Idempotent: a second call changes the level (a reload) and the target if it
+    differs, and never adds a second handler.
+
+    level: ``debug`` | ``info`` | ``warning`` | ``error`` (``service.log_level``).
+    journal: True: the journal (falls back to stderr without systemd-python); False: stderr;
+        None: the journal when stderr is connected to it (see the module docstring).
+    identifier: ``SYSLOG_IDENTIFIER`` of journal entries.
+    """
     root = logging.getLogger()
     root.setLevel(LEVELS.get(level, logging.INFO))
-    if not any(getattr(h, "_edgevoice", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if journal is None:
+        journal = journal_stream_is_stderr()
+    want_journal = bool(journal) and EdgevoiceJournalHandler is not None
+
+    ours = [h for h in root.handlers if getattr(h, "_edgevoice", False)]
+    handler: logging.Handler | None = None
+    for h in ours:
+        is_journal = EdgevoiceJournalHandler is not None and isinstance(h, EdgevoiceJournalHandler)
+        if handler is None and is_journal == want_journal and \
+                getattr(h, "_edgevoice_identifier", identifier) == identifier:
+            handler = h
+        else:
+            root.removeHandler(h)
+            h.close()
+    if handler is None:
+        if want_journal:
+            handler = EdgevoiceJournalHandler(SYSLOG_IDENTIFIER=identifier)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(CompactFormatter())
         handler._edgevoice = True  # type: ignore[attr-defined]
+        handler._edgevoice_identifier = identifier  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for handler in root.handlers:
-        if REDACTOR not in handler.filters:
-            handler.addFilter(REDACTOR)
+    for h in root.handlers:
+        if REDACTOR not in h.filters:
+            h.addFilter(REDACTOR)
     # websockets logs every frame at debug; keep it at info unless asked.
     logging.getLogger("websockets").setLevel(max(root.level, logging.INFO))
+    return handler
