@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgevoice.tools.spec import ToolSpec, check_tool_set, declared
 from edgevoice.util import between
 from edgevoice.voicelive.session import (
     AzureSemanticVad,
     EchoCancellation,
     EndOfUtteranceDetection,
-    FunctionTool,
     InputAudioFormat,
     InputTranscription,
     NoiseReduction,
@@ -317,8 +317,8 @@ class DuckingConfig(Strict):
         return opts
 
 
-class ToolConfig(FunctionTool):
-    """A tool the model may call. Actions are added by the tools module."""
+class ToolConfig(ToolSpec):
+    """A tool the model may call: its schema and action (see :mod:`edgevoice.tools`)."""
 
 
 DEFAULT_STATUS_SOCKET = "/run/edgevoice/status.sock"
@@ -398,8 +398,7 @@ class Config(Strict):
             else NoiseReduction(type=s.noise_reduction),
             "input_audio_echo_cancellation": EchoCancellation() if s.echo_cancellation else None,
             "input_audio_transcription": transcription,
-            "tools": [FunctionTool(name=t.name, description=t.description,
-                                   parameters=t.parameters) for t in self.tools],
+            "tools": declared(self.tools),
             "tool_choice": s.tool_choice,
             "temperature": s.temperature,
             "max_response_output_tokens": s.max_response_output_tokens,
@@ -410,10 +409,14 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _unique_tools(self) -> Config:
-        names = [t.name for t in self.tools]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"tool names must be unique, repeated: {', '.join(duplicated)}")
+        problems = check_tool_set(self.tools)
+        confirmed = [t.name for t in self.tools if t.confirm]
+        if confirmed and not self.session.input_transcription.enabled:
+            problems.append(f"confirm = true (tool {', '.join(confirmed)}) needs "
+                            f"session.input_transcription.enabled: the user's answer is "
+                            f"read from the transcript")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -86,7 +86,8 @@ def test_threshold_message_matches_the_documented_format() -> None:
         ("[ducking]\nbackend = \"loud\"\n", "ducking.backend: must be one of"),
         ("[service]\nlog_level = \"trace\"\n", "service.log_level: must be one of"),
         ("[[tools]]\nname = \"bad name\"\n", "tools[0].name: must match"),
-        ("[[tools]]\nname = \"a\"\n[[tools]]\nname = \"a\"\n",
+        ("[[tools]]\nname = \"a\"\nbuiltin = \"get_time\"\n"
+         "[[tools]]\nname = \"a\"\nbuiltin = \"get_time\"\n",
          "(top level): tool names must be unique, repeated: a"),
         ("audio = 3\n", "audio: must be a table, got 3"),
     ],
@@ -160,6 +161,7 @@ def test_valid_full_configuration_builds_the_session() -> None:
         name = "get_time"
         description = "Current time"
         parameters = { type = "object", properties = {} }
+        builtin = "get_time"
         """,
         "full.toml",
     )

@@ -1,0 +1,427 @@
+"""The ``[[tools]]`` schema: what a declared tool is, checked when the config is loaded.
+
+A tool is a name, a description, a JSON Schema of its parameters and exactly one action
+(``command``, ``gpio``, ``mqtt`` or ``builtin``), plus ``timeout_s``, an optional
+``rate_limit`` and ``confirm``. Everything that can be checked without running anything is
+checked here, so that ``edgevoice check-config`` catches it:
+
+- ``parameters`` is a well-formed JSON Schema (``check_schema`` of its draft) of an object;
+- every ``{placeholder}`` of an action names a declared parameter that is required or has a
+  default (so a placeholder always has a value), and the program (``argv[0]``) is never one;
+- placeholders fit where they stand: a GPIO ``do`` placeholder is a boolean or an enum of
+  ``on``/``off``/``toggle``/``pulse``, a PWM ``value`` placeholder is a number;
+- exactly one action is set, and only the settings of that action.
+
+Templates use Python's format syntax without conversions or format specs: ``{name}`` is a
+placeholder, ``{{`` and ``}}`` are literal braces, any other brace is an error.
+
+This module imports nothing of :mod:`edgevoice.config` (the config imports it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from edgevoice.voicelive.session import FunctionTool, Strict
+
+# --------------------------------------------------------------------------- templates
+
+_FORMATTER = string.Formatter()
+
+
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of ``template`` in order. ValueError for a malformed template
+    (a lone brace, ``{}``, or a conversion/format spec such as ``{x!r}`` or ``{x:>4}``)."""
+    names: list[str] = []
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder in {template!r}: {exc} (write {{{{ and }}}} for "
+                         f"literal braces)") from None
+    for _literal, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field:
+            raise ValueError(f"empty placeholder {{}} in {template!r} (use {{{{ for a brace)")
+        if spec or conversion:
+            raise ValueError(f"placeholder in {template!r} must be a plain {{name}}")
+        names.append(field)
+    return names
+
+
+def whole_placeholder(template: str) -> str | None:
+    """The parameter name if ``template`` is exactly one placeholder (``"{level}"``)."""
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError:
+        return None
+    if len(parts) == 1 and parts[0][0] == "" and parts[0][1]:
+        return parts[0][1]
+    return None
+
+
+def as_text(value: Any) -> str:
+    """How an argument value reads inside a template: strings as they are, everything else
+    as compact JSON (``true``, ``3``, ``0.5``, ``["a","b"]``)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def render(template: str, args: Mapping[str, Any]) -> str:
+    """``template`` with each placeholder replaced by its argument's text (one string out,
+    whatever the value holds: nothing is split, globbed or interpreted)."""
+    out: list[str] = []
+    for literal, field, _spec, _conversion in _FORMATTER.parse(template):
+        out.append(literal)
+        if field is not None:
+            out.append(as_text(args[field]))
+    return "".join(out)
+
+
+def _walk_strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _walk_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk_strings(v)
+
+
+# --------------------------------------------------------------------------- built-ins
+
+Builtin = Literal["set_volume", "stop_conversation", "get_time"]
+
+_EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
+
+BUILTIN_PARAMETERS: dict[str, dict[str, Any]] = {
+    "get_time": _EMPTY,
+    "stop_conversation": _EMPTY,
+    "set_volume": {
+        "type": "object",
+        "properties": {
+            "percent": {"type": "integer", "minimum": 0, "maximum": 100,
+                        "description": "Speaker volume in percent, 0 is silent"},
+        },
+        "required": ["percent"],
+    },
+}
+
+BUILTIN_DESCRIPTIONS: dict[str, str] = {
+    "get_time": "The current local date and time.",
+    "stop_conversation": "End the conversation when the user is done or says goodbye.",
+    "set_volume": "Set the speaker volume in percent.",
+}
+
+GPIO_OUTPUT_OPS = ("on", "off", "toggle", "pulse")
+GPIO_OPS = (*GPIO_OUTPUT_OPS, "pwm", "read")
+
+
+def gpio_pin_key(pin: int | str) -> str:
+    """One spelling per pin for conflict checks: ``17``, ``"17"``, ``"BCM17"`` and
+    ``"GPIO17"`` are all ``GPIO17``; other specs (``"BOARD11"``, ``"J8:11"``) stay as they are
+    (gpiozero itself refuses two devices on one pin, whatever the spelling)."""
+    text = str(pin).strip().upper()
+    m = re.fullmatch(r"(?:GPIO|BCM)?(\d+)", text)
+    return f"GPIO{int(m[1])}" if m else text
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class RateLimit(Strict):
+    """At most ``max_calls`` runs in any ``per_s`` seconds (sliding window)."""
+
+    max_calls: Annotated[int, Field(ge=1, le=100000)]
+    per_s: Annotated[float, Field(gt=0, le=86400)]
+
+
+class CommandAction(Strict):
+    """Run a program: ``argv`` is a list, each element one argument; placeholders fill in
+    whole arguments. No shell is ever involved."""
+
+    argv: list[str] = Field(min_length=1)
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list)
+    cwd: str | None = None
+    max_output_bytes: Annotated[int, Field(ge=1, le=1048576)] = 4096
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the program (argv[0]) must not be empty")
+        for arg in value:
+            placeholders(arg)  # raises for a malformed template
+        if placeholders(value[0]):
+            raise ValueError("the program (argv[0]) must not contain a placeholder")
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise ValueError(f"must be an absolute path, got {value!r}")
+        return value
+
+    def templates(self) -> list[str]:
+        return list(self.argv[1:])
+
+
+class GpioAction(Strict):
+    """Drive or read one GPIO pin through gpiozero.
+
+    ``do``: ``on``, ``off``, ``toggle``, ``pulse`` (on for ``pulse_s``, then off), ``pwm``
+    (set the duty cycle to ``value`` / ``value_max``) or ``read``; or a placeholder whose
+    parameter chooses between on/off/toggle/pulse (an enum) or on/off (a boolean)."""
+
+    pin: int | str
+    do: str
+    value: float | str | None = None
+    value_max: Annotated[float, Field(gt=0)] = 1.0
+    pulse_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    active_high: bool = True
+    pull_up: bool = False
+    frequency_hz: Annotated[int, Field(ge=1, le=100000)] = 100
+
+    @field_validator("pin")
+    @classmethod
+    def _pin(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0 or isinstance(value, str) and not value.strip():
+            raise ValueError(f"must be a pin number or a gpiozero pin name, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> GpioAction:
+        if whole_placeholder(self.do) is None and self.do not in GPIO_OPS:
+            raise ValueError(f"do must be one of {', '.join(GPIO_OPS)} or a {{placeholder}}, "
+                             f"got {self.do!r}")
+        placeholders(self.do)
+        if self.do == "pwm":
+            if self.value is None:
+                raise ValueError('do = "pwm" needs a value (a number or a {placeholder})')
+            if isinstance(self.value, str):
+                if whole_placeholder(self.value) is None:
+                    raise ValueError(f"value must be a number or one {{placeholder}}, "
+                                     f"got {self.value!r}")
+            elif not 0 <= self.value / self.value_max <= 1:
+                raise ValueError(f"value must be between 0 and value_max ({self.value_max:g}), "
+                                 f"got {self.value:g}")
+        elif self.value is not None:
+            raise ValueError('value is only for do = "pwm"')
+        return self
+
+    def templates(self) -> list[str]:
+        return [t for t in (self.do, self.value) if isinstance(t, str) and placeholders(t)]
+
+    @property
+    def kind(self) -> Literal["input", "pwm", "output"]:
+        """The gpiozero device this pin needs."""
+        return "input" if self.do == "read" else "pwm" if self.do == "pwm" else "output"
+
+
+class MqttAction(Strict):
+    """Publish to an MQTT broker (aiomqtt), optionally waiting for one reply message.
+
+    ``payload`` is a string template, or a table/list that is sent as JSON: a string leaf that
+    is exactly one placeholder takes the argument's own JSON type (``"{level}"`` → ``80``),
+    so arguments can never break the JSON apart. The broker password is read from
+    ``password_file`` at each call; it is never in the config file and never logged."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    tls: bool = False
+    username: str | None = Field(default=None, min_length=1)
+    password_file: str | None = Field(default=None, min_length=1)
+    topic: str = Field(min_length=1)
+    payload: str | dict[str, Any] | list[Any] = ""
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    reply_topic: str | None = Field(default=None, min_length=1)
+    reply_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    max_reply_bytes: Annotated[int, Field(ge=1, le=1048576)] = 4096
+
+    @model_validator(mode="after")
+    def _templates(self) -> MqttAction:
+        for template in self.templates():
+            placeholders(template)
+        for name, topic in (("topic", self.topic), ("reply_topic", self.reply_topic)):
+            if topic is not None and any(c in topic for c in "+#\0"):
+                raise ValueError(f"{name} must not contain MQTT wildcards (+, #), got {topic!r}")
+        return self
+
+    def templates(self) -> list[str]:
+        return [self.topic, *([self.reply_topic] if self.reply_topic else []),
+                *_walk_strings(self.payload)]
+
+
+class MixerSettings(Strict):
+    """The ALSA mixer control of the ``set_volume`` built-in (as ``amixer -D DEVICE``)."""
+
+    device: str = Field(default="default", min_length=1)
+    control: str = Field(default="Master", min_length=1)
+
+
+# --------------------------------------------------------------------------- the tool
+
+ACTIONS = ("command", "gpio", "mqtt", "builtin")
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    cls = validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path)
+        raise ValueError(f"not a valid JSON Schema: {where + ': ' if where else ''}"
+                         f"{exc.message}") from None
+    if schema.get("type") != "object":
+        raise ValueError(f'must be an object schema (type = "object"), '
+                         f"got type {schema.get('type')!r}")
+    props = schema.get("properties", {})
+    if not isinstance(props, dict):
+        raise ValueError("properties must be a table")
+
+
+def _param_schema(parameters: Mapping[str, Any], name: str) -> dict[str, Any]:
+    props = parameters.get("properties") or {}
+    if name not in props:
+        raise ValueError(f"placeholder {{{name}}} is not a declared parameter")
+    required = parameters.get("required") or []
+    schema = props[name] if isinstance(props[name], dict) else {}
+    if name not in required and "default" not in schema:
+        raise ValueError(f"placeholder {{{name}}} names an optional parameter without a "
+                         f"default: list it in required or give it a default")
+    return schema
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    t = schema.get("type")
+    return {t} if isinstance(t, str) else set(t) if isinstance(t, list) else set()
+
+
+class ToolSpec(FunctionTool):
+    """One ``[[tools]]`` entry (see the module docs). Only ``name``, ``description`` and
+    ``parameters`` go on the wire (:func:`declared`); the rest stays on the device."""
+
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    rate_limit: RateLimit | None = None
+    confirm: bool = False
+    confirm_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    command: CommandAction | None = None
+    gpio: GpioAction | None = None
+    mqtt: MqttAction | None = None
+    builtin: Builtin | None = None
+    mixer: MixerSettings | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_schema(value)
+        return value
+
+    @field_validator("command", "gpio", "mqtt")
+    @classmethod
+    def _placeholders_declared(
+        cls, value: CommandAction | GpioAction | MqttAction | None, info: ValidationInfo
+    ) -> CommandAction | GpioAction | MqttAction | None:
+        parameters = info.data.get("parameters")
+        if value is None or parameters is None:
+            return value  # no action here, or the schema itself is already reported
+        for template in value.templates():
+            for name in placeholders(template):
+                _param_schema(parameters, name)
+        if isinstance(value, GpioAction):
+            _check_gpio_params(value, parameters)
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> ToolSpec:
+        chosen = [a for a in ACTIONS if getattr(self, a) is not None]
+        if len(chosen) != 1:
+            got = ", ".join(chosen) if chosen else "none"
+            raise ValueError(f"set exactly one action ({', '.join(ACTIONS)}), got {got}")
+        if self.mixer is not None and self.builtin != "set_volume":
+            raise ValueError('mixer is only for builtin = "set_volume"')
+        if self.builtin is not None:
+            fixed = BUILTIN_PARAMETERS[self.builtin]
+            if "parameters" in self.model_fields_set and self.parameters != fixed:
+                raise ValueError(f"builtin {self.builtin} has fixed parameters: "
+                                 f"leave parameters out")
+            self.parameters = fixed
+            self.description = self.description or BUILTIN_DESCRIPTIONS[self.builtin]
+            if self.builtin == "set_volume" and self.mixer is None:
+                self.mixer = MixerSettings()
+        if self.mqtt is not None and self.mqtt.reply_topic and \
+                self.mqtt.reply_timeout_s > self.timeout_s:
+            raise ValueError(f"mqtt.reply_timeout_s ({self.mqtt.reply_timeout_s:g}) must not "
+                             f"exceed timeout_s ({self.timeout_s:g})")
+        return self
+
+    @property
+    def action(self) -> str:
+        """The name of the action: command, gpio, mqtt or builtin."""
+        return next(a for a in ACTIONS if getattr(self, a) is not None)
+
+
+def _check_gpio_params(action: GpioAction, parameters: Mapping[str, Any]) -> None:
+    do = whole_placeholder(action.do)
+    if do is not None:
+        schema = _param_schema(parameters, do)
+        enum = schema.get("enum")
+        if _types(schema) == {"boolean"}:
+            pass  # true: on, false: off
+        elif not isinstance(enum, list) or not enum or \
+                not set(map(str, enum)) <= set(GPIO_OUTPUT_OPS):
+            raise ValueError(f"placeholder {{{do}}} in do must be a boolean or an enum of "
+                             f"{', '.join(GPIO_OUTPUT_OPS)}")
+    if isinstance(action.value, str):
+        name = whole_placeholder(action.value)
+        assert name is not None  # checked by GpioAction
+        schema = _param_schema(parameters, name)
+        if not _types(schema) or not _types(schema) <= {"number", "integer"}:
+            raise ValueError(f"placeholder {{{name}}} in value must be a number parameter")
+
+
+def check_tool_set(tools: Sequence[ToolSpec]) -> list[str]:
+    """Problems between tools (not within one): repeated names, one GPIO pin used both as
+    an input and as an output. Empty when the set is fine."""
+    problems: list[str] = []
+    names = [t.name for t in tools]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        problems.append(f"tool names must be unique, repeated: {', '.join(duplicated)}")
+    first: dict[tuple[str, str], ToolSpec] = {}  # (pin, "input"/"output") -> its first tool
+    for t in tools:
+        if t.gpio is None:
+            continue
+        pin = gpio_pin_key(t.gpio.pin)
+        role = "input" if t.gpio.kind == "input" else "output"
+        other = first.setdefault((pin, role), t)
+        assert other.gpio is not None
+        # One pin is one device: its tools must agree on what "on" means and on the pull.
+        setting = "pull_up" if role == "input" else "active_high"
+        if getattr(other.gpio, setting) != getattr(t.gpio, setting):
+            problems.append(f"{pin}: tools {other.name} and {t.name} disagree on {setting}")
+    for (pin, role), t in first.items():
+        if role == "input" and (pin, "output") in first:
+            problems.append(f"{pin} is used as an input by tool {t.name} and as an output by "
+                            f"tool {first[(pin, 'output')].name}")
+    return problems
+
+
+def declared(tools: Iterable[ToolSpec]) -> list[FunctionTool]:
+    """The ``tools`` of ``session.update``: name, description and parameters only (no
+    command, pin, broker or other device detail reaches the service)."""
+    return [FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
+            for t in tools]

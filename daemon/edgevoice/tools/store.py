@@ -1,0 +1,121 @@
+"""Outputs by ``call_id``: what makes a call run at most once.
+
+:class:`CallStore` keeps the output of the last ``size`` call ids in memory and, when given a
+file, on disk as well. A call that starts an action is recorded *before* the action runs
+(``started``), so a restart in the middle never runs it again: after a restart such a call
+answers :data:`INTERRUPTED` instead. The file is replaced atomically (temporary file, fsync,
+rename, fsync of the directory); a missing file is an empty store, an unreadable one is
+logged and set aside as ``NAME.bad`` so that the daemon still starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger("edgevoice.tools")
+
+INTERRUPTED = json.dumps({
+    "ok": False,
+    "error": "interrupted before it finished (the daemon stopped); it may or may not have "
+             "taken effect and was not run again",
+})
+
+_VERSION = 1
+
+
+class CallStore:
+    """Bounded map ``call_id -> output`` (``None``: started, not finished)."""
+
+    def __init__(self, size: int = 256, path: Path | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+        self.path = path
+        self._calls: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = asyncio.Lock()
+        if path is not None:
+            self._load(path)
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._calls
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def get(self, call_id: str) -> str | None:
+        """The stored output; :data:`INTERRUPTED` for a call that started but never finished
+        (only possible after a restart); None for an unknown call id."""
+        if call_id not in self._calls:
+            return None
+        output = self._calls[call_id]
+        return INTERRUPTED if output is None else output
+
+    async def started(self, call_id: str) -> None:
+        """Record that ``call_id``'s action is about to run (on disk before returning)."""
+        self.remember(call_id, None)
+        await self.save()
+
+    async def finished(self, call_id: str, output: str) -> None:
+        """Record the final output of ``call_id``."""
+        self.remember(call_id, output)
+        await self.save()
+
+    def remember(self, call_id: str, output: str | None) -> None:
+        """Record in memory only (:meth:`save` writes the file)."""
+        self._calls[call_id] = output
+        self._calls.move_to_end(call_id)
+        while len(self._calls) > self.size:
+            self._calls.popitem(last=False)
+
+    # ------------------------------------------------------------------ file
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != _VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            for entry in data["calls"]:
+                call_id, output = entry["call_id"], entry["output"]
+                if not isinstance(call_id, str) or not isinstance(output, str | None):
+                    raise ValueError(f"bad entry {entry!r:.80}")
+                self.remember(call_id, output)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad = path.with_name(path.name + ".bad")
+            log.warning("tools: cannot read %s (%s); set aside as %s, starting empty",
+                        path, exc, bad)
+            self._calls.clear()
+            try:
+                path.replace(bad)
+            except OSError:
+                pass
+
+    async def save(self) -> None:
+        """Write the file (if any). Raises OSError when it cannot."""
+        if self.path is None:
+            return
+        async with self._lock:  # writes in call order; a snapshot per write
+            text = json.dumps({"version": _VERSION, "calls": [
+                {"call_id": c, "output": o} for c, o in self._calls.items()]})
+            await asyncio.to_thread(_write_atomically, self.path, text)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
