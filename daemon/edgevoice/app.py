@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,9 @@ from edgevoice.listen import setup
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
 from edgevoice.secrets import Secret
+from edgevoice.service.notify import Notifier
+from edgevoice.service.status import public_endpoint
+from edgevoice.tools import ToolBox
 from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.auth import Auth, make_auth
 from edgevoice.voicelive.link import LinkDown, LinkUp, VoiceLiveLink
@@ -139,6 +143,8 @@ class TurnFigures:
     started: float
     wake_to_send_ms: float | None = None
     first_delta_to_device_ms: float | None = None
+    first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
+    wake_word: str | None = None
     bargein: str | None = None
     truncate_ms: int | None = None
     tools: list[str] = field(default_factory=list)
@@ -162,11 +168,17 @@ class Daemon:
         on_telemetry: Callable[[c.Telemetry], None] | None = None,
         on_state: Callable[[c.State], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_telemetry = on_telemetry
         self.on_state = on_state
+        self.toolbox: ToolBox | None = None
+        if tools is None and cfg.tools:
+            self.toolbox = ToolBox(cfg.tools, stop_conversation=self._stop_conversation,
+                                   state_dir=state_dir, clock=clock)
+            tools = self.toolbox.call
         self.run_tool = tools or no_tools
         self.ready = asyncio.Event()
         self.wake = build_wake_gate(cfg)
@@ -204,6 +216,12 @@ class Daemon:
         self._drain_task: asyncio.Task[None] | None = None
         self._earcons = 0
         self._started_at = clock()
+        self._started_wall = time.time()
+        self._state_since = time.time()
+        self._speech_at: float | None = None
+        self._speech_end_at: float | None = None
+        self._last_tick = clock()
+        self.tool_calls: deque[dict[str, Any]] = deque(maxlen=MAX_TURNS_KEPT)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,6 +259,8 @@ class Daemon:
         self.playback.stop()
         await self.ducker.unduck()
         await self.link.close()
+        if self.toolbox is not None:
+            await self.toolbox.aclose()
         if self._own_auth:
             await self._auth.close()
         await self.capture.aclose()
@@ -278,6 +298,11 @@ class Daemon:
             try:
                 if isinstance(event, ev.ResponseAudioDelta):
                     self._delta_at.setdefault(event.item_id, self.clock())
+                elif (isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted)
+                        and self.toolbox is not None):
+                    # What the user said (the service's transcription of the microphone):
+                    # the only thing that can confirm a confirm = true tool.
+                    self.toolbox.user_said(event.transcript, self._speech_at or self.clock())
                 self._do(self.core.on_event(event, self.clock()))
                 if isinstance(event, LinkUp | LinkDown):
                     log.info("%s", self.link.status_text)
@@ -288,6 +313,7 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            self._last_tick = self.clock()
             try:
                 self._do(self.core.on_tick(self.clock()))
             except Exception:
@@ -309,13 +335,31 @@ class Daemon:
         except Exception as exc:  # the runner's contract says it never raises; be safe
             log.exception("tool %s failed", action.name)
             output = json.dumps({"ok": False, "error": f"{action.name} failed: {exc}"})
-        log.info("tool %s done in %.0f ms", action.name, (self.clock() - started) * 1000,
-                 extra={"tool": action.name, "call_id": action.call_id})
+        ms = (self.clock() - started) * 1000
+        try:
+            result = json.loads(output)
+            ok = bool(result.get("ok")) if isinstance(result, dict) else True
+            error = result.get("error") if isinstance(result, dict) else None
+        except ValueError:
+            ok, error = True, None
+        self.tool_calls.append({"turn": self.core.turn, "name": action.name,
+                                "call_id": action.call_id, "ok": ok, "ms": round(ms, 1),
+                                "at": time.time(), "error": error})
+        log.info("tool %s done in %.0f ms", action.name, ms,
+                 extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
 
     async def _drained(self) -> None:
         await self.playback.wait_drained()
         self._do(self.core.on_playback_drained(self.clock()))
+
+    def _stop_conversation(self) -> None:
+        self._do(self.core.end_conversation(self.clock()))
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop runs its timer and the microphone is either
+        delivering or being reopened by its supervisor (a missing device is not a hang)."""
+        return self.clock() - self._last_tick < 5.0
 
     # ------------------------------------------------------------------ figures
 
@@ -327,14 +371,23 @@ class Daemon:
     def _on_first_audio(self, item_id: str, t: float) -> None:
         got = self._delta_at.pop(item_id, None)
         if got is not None and self.turns:
-            self.turns[-1].first_delta_to_device_ms = (t - got) * 1000
+            turn = self.turns[-1]
+            turn.first_delta_to_device_ms = (t - got) * 1000
+            if self._speech_end_at is not None and turn.first_audio_ms is None:
+                turn.first_audio_ms = (t - self._speech_end_at) * 1000
             self._telemetry(c.Telemetry("first audio at speaker", t, {
                 "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)}))
 
     def _telemetry(self, entry: c.Telemetry) -> None:
         self.timeline.append(entry)
+        if entry.name.startswith("speech start") or entry.name in ("follow-up speech",
+                                                                    "barge-in"):
+            self._speech_at = self.clock()
+        if entry.name in ("speech end (server)", "end of utterance (local)"):
+            self._speech_end_at = self.clock()
         if entry.name == "wake" or entry.name == "follow-up speech":
-            self.turns.append(TurnFigures(turn=self.core.turn, started=entry.t))
+            self.turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
+                                          wake_word=entry.fields.get("word")))
             self._wake_at = self.clock() if entry.name == "wake" else None
         elif entry.name == "barge-in" and self.turns:
             self.turns[-1].bargein = str(entry.fields.get("by"))
@@ -397,23 +450,167 @@ class Daemon:
             self._telemetry(a)
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
+            self._state_since = time.time()
             if self.on_state is not None:
                 self.on_state(a.new)
 
     # ------------------------------------------------------------------ status
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able picture of the daemon for ``edgevoice status`` (no secrets)."""
+        """The status snapshot (shape: :mod:`edgevoice.service.status`); no secrets."""
+        retry_in = None
+        if self.link.retry_at is not None:
+            retry_in = max(0.0, self.link.retry_at - self.clock())
+        wall = time.time() - self.clock()  # monotonic → epoch
         return {
             "state": self.core.state.value,
-            "turn": self.core.turn,
-            "uptime_s": round(self.clock() - self._started_at, 1),
-            "link": {"state": self.link.state.value, "status": self.link.status_text,
-                     "retry_at": self.link.retry_at, "last_error": self.link.last_error,
-                     "stats": dict(self.link.stats)},
-            "devices": {"microphone": self.capture.stats.__dict__,
-                        "speaker": self.playback.stats.__dict__},
+            "since": self._state_since,
+            "started": self._started_wall,
+            "link": {"state": self.link.state.value, "retry_in": retry_in,
+                     "endpoint": public_endpoint(self.cfg.voicelive.endpoint),
+                     "detail": self.link.status_text},
+            "devices": {
+                "microphone": {"device": self.capture.device_name or self.cfg.audio.input_device,
+                               "state": self.capture.state.value},
+                "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
+                            "state": self.playback.state.value}},
             "wake_words": list(self.wake.detector.names),
-            "turns": [t.__dict__ for t in self.turns],
+            "turns": [{"turn": t.turn, "started": t.started + wall, "wake_word": t.wake_word,
+                       "wake_to_send_ms": t.wake_to_send_ms,
+                       "first_audio_ms": t.first_audio_ms,
+                       "first_delta_to_device_ms": t.first_delta_to_device_ms,
+                       "bargein": t.bargein is not None, "tools": list(t.tools)}
+                      for t in self.turns],
+            "tool_calls": list(self.tool_calls),
             "errors": self.errors,
         }
+
+
+# ---------------------------------------------------------------------------- the service
+
+
+async def serve(
+    cfg: Config,
+    *,
+    config_path: Path | None,
+    auth_for: Callable[[Config], Auth],
+    notifier: Notifier | None = None,
+) -> int:
+    """``edgevoice run``: the daemon under systemd (or a terminal) until SIGTERM/SIGINT.
+
+    - ``READY=1`` once the microphone delivers and the wake word listens; ``STATUS=`` follows
+      the state (checked twice a second, sent only when it changes); ``WATCHDOG=1`` at half
+      the unit's interval while :meth:`Daemon.healthy`.
+    - SIGHUP: ``RELOADING=1``; the file is read again. An invalid file is logged line by line
+      and the running daemon keeps its config (``READY=1`` again at once). A valid one
+      applies the log level at once and the rest at the next idle moment — the parts are
+      rebuilt then, so a running conversation is never dropped — then ``READY=1``.
+    - SIGTERM: ``STOPPING=1``; the daemon shuts down (speaker stopped, volumes restored,
+      socket closed) and 0 is returned. Bounded: a few seconds.
+    Returns 2 when the config's wake word models cannot be loaded at start.
+    """
+    from edgevoice.config import ConfigError, load_config
+    from edgevoice.listen.wake import WakeModelError
+    from edgevoice.service.logs import setup_logging
+    from edgevoice.service.signals import handle_signals
+    from edgevoice.service.status import StatusError, StatusServer, status_line
+
+    notifier = notifier or Notifier()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reload_asked = asyncio.Event()
+    remove = handle_signals(loop, stop=stopping.set, reload=reload_asked.set)
+    state_dir = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) \
+        if os.environ.get("STATE_DIRECTORY") else None
+    current: dict[str, Any] = {"phase": "starting", "daemon": None}
+
+    def snapshot() -> dict[str, Any]:
+        daemon = current["daemon"]
+        snap = daemon.snapshot() if daemon is not None else {}
+        if current["phase"] != "running":
+            snap["state"] = current["phase"]
+        return snap
+
+    status_server: StatusServer | None = None
+    socket_path = cfg.service.status_socket_path()
+    if socket_path is not None:
+        status_server = StatusServer(socket_path, snapshot)
+        try:
+            await status_server.start()
+        except StatusError as exc:
+            log.warning("status socket off: %s", exc)
+            status_server = None
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        while True:
+            auth = auth_for(cfg)
+            try:
+                daemon = Daemon(cfg, auth=auth, state_dir=state_dir)
+            except (WakeModelError, ValueError) as exc:
+                await auth.close()
+                log.error("%s", exc)
+                return 2
+            current["daemon"] = daemon
+            daemon_stop = asyncio.Event()
+            run = asyncio.create_task(daemon.run(daemon_stop), name="daemon")
+            if watchdog is None:
+                watchdog = asyncio.create_task(
+                    notifier.run_watchdog(lambda: current["daemon"] is not None
+                                          and current["daemon"].healthy()), name="watchdog")
+            await _first_of(daemon.ready.wait(), stopping.wait(), run)
+            if run.done():
+                await run  # raises what stopped it (a device that cannot open at all)
+            current["phase"] = "running"
+            notifier.ready(status_line(snapshot()))
+            pending_cfg: Config | None = None
+            while not stopping.is_set() and not run.done():
+                await _first_of(stopping.wait(), reload_asked.wait(), asyncio.sleep(0.5))
+                if reload_asked.is_set():
+                    reload_asked.clear()
+                    notifier.reloading()
+                    try:
+                        pending_cfg = load_config(config_path)
+                    except ConfigError as exc:
+                        for line in exc.errors:
+                            log.error("reload refused: %s", line)
+                        log.error("reload refused: keeping the running configuration")
+                        notifier.ready(status_line(snapshot()))
+                        continue
+                    setup_logging(pending_cfg.service.log_level,
+                                  journal=pending_cfg.service.journal())
+                    log.info("reloading: the new configuration applies at the next idle "
+                             "moment")
+                if pending_cfg is not None and daemon.core.state is c.State.IDLE:
+                    break
+                notifier.status(status_line(snapshot()))
+            if stopping.is_set() or pending_cfg is None:
+                current["phase"] = "stopping"
+                notifier.stopping()
+                daemon_stop.set()
+                await run
+                await auth.close()
+                return 0
+            daemon_stop.set()
+            await run
+            await auth.close()
+            cfg = pending_cfg
+            current["phase"] = "reloading"
+    finally:
+        remove()
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        if status_server is not None:
+            await status_server.close()
+
+
+async def _first_of(*aws: Awaitable[Any]) -> None:
+    """Wait until the first of ``aws`` finishes; cancel the coroutines among the rest."""
+    tasks = [a if isinstance(a, asyncio.Task) else asyncio.ensure_future(a) for a in aws]
+    own = [t for a, t in zip(aws, tasks, strict=True) if t is not a]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in own:
+            t.cancel()

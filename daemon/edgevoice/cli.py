@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgevoice import __version__
 from edgevoice.config import Config, ConfigError, find_config_path, load_config
@@ -63,13 +64,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edgevoice.app import Daemon
+    from edgevoice.app import serve
     from edgevoice.audio.devices import quiet_native_logs
-    from edgevoice.listen.wake import WakeModelError
     from edgevoice.voicelive.auth import make_auth
 
     config, path = _load(args)
-    setup_logging("debug" if args.verbose else config.service.log_level)
+    setup_logging("debug" if args.verbose else config.service.log_level,
+                  journal=config.service.journal())
     quiet_native_logs()
     api_key = None
     if config.voicelive.auth == "api-key":
@@ -78,25 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         api_key = resolve_api_key(config.voicelive.api_key_file)
         protect(api_key)
 
-    async def serve() -> int:
-        auth = make_auth(config.voicelive, api_key)
-        try:
-            daemon = Daemon(config, auth=auth)
-        except (WakeModelError, ValueError) as exc:
-            print(f"edgevoice: {exc}", file=sys.stderr)
-            return 2
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await daemon.run(stop)
-        finally:
-            await auth.close()
-        return 0
+    def auth_for(cfg: Config) -> Any:
+        return make_auth(cfg.voicelive, api_key)
 
-    return asyncio.run(serve())
-
+    return asyncio.run(serve(config, config_path=path, auth_for=auth_for))
 
 def cmd_simulator(args: argparse.Namespace) -> int:
     from edgevoice.voicelive.script import Script

@@ -190,6 +190,7 @@ class Core:
         self._pending_chunks: list[SendAudio] = []  # gate's chunks not yet sent (RESPONDING)
         self._voiced_ms = 0.0
         self._paused = False
+        self._end_after_reply = False
         self._response_id: str | None = None
         self._response_done = True
         self._playing_item: str | None = None
@@ -437,6 +438,16 @@ class Core:
             self._on_response_done(event, t, out)
         return out
 
+    def end_conversation(self, t: float) -> list[Action]:
+        """End the conversation (the ``stop_conversation`` tool): at once when nothing is
+        being said, else after the current reply has played — no follow-up window."""
+        out: list[Action] = []
+        if self.state is State.RESPONDING:
+            self._end_after_reply = True
+        elif self.state is not State.IDLE:
+            self._end_conversation(t, out, "ended on request")
+        return out
+
     def shutdown(self, t: float) -> list[Action]:
         """Stop everything: playback off, volumes back, connection closed."""
         out: list[Action] = [StopPlayback(self._playing_item), Unduck(), Connect(False)]
@@ -467,6 +478,10 @@ class Core:
     def _to_follow_up(self, t: float, out: list[Action]) -> None:
         self._playing_item = None
         self._paused = False
+        if self._end_after_reply:
+            self._end_after_reply = False
+            self._end_conversation(t, out, "ended on request")
+            return
         self.upstream.reset()
         self._pending_chunks = []
         if self.s.follow_up_s > 0:
