@@ -286,7 +286,8 @@ class Daemon:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
             for det in self.wake.process(frame, t):
-                self._do(self.core.on_wake(det.name, det.score, det.t_audio))
+                self._do(self.core.on_wake(det.name, det.score, det.t_audio,
+                                           word_end=det.t_end_estimate))
             self._do(self.core.on_frame(frame, t))
         except Exception:
             self.errors += 1

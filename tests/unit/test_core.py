@@ -255,3 +255,15 @@ def test_calls_announced_before_a_drop_run_once_after_the_reconnect() -> None:
     runs = actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 1.5), 1.5))
     assert [r.call_id for r in runs] == ["c9"]
     assert not actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 2.0), 2.0))
+
+
+def test_audio_after_the_wake_word_streams_at_once_and_nothing_before() -> None:
+    core = make_core()
+    speech = sentence()[: 50 * FRAME]
+    assert feed(core, speech, 0.0) == []  # idle: nothing leaves
+    out = core.on_wake("hey_jarvis", 0.9, 1.0, word_end=0.8)
+    sent = actions_of(SendAudio, out)
+    assert b"".join(a.pcm for a in sent) == speech[int(0.8 * 32000):]
+    assert sent[0].t == 0.8 and core.state is State.LISTENING
+    more = actions_of(SendAudio, core.on_frame(speech[:FRAME], 1.0))
+    assert [a.t for a in more] == [1.0]  # the next frame follows, no VAD onset needed

@@ -192,3 +192,19 @@ def test_local_endpointer_ignores_blips_and_rearms() -> None:
     # The next real utterance ends normally, and so does the one after it.
     ends = [d for _, d in _endpoints(ep, speech + silence + speech + silence) if d.end_of_utterance]
     assert len(ends) == 2
+
+
+def test_open_streams_from_the_given_time_at_once_then_until_the_tail() -> None:
+    gate = UpstreamGate(prefix_padding_ms=300, tail_ms=200)
+    rng = np.random.default_rng(3)
+    frames = [(rng.integers(-20, 20, 320).astype("<i2").tobytes(), i * 0.02) for i in range(20)]
+    for pcm, t in frames:
+        assert not gate.process(pcm, t).send  # quiet: nothing streams by itself
+    # The wake word ended 110 ms before the newest frame ended: exactly that audio, at once.
+    opened = gate.open(frames[-1][1] + 0.02 - 0.11)
+    sent = b"".join(c.pcm for c in opened.send)
+    assert sent == b"".join(p for p, _ in frames)[-110 * 32:]
+    assert opened.streaming and opened.send[0].t == pytest.approx(0.4 - 0.11)
+    # Then every frame until tail_ms of silence has passed, then nothing.
+    out = [gate.process(p, 0.4 + i * 0.02) for i, (p, _) in enumerate(frames)]
+    assert [bool(d.send) for d in out[:10]] == [True] * 10 and not out[10].send

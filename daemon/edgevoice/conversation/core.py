@@ -234,10 +234,14 @@ class Core:
     def _echo_possible(self, t: float, window_s: float) -> bool:
         return self.echo.played_within(t - window_s - self.echo.delay_s, t)
 
-    def on_wake(self, name: str, score: float, t: float) -> list[Action]:
-        """A wake word (or stop word) detection at stream time ``t``. While the assistant's
-        voice may be in the microphone (it played within the word's length), the detection
-        counts only if the echo guard heard the user during the word."""
+    def on_wake(
+        self, name: str, score: float, t: float, word_end: float | None = None
+    ) -> list[Action]:
+        """A wake word (or stop word) detection at stream time ``t``; the word ended at or
+        before ``word_end`` (default ``t``): the audio from there on is the user's request and
+        is streamed at once. While the assistant's voice may be in the microphone (it played
+        within the word's length), the detection counts only if the echo guard heard the
+        user during the word."""
         out: list[Action] = []
         if (self.state is not State.IDLE and self._echo_possible(t, WAKE_WORD_S)
                 and self._user_ms(t, WAKE_WORD_S) < USER_EVIDENCE_MS):
@@ -255,8 +259,9 @@ class Core:
                 out.append(Connect(True))
             self._idle_since = None
             self._heard_speech = False
-            self.upstream.reset()
             self._go(State.LISTENING, t, out)
+            opened = self.upstream.open(t if word_end is None else word_end)
+            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
         elif self.state is State.RESPONDING:
             if name in self.s.stop_words or self.s.wake_bargein == "stop":
                 self._barge_in(t, out, "stop word", then=State.FOLLOW_UP)
@@ -268,9 +273,9 @@ class Core:
         """One microphone frame (16 kHz mono PCM16) whose first sample is at ``t``."""
         out: list[Action] = []
         state = self.state
-        if state is State.IDLE:
-            return out
         decision = self.upstream.process(pcm, t)
+        if state is State.IDLE:
+            return out  # the gate keeps its short history for the wake word; nothing leaves
         chunks = [SendAudio(c.pcm, c.t) for c in decision.send]
         user = self.echo.is_user(level_dbfs(pcm), t) and decision.voiced
         if decision.voiced:
@@ -279,8 +284,9 @@ class Core:
             self._voiced.popleft()
         if state is State.LISTENING:
             out.extend(chunks)
-            if decision.speech_started:
+            if decision.voiced:
                 self._heard_speech = True
+            if decision.speech_started:
                 out.append(Telemetry("speech start (local)", t))
             if self.endpointer is not None and self.s.local_end_of_utterance:
                 end = self.endpointer.process(pcm, t)

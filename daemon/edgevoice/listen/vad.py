@@ -269,6 +269,23 @@ class UpstreamGate:
         self._streaming = False
         self._speech_end = 0
 
+    def open(self, since_t: float) -> UpstreamDecision:
+        """Start streaming now, from stream time ``since_t`` on (the end of the wake word):
+        the buffered audio from there is sent at once (clamped to what the buffer holds,
+        ``prefix_padding_ms`` + the onset window), then every frame until ``tail_ms`` passes
+        without speech — the user usually speaks right after the wake word, so nothing waits
+        for the VAD. Works in any state; audio before ``since_t`` is never returned."""
+        position = self._pos
+        for s, c in self._ring._frames:
+            end = s + len(c.pcm) // 2
+            if c.t + c.duration > since_t:
+                position = max(s, min(end, s + round((since_t - c.t) * SAMPLE_RATE)))
+                break
+        self._streaming = True
+        self._onset.clear()
+        self._speech_end = self._pos
+        return UpstreamDecision(tuple(self._ring.since(position)), False, False, True, False)
+
     def process(self, frame: bytes, t: float) -> UpstreamDecision:
         """Feed one frame (stream time ``t`` of its first sample); get what to send now."""
         start = self._pos

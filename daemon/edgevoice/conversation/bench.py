@@ -1,0 +1,229 @@
+"""Benchmark of the whole daemon in conversation: the ``conversation`` section of
+``scripts/bench``.
+
+The real :class:`~edgevoice.app.Daemon` runs on the demo's virtual sound card (FIFO-paced ALSA
+``file`` PCMs: the microphone and the speaker run at the device clock, in real time) against
+the loopback simulator (replies paced in real time). Figures:
+
+* ``bargein.latency_ms_p50`` / ``_p95`` — from the onset of the user's speech in the
+  microphone audio (the first sample above -36 dBFS of the interrupting speech; its capture
+  time is the one the capture module stamps on the frame) to the playback going silent (the
+  first playback callback after the speaker was paused: ``Playback.stop_latencies``), over
+  ``trials`` interruptions of a playing reply.
+* ``wake_to_send_ms_cold`` — wake word detected → first audio written to the socket, with no
+  connection open (the connection is made after the wake word); ``wake_to_send_ms_warm`` —
+  the same with the connection kept open from the previous conversation (median).
+* ``first_delta_to_device_ms`` — first reply audio delta received → its first audio handed
+  to the device (median over all replies).
+* ``bargein.false_triggers`` — barge-ins while only the assistant's own echo (the speaker's
+  output fed back 6 dB down, 60 ms late) was in the microphone; ``bargein.false_pauses``
+  counts the shorter speaker pauses of the same trials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevoice.app import Daemon, data_path
+from edgevoice.audio.convert import read_wav
+from edgevoice.audio.virtual import EchoPath
+from edgevoice.config import Config
+from edgevoice.conversation.core import State, Telemetry
+from edgevoice.demo import Rig
+from edgevoice.secrets import Secret
+from edgevoice.voicelive.auth import ApiKeyAuth
+from edgevoice.voicelive.script import Script
+from edgevoice.voicelive.simulator import Simulator
+
+TARGETS: list[tuple[str, str, float]] = [
+    ("bargein.latency_ms_p50", "<=", 150.0),
+    ("bargein.latency_ms_p95", "<=", 250.0),
+    ("wake_to_send_ms_warm", "<=", 30.0),
+    ("first_delta_to_device_ms", "<=", 20.0),
+    ("bargein.false_triggers", "==", 0),
+]
+
+LONG = ("Here is a long answer, so that there is time to interrupt it: the morning will be "
+        "sunny, the afternoon cloudy and the evening wet, with a cool wind from the west.")
+MEDIUM = "You can say hey jarvis whenever you need me. Hey jarvis is my name."
+ONSET_LEVEL = 500  # about -36 dBFS
+
+
+def _clip(name: str) -> bytes:
+    pcm, rate = read_wav(data_path(name))
+    assert rate == 16000
+    return pcm
+
+
+def _silence(seconds: float) -> bytes:
+    return bytes(int(seconds * 16000) * 2)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1) if values else float("nan")
+
+
+class _Session:
+    """One daemon + simulator + virtual sound card, with the hooks the figures need."""
+
+    def __init__(self, rig: Rig, daemon: Daemon) -> None:
+        self.rig = rig
+        self.daemon = daemon
+        self.timeline: list[Telemetry] = []
+        self.pauses: list[float] = []  # monotonic times the speaker was told to go silent
+        self.onsets: list[float] = []
+        self._watch_onset = False
+        pause, stop = daemon.playback.pause, daemon.playback.stop
+
+        def timed(fn: Callable[[], Any]) -> Callable[[], Any]:
+            def call() -> Any:
+                if not daemon.playback.paused:
+                    self.pauses.append(time.monotonic())
+                return fn()
+            return call
+
+        daemon.playback.pause = timed(pause)  # type: ignore[method-assign]
+        daemon.playback.stop = timed(stop)  # type: ignore[method-assign]
+        on_frame = daemon.capture.on_frame
+
+        def frame(pcm: bytes, t: float) -> None:
+            if self._watch_onset:
+                x = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
+                loud = np.flatnonzero(x > ONSET_LEVEL)
+                if loud.size:
+                    self.onsets.append(t + loud[0] / 16000)
+                    self._watch_onset = False
+            on_frame(pcm, t)
+
+        daemon.capture.on_frame = frame
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.timeline if e.name == name)
+
+    async def wait(self, name: str, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(name) < count:
+            if time.monotonic() > deadline:
+                seen = ", ".join(e.name for e in self.timeline[-12:])
+                raise TimeoutError(f"no {name!r} #{count}; last events: {seen}")
+            await asyncio.sleep(0.01)
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.daemon.core.state is not State.IDLE:
+            if time.monotonic() > deadline:
+                raise TimeoutError("not idle")
+            await asyncio.sleep(0.05)
+
+    def interrupt(self, pcm: bytes) -> None:
+        self._watch_onset = True
+        self.rig.mic.feed(pcm)
+
+
+async def _with_daemon(script: dict[str, Any], body: Callable[[_Session], Any], *,
+                       echo: EchoPath | None = None, **sections: Any) -> Any:
+    key = secrets.token_urlsafe(16)
+    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
+    await sim.start()
+    cfg = Config.model_validate({"voicelive": {"endpoint": sim.url}, **sections})
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgevoice-bench-") as tmp, \
+                Rig(Path(tmp), echo=echo) as rig:
+            session: _Session | None = None
+            daemon = Daemon(cfg, auth=ApiKeyAuth(Secret(key)),
+                            on_telemetry=lambda e: session and session.timeline.append(e))
+            session = _Session(rig, daemon)
+            stop = asyncio.Event()
+            task = asyncio.create_task(daemon.run(stop))
+            try:
+                await asyncio.wait_for(daemon.ready.wait(), 20)
+                return await body(session)
+            finally:
+                stop.set()
+                await task
+    finally:
+        await sim.close()
+
+
+async def _bargein_and_wake(trials: int, warm_trials: int) -> dict[str, Any]:
+    wake, question, stop = _clip("demo/wake.wav"), _clip("question.wav"), _clip("demo/stop.wav")
+    turns = [{"say": LONG}] * trials + [{"say": "Okay."}] * (warm_trials + 1)
+
+    async def body(s: _Session) -> dict[str, Any]:
+        s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
+        latencies: list[float] = []
+        for i in range(trials):
+            await s.wait("first reply audio", i + 1)
+            await asyncio.sleep(1.0)
+            first_stop = len(s.daemon.playback.stop_latencies)
+            pauses = len(s.pauses)
+            s.interrupt(stop + _silence(0.8))
+            await s.wait("barge-in", i + 1)
+            while (len(s.daemon.playback.stop_latencies) <= first_stop
+                   or len(s.onsets) <= i):
+                await asyncio.sleep(0.01)
+            silent_at = s.pauses[pauses] + s.daemon.playback.stop_latencies[first_stop]
+            latencies.append((silent_at - s.onsets[i]) * 1000)
+        cold = s.daemon.turns[0].wake_to_send_ms
+        warm: list[float] = []
+        for _ in range(warm_trials):
+            await s.idle()
+            before = len(s.daemon.turns)
+            s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
+            await s.wait("wake", s.count("wake") + 1)
+            while len(s.daemon.turns) <= before or s.daemon.turns[-1].wake_to_send_ms is None:
+                await asyncio.sleep(0.01)
+            warm.append(s.daemon.turns[-1].wake_to_send_ms or float("nan"))
+            await s.wait("reply done", s.count("reply done") + 1)
+        deltas = [t.first_delta_to_device_ms for t in s.daemon.turns
+                  if t.first_delta_to_device_ms is not None]
+        return {
+            "bargein.trials": len(latencies),
+            "bargein.latency_ms_p50": _percentile(latencies, 50),
+            "bargein.latency_ms_p95": _percentile(latencies, 95),
+            "bargein.latency_ms_max": round(max(latencies), 1),
+            "wake_to_send_ms_cold": round(cold, 1) if cold is not None else None,
+            "wake_to_send_ms_warm": round(statistics.median(warm), 1),
+            "first_delta_to_device_ms": round(statistics.median(deltas), 1),
+            "first_delta_to_device_ms_max": round(max(deltas), 1),
+            "playback.underruns": s.daemon.playback.underruns,
+        }
+
+    return await _with_daemon({"turn": turns, "default_say": "Okay."}, body,
+                              conversation={"follow_up_s": 1.0})
+
+
+async def _echo_only(trials: int) -> dict[str, Any]:
+    wake, question = _clip("demo/wake.wav"), _clip("question.wav")
+
+    async def body(s: _Session) -> dict[str, Any]:
+        for i in range(trials):
+            await s.idle()
+            s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
+            await s.wait("reply done", i + 1, timeout=40)
+        await s.idle()
+        return {"bargein.echo_trials": trials,
+                "bargein.false_triggers": s.count("barge-in"),
+                "bargein.false_pauses": s.count("speaker paused"),
+                "bargein.false_wakes": s.count("wake") - trials}
+
+    return await _with_daemon({"default_say": MEDIUM}, body,
+                              echo=EchoPath(gain_db=-6.0, delay_ms=60),
+                              conversation={"follow_up_s": 1.0})
+
+
+def run_conversation(trials: int = 20, warm_trials: int = 5, echo_trials: int = 5
+                     ) -> dict[str, Any]:
+    """Run both parts (a few minutes of real-time audio) and return the figures."""
+    values = asyncio.run(_bargein_and_wake(trials, warm_trials))
+    values.update(asyncio.run(_echo_only(echo_trials)))
+    return values
