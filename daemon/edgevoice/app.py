@@ -542,6 +542,7 @@ async def serve(
             log.warning("status socket off: %s", exc)
             status_server = None
     watchdog: asyncio.Task[None] | None = None
+    previous_cfg: Config | None = None  # the one to go back to if a reloaded one fails
     try:
         while True:
             auth = auth_for(cfg)
@@ -549,8 +550,12 @@ async def serve(
                 daemon = Daemon(cfg, auth=auth, state_dir=state_dir)
             except (WakeModelError, ValueError) as exc:
                 await auth.close()
-                log.error("%s", exc)
-                return 2
+                if previous_cfg is None:
+                    log.error("%s", exc)
+                    return 2
+                log.error("reload refused: %s; going back to the running configuration", exc)
+                cfg, previous_cfg = previous_cfg, None
+                continue
             current["daemon"] = daemon
             daemon_stop = asyncio.Event()
             run = asyncio.create_task(daemon.run(daemon_stop), name="daemon")
@@ -561,6 +566,13 @@ async def serve(
             await _first_of(daemon.ready.wait(), stopping.wait(), run)
             if run.done():
                 await run  # raises what stopped it (a device that cannot open at all)
+            if stopping.is_set():  # stopped before it listened: never READY
+                current["phase"] = "stopping"
+                notifier.stopping()
+                daemon_stop.set()
+                await run
+                await auth.close()
+                return 0
             current["phase"] = "running"
             notifier.ready(status_line(snapshot()))
             pending_cfg: Config | None = None
@@ -571,8 +583,15 @@ async def serve(
                     notifier.reloading()
                     try:
                         pending_cfg = load_config(config_path)
-                    except ConfigError as exc:
-                        for line in exc.errors:
+                        # What a rebuild would load: fail now, not after the running daemon
+                        # was stopped.
+                        build_wake_gate(pending_cfg)
+                        if pending_cfg.conversation.earcon:
+                            load_earcon(pending_cfg)
+                    except (ConfigError, WakeModelError, ValueError) as exc:
+                        pending_cfg = None
+                        lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+                        for line in lines:
                             log.error("reload refused: %s", line)
                         log.error("reload refused: keeping the running configuration")
                         notifier.ready(status_line(snapshot()))
@@ -594,7 +613,7 @@ async def serve(
             daemon_stop.set()
             await run
             await auth.close()
-            cfg = pending_cfg
+            cfg, previous_cfg = pending_cfg, cfg
             current["phase"] = "reloading"
     finally:
         remove()

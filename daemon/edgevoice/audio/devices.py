@@ -320,6 +320,12 @@ def devices_command(input_spec: str, output_spec: str, out: TextIO) -> int:
 # --- supervised streams ---------------------------------------------------------------------
 
 
+#: At a stop, a stream this long without a callback is closed as a possibly hung one, and the
+#: close is given up after STOP_CLOSE_TIMEOUT (shutdown stays within systemd's stop timeout).
+STOP_STALL_S = 0.25
+STOP_CLOSE_TIMEOUT = 2.0
+
+
 class DeviceState(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
@@ -563,7 +569,7 @@ class SupervisedStream(ABC):
                 try:
                     await run_blocking(
                         lambda o=opened, s=stalled: self._close_blocking(o, s),  # type: ignore[misc]
-                        PA_CALL_TIMEOUT,
+                        STOP_CLOSE_TIMEOUT if self._stopping.is_set() else PA_CALL_TIMEOUT,
                         name=f"{self.role}-close",
                     )
                 except TimeoutError:
@@ -586,7 +592,9 @@ class SupervisedStream(ABC):
             silent = time.monotonic() - self._last_callback
             stalled = silent > self.stall_timeout
             if self._stopping.is_set():
-                return "stopped", stalled
+                # At a stop, a stream without a callback for a moment may be stuck in the
+                # driver: close it without the global lock (see _close_blocking).
+                return "stopped", silent > STOP_STALL_S
             try:
                 active = opened.stream.is_active()
             except OSError as exc:
