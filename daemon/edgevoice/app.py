@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -218,7 +218,7 @@ class Daemon:
         self._started_at = clock()
         self._started_wall = time.time()
         self._state_since = time.time()
-        self._speech_at: float | None = None
+        self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
         self._speech_end_at: float | None = None
         self._last_tick = clock()
         self.tool_calls: deque[dict[str, Any]] = deque(maxlen=MAX_TURNS_KEPT)
@@ -299,11 +299,23 @@ class Daemon:
             try:
                 if isinstance(event, ev.ResponseAudioDelta):
                     self._delta_at.setdefault(event.item_id, self.clock())
+                elif isinstance(event, ev.InputAudioBufferSpeechStarted
+                                | ev.InputAudioBufferCommitted):
+                    self._item_started.setdefault(event.item_id, self.clock())
+                    while len(self._item_started) > MAX_TURNS_KEPT:
+                        self._item_started.popitem(last=False)
                 elif (isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted)
                         and self.toolbox is not None):
-                    # What the user said (the service's transcription of the microphone):
-                    # the only thing that can confirm a confirm = true tool.
-                    self.toolbox.user_said(event.transcript, self._speech_at or self.clock())
+                    # What the user said (the service's transcription of the microphone) is
+                    # the only thing that can confirm a confirm = true tool, and only for a
+                    # turn that began after the question: its time is that of its own item
+                    # (transcripts arrive late, out of step with newer speech).
+                    began = self._item_started.get(event.item_id)
+                    if began is not None:
+                        self.toolbox.user_said(event.transcript, began)
+                    else:
+                        log.debug("transcript of unknown item %s not used for confirmation",
+                                  event.item_id)
                 self._do(self.core.on_event(event, self.clock()))
                 if isinstance(event, LinkUp | LinkDown):
                     log.info("%s", self.link.status_text)
@@ -381,9 +393,6 @@ class Daemon:
 
     def _telemetry(self, entry: c.Telemetry) -> None:
         self.timeline.append(entry)
-        if entry.name.startswith("speech start") or entry.name in ("follow-up speech",
-                                                                    "barge-in"):
-            self._speech_at = self.clock()
         if entry.name in ("speech end (server)", "end of utterance (local)"):
             self._speech_end_at = self.clock()
         if entry.name == "wake" or entry.name == "follow-up speech":

@@ -243,6 +243,7 @@ class VoiceLiveLink:
         self._auth_logged = False
         self._recycle_requested = False
         self._session_waiters: dict[str, asyncio.Future[ev.ServerEvent]] = {}
+        self._replaying = False  # the context replay of this connection has been taken
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -305,11 +306,11 @@ class VoiceLiveLink:
             audio = base64.b64decode(event.audio)
         elif isinstance(event, ev.ConversationItemCreate):
             self._record_item(event)
-            if not self.ready:
-                return event.event_id
+            if not self.ready and not self._replaying:
+                return event.event_id  # in the context: the next replay sends it
         elif isinstance(event, ev.ConversationItemTruncate):
             self.context.truncate_assistant(event.item_id, event.audio_end_ms)
-            if not self.ready:
+            if not self.ready and not self._replaying:
                 return event.event_id
         elif isinstance(event, ev.ResponseCancel) and not self.ready:
             log.debug("response.cancel dropped: link is down")
@@ -607,6 +608,9 @@ class VoiceLiveLink:
                 self._effective_session = {}
             else:
                 self._effective_session = answer.session.model_dump(mode="json")
+            # From the snapshot on, new items are queued (sent after the replay), not left to
+            # a replay that has already been taken.
+            self._replaying = True
             items = self.context.replay_items()
             for item in items:
                 create = ev.ConversationItemCreate.model_validate({"item": item})
@@ -625,6 +629,7 @@ class VoiceLiveLink:
             return None
         finally:
             self._session_waiters = {}
+            self._replaying = False
 
     async def _await_server(
         self, waiter: asyncio.Future[ev.ServerEvent], reader: asyncio.Task[None], name: str
