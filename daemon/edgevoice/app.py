@@ -575,15 +575,9 @@ async def serve(
             await _first_of(daemon.ready.wait(), stopping.wait(), run)
             if run.done():
                 await run  # raises what stopped it (a device that cannot open at all)
-            if stopping.is_set():  # stopped before it listened: never READY
-                current["phase"] = "stopping"
-                notifier.stopping()
-                daemon_stop.set()
-                await run
-                await auth.close()
-                return 0
-            current["phase"] = "running"
-            notifier.ready(status_line(snapshot()))
+            if not stopping.is_set():  # stopped before it listened: never READY
+                current["phase"] = "running"
+                notifier.ready(status_line(snapshot()))
             pending_cfg: Config | None = None
             while not stopping.is_set() and not run.done():
                 await _first_of(stopping.wait(), reload_asked.wait(), asyncio.sleep(0.5))

@@ -267,3 +267,14 @@ def test_audio_after_the_wake_word_streams_at_once_and_nothing_before() -> None:
     assert sent[0].t == 0.8 and core.state is State.LISTENING
     more = actions_of(SendAudio, core.on_frame(speech[:FRAME], 1.0))
     assert [a.t for a in more] == [1.0]  # the next frame follows, no VAD onset needed
+
+
+def test_end_conversation_waits_for_the_reply_then_goes_idle_without_follow_up() -> None:
+    core = responding_core(follow_up_s=6.0)
+    assert core.end_conversation(1.5) == [] and core.state is State.RESPONDING
+    core.on_event(response_done(), 2.0)
+    out = core.on_playback_drained(2.5)
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+    listening = make_core()
+    listening.on_wake("hey_jarvis", 0.9, 0.0)
+    assert actions_of(Unduck, listening.end_conversation(0.5)) and listening.state is State.IDLE
