@@ -32,22 +32,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
-from edgevoice.audio.convert import Resampler, encode, read_wav, resample
+from edgevoice.audio.convert import Resampler, encode, read_wav, resample, wire_rate
 from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
 from edgevoice.conversation.echo import EchoGuard
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.listen import setup
-from edgevoice.listen.gate import WakeGate
-from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
-from edgevoice.secrets import Secret
 from edgevoice.service.notify import Notifier
 from edgevoice.service.status import public_endpoint
 from edgevoice.tools import ToolBox
 from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.auth import Auth, make_auth
+from edgevoice.voicelive.auth import Auth
 from edgevoice.voicelive.link import LinkDown, LinkUp, VoiceLiveLink
 
 log = logging.getLogger("edgevoice.app")
@@ -79,29 +78,13 @@ def core_settings(cfg: Config) -> c.CoreSettings:
         bargein_local_vad=barge.local_vad,
         bargein_server_vad=barge.server_vad,
         wake_bargein=barge.wake_word,
-        stop_words=frozenset(_spec(m).display_name() for m in barge.stop_words),
+        stop_words=frozenset(setup.word_spec(m).display_name() for m in barge.stop_words),
         auto_truncate=td.type != "none" and td.auto_truncate,
         local_end_of_utterance=td.type == "none",
         earcon=conv.earcon,
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
     )
-
-
-def _spec(model: Any) -> WakeWordSpec:
-    return WakeWordSpec(model.name, threshold=model.threshold, trigger_level=model.trigger_level,
-                        refractory_s=model.refractory_s)
-
-
-def build_wake_gate(cfg: Config) -> WakeGate:
-    """The wake word models plus the stop-word models behind one VAD gate (one feature
-    extractor for all). Raises WakeModelError naming a model that is missing or corrupt."""
-    if not cfg.bargein.stop_words:
-        return setup.wake_gate(cfg)
-    specs = [_spec(m) for m in [*cfg.wake.models, *cfg.bargein.stop_words]]
-    return WakeGate(WakeWordDetector(specs), enabled=cfg.wake.vad_gate,
-                    aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
-                    pre_roll_s=cfg.wake.preroll_ms / 1000)
 
 
 def load_earcon(cfg: Config) -> bytes:
@@ -114,25 +97,21 @@ def load_earcon(cfg: Config) -> bytes:
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"conversation.earcon_file: cannot read {path}: {exc}") from exc
     if conv.earcon_file is None:
-        import numpy as np
-
         gain = 10 ** (conv.earcon_volume_db / 20)
         pcm = (np.frombuffer(pcm, "<i2").astype(np.float32) * gain).astype("<i2").tobytes()
-    return resample(pcm, rate, EARCON_RATE) if rate != EARCON_RATE else pcm
+    return resample(pcm, rate, EARCON_RATE)
 
 
 class _Upstream:
-    """16 kHz PCM16 frames → the session's input format and rate (streaming resampler)."""
+    """16 kHz PCM16 frames → the session's input format and rate (streaming resampler; both
+    steps pass the audio through untouched for 16 kHz pcm16, the default)."""
 
     def __init__(self, fmt: str, rate: int) -> None:
         self.fmt = fmt
-        target = 8000 if fmt != "pcm16" else rate
-        self._resampler = Resampler(SAMPLE_RATE, target) if target != SAMPLE_RATE else None
+        self._resampler = Resampler(SAMPLE_RATE, wire_rate(fmt, rate))
 
     def __call__(self, pcm: bytes) -> bytes:
-        if self._resampler is not None:
-            pcm = self._resampler.process(pcm)
-        return encode(pcm, self.fmt) if self.fmt != "pcm16" else pcm
+        return encode(self._resampler.process(pcm), self.fmt)
 
 
 @dataclass
@@ -146,42 +125,36 @@ class TurnFigures:
     first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
     wake_word: str | None = None
     bargein: str | None = None
-    truncate_ms: int | None = None
     tools: list[str] = field(default_factory=list)
 
 
 class Daemon:
     """The assembled daemon. Construct, then ``await run(stop)``; see the module docstring.
 
-    ``auth``/``api_key``: how to reach Voice Live (default: from the config and environment).
-    ``tools``: the tool runner (default: none declared). ``on_telemetry``: gets every timeline
-    entry (the demo prints them). ``on_state``: gets every state change.
+    ``auth``: how to reach Voice Live (the caller owns and closes it). The declared tools
+    (``[[tools]]``) run in a :class:`~edgevoice.tools.ToolBox` keeping its exactly-once record
+    in ``state_dir``. ``on_telemetry`` gets every timeline entry (the demo prints them).
     """
 
     def __init__(
         self,
         cfg: Config,
         *,
-        auth: Auth | None = None,
-        api_key: Secret | None = None,
-        tools: ToolRunner | None = None,
+        auth: Auth,
         on_telemetry: Callable[[c.Telemetry], None] | None = None,
-        on_state: Callable[[c.State], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         state_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_telemetry = on_telemetry
-        self.on_state = on_state
         self.toolbox: ToolBox | None = None
-        if tools is None and cfg.tools:
+        if cfg.tools:
             self.toolbox = ToolBox(cfg.tools, stop_conversation=self._stop_conversation,
                                    state_dir=state_dir, clock=clock)
-            tools = self.toolbox.call
-        self.run_tool = tools or no_tools
+        self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
-        self.wake = build_wake_gate(cfg)
+        self.wake = setup.wake_gate(cfg)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
         barge = cfg.bargein
         echo = EchoGuard(delay_s=barge.echo_delay_ms / 1000, spread_s=barge.echo_spread_ms / 1000,
@@ -191,9 +164,7 @@ class Daemon:
         session = cfg.request_session()
         self._upstream = _Upstream(session.input_audio_format or "pcm16",
                                    session.input_audio_sampling_rate or 16000)
-        self._auth = auth or make_auth(cfg.voicelive, api_key)
-        self._own_auth = auth is None
-        self.link = VoiceLiveLink(cfg.voicelive, session, self._auth, clock=clock)
+        self.link = VoiceLiveLink(cfg.voicelive, session, auth, clock=clock)
         self.link.on_audio_written = self._on_audio_written
         audio = cfg.audio
         self.capture = Capture(on_frame=self._on_frame, device=audio.input_device,
@@ -207,7 +178,6 @@ class Daemon:
                                  on_first_audio=self._on_first_audio)
         self.ducker: Ducker = make_ducker(cfg.ducking.backend, **cfg.ducking.options())
         self.turns: deque[TurnFigures] = deque(maxlen=MAX_TURNS_KEPT)
-        self.timeline: deque[c.Telemetry] = deque(maxlen=500)
         self.errors = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._duck_queue: asyncio.Queue[bool] = asyncio.Queue()
@@ -215,7 +185,6 @@ class Daemon:
         self._delta_at: dict[str, float] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._earcons = 0
-        self._started_at = clock()
         self._started_wall = time.time()
         self._state_since = time.time()
         self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
@@ -236,17 +205,9 @@ class Daemon:
                 self._spawn(self._pump_events(), "events")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self._ducking(), "ducking")
-                self._spawn(self._announce_ready(), "ready")
                 await stop.wait()
             finally:
                 await self._shutdown()
-
-    async def _announce_ready(self) -> None:
-        while self.capture.frames == 0:
-            await asyncio.sleep(0.02)
-        words = ", ".join(self.wake.detector.names)
-        log.info("listening for %s", words)
-        self.ready.set()
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -261,8 +222,6 @@ class Daemon:
         await self.link.close()
         if self.toolbox is not None:
             await self.toolbox.aclose()
-        if self._own_auth:
-            await self._auth.close()
         await self.capture.aclose()
         await self.playback.aclose()
 
@@ -282,6 +241,9 @@ class Daemon:
     # ------------------------------------------------------------------ inputs
 
     def _on_frame(self, frame: bytes, t: float) -> None:
+        if not self.ready.is_set():  # the first frame: the microphone delivers
+            log.info("listening for %s", ", ".join(self.wake.detector.names))
+            self.ready.set()
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
@@ -370,8 +332,8 @@ class Daemon:
         self._do(self.core.end_conversation(self.clock()))
 
     def healthy(self) -> bool:
-        """For the systemd watchdog: the loop runs its timer and the microphone is either
-        delivering or being reopened by its supervisor (a missing device is not a hang)."""
+        """For the systemd watchdog: the loop still runs its 100 ms timer. (A missing
+        microphone is not a hang: its supervisor reopens it, and a restart would not help.)"""
         return self.clock() - self._last_tick < 5.0
 
     # ------------------------------------------------------------------ figures
@@ -392,7 +354,6 @@ class Daemon:
                 "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)}))
 
     def _telemetry(self, entry: c.Telemetry) -> None:
-        self.timeline.append(entry)
         if entry.name in ("speech end (server)", "end of utterance (local)"):
             self._speech_end_at = self.clock()
         if entry.name == "wake" or entry.name == "follow-up speech":
@@ -401,8 +362,6 @@ class Daemon:
             self._wake_at = self.clock() if entry.name == "wake" else None
         elif entry.name == "barge-in" and self.turns:
             self.turns[-1].bargein = str(entry.fields.get("by"))
-        elif entry.name == "truncate" and self.turns:
-            self.turns[-1].truncate_ms = int(entry.fields.get("audio_end_ms", 0))
         elif entry.name == "tool call" and self.turns:
             self.turns[-1].tools.append(str(entry.fields.get("name")))
         details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
@@ -461,8 +420,6 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
-            if self.on_state is not None:
-                self.on_state(a.new)
 
     # ------------------------------------------------------------------ status
 
@@ -588,7 +545,7 @@ async def serve(
                         pending_cfg = load_config(config_path)
                         # What a rebuild would load: fail now, not after the running daemon
                         # was stopped.
-                        build_wake_gate(pending_cfg)
+                        setup.wake_gate(pending_cfg)
                         if pending_cfg.conversation.earcon:
                             load_earcon(pending_cfg)
                     except (ConfigError, WakeModelError, ValueError) as exc:

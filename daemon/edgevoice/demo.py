@@ -19,18 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets as _random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgevoice.app import Daemon, ToolRunner, data_path
+from edgevoice.app import Daemon, data_path
 from edgevoice.audio.convert import read_wav, resample, write_wav
-from edgevoice.audio.virtual import SYSTEM_ALSA_CONF, EchoPath, FifoSink, FifoSource
+from edgevoice.audio.virtual import EchoPath, FifoSink, FifoSource, alsa_env, environment
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
 from edgevoice.secrets import Secret
@@ -51,16 +50,14 @@ RECORDING: tuple[tuple[float, str], ...] = (
 )
 
 
-def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> tuple[bytes, list[float]]:
-    """The recording as 16 kHz PCM16 and the start time (s) of each clip."""
+def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> bytes:
+    """The recording as 16 kHz PCM16."""
     out = bytearray()
-    starts: list[float] = []
     for gap, name in plan:
         out += bytes(int(gap * MIC_RATE) * 2)
-        starts.append(len(out) / 2 / MIC_RATE)
         pcm, rate = read_wav(data_path(name))
-        out += pcm if rate == MIC_RATE else resample(pcm, rate, MIC_RATE)
-    return bytes(out), starts
+        out += resample(pcm, rate, MIC_RATE)
+    return bytes(out)
 
 
 class Rig:
@@ -73,39 +70,31 @@ class Rig:
     ``echo``, the speaker's output also comes back into the microphone (a room).
     """
 
-    def __init__(self, directory: str | Path, *, echo: EchoPath | None = None,
-                 speed: float = 1.0) -> None:
+    def __init__(self, directory: str | Path, *, echo: EchoPath | None = None) -> None:
         self.directory = Path(directory)
         self.echo = echo
-        self.speed = speed
         self.mic: FifoSource
         self.speaker: FifoSink
-        self._saved: dict[str, str | None] = {}
+        self._env = contextlib.ExitStack()
 
     def __enter__(self) -> Rig:
         self.directory.mkdir(parents=True, exist_ok=True)
         echo = self.echo
-        self.mic = FifoSource(self.directory / "mic.fifo", MIC_RATE, speed=self.speed,
+        self.mic = FifoSource(self.directory / "mic.fifo", MIC_RATE,
                               mix=echo.take if echo else None)
-        self.speaker = FifoSink(self.directory / "speaker.fifo", SPEAKER_RATE, speed=self.speed,
+        self.speaker = FifoSink(self.directory / "speaker.fifo", SPEAKER_RATE,
                                 on_read=echo.heard if echo else None)
         text = data_path("demo-asound.conf").read_text()
         conf = self.directory / "asound.conf"
         conf.write_text(text.replace("@MIC@", str(self.mic.path))
                         .replace("@SPEAKER@", str(self.speaker.path)))
-        env = {"ALSA_CONFIG_PATH": f"{SYSTEM_ALSA_CONF}:{conf}", "JACK_NO_START_SERVER": "1"}
-        self._saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        self._env.enter_context(environment(alsa_env(conf)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.mic.close()
         self.speaker.close(drain=0.05)
-        for key, value in self._saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        self._env.close()
 
     def speaker_pcm(self) -> bytes:
         return self.speaker.data()
@@ -118,12 +107,10 @@ class Timeline:
     out: TextIO
     as_json: bool
     t0: float = field(default_factory=time.monotonic)
-    entries: list[dict[str, Any]] = field(default_factory=list)
 
     def mark(self, event: str, t: float | None = None, **details: Any) -> None:
         when = time.monotonic() if t is None else t
         entry = {"t_ms": round((when - self.t0) * 1000), "event": event, **details}
-        self.entries.append(entry)
         if self.as_json:
             self.out.write(json.dumps(entry, default=str) + "\n")
         else:
@@ -144,13 +131,55 @@ class Timeline:
 QUIET = {"tool output", "playback stopped"}  # shown through their neighbours
 
 
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
-        yield Path(tmp)
+@dataclass
+class Running:
+    """A daemon running on the virtual sound card (and the simulator it talks to, if any)."""
+
+    daemon: Daemon
+    rig: Rig
+    simulator: Simulator | None
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    cfg: Config,
+    directory: Path,
+    *,
+    script: Script | None = None,
+    api_key: Secret | None = None,
+    echo: EchoPath | None = None,
+    on_telemetry: Callable[[c.Telemetry], None] | None = None,
+    ready_timeout_s: float = 20.0,
+) -> AsyncIterator[Running]:
+    """The :class:`Daemon` on a :class:`Rig` in ``directory``, listening when the block starts
+    (raises TimeoutError otherwise), stopped and closed when it ends. With ``script`` it talks
+    to an in-process simulator on 127.0.0.1 (its endpoint replaces the configured one; the API
+    key is ``api_key`` or a random one); else to ``cfg.voicelive`` with ``api_key``."""
+    simulator: Simulator | None = None
+    if script is not None:
+        api_key = api_key or Secret(_random.token_urlsafe(24))
+        simulator = Simulator(script=script, api_key=api_key.reveal(), pace=1.0)
+        await simulator.start()
+        vl = cfg.voicelive.model_copy(update={"endpoint": simulator.url})
+        cfg = cfg.model_copy(update={"voicelive": vl})
+    try:
+        auth = make_auth(cfg.voicelive, api_key)
+        try:
+            with Rig(directory, echo=echo) as rig:
+                daemon = Daemon(cfg, auth=auth, on_telemetry=on_telemetry)
+                stop = asyncio.Event()
+                task = asyncio.create_task(daemon.run(stop))
+                try:
+                    await asyncio.wait_for(daemon.ready.wait(), ready_timeout_s)
+                    yield Running(daemon, rig, simulator)
+                finally:
+                    stop.set()
+                    await task
+        finally:
+            await auth.close()
+    finally:
+        if simulator is not None:
+            await simulator.close()
 
 
 async def run_demo(
@@ -162,51 +191,29 @@ async def run_demo(
     api_key: Secret | None = None,
     output: Path = Path("demo-reply.wav"),
     timeout_s: float = 90.0,
-    tools: ToolRunner | None = None,
-    workdir: Path | None = None,
 ) -> int:
-    """Run the demo; returns the exit code: 0 when every turn of the recording was answered
-    and the daemon went back to idle, 1 otherwise."""
+    """Run the demo; returns the exit code: 0 when the recording has played and the daemon
+    went back to idle, 1 otherwise."""
     timeline = Timeline(out, as_json)
-    simulator: Simulator | None = None
-    vl = cfg.voicelive
+    script = None
     if endpoint is None:
-        key = api_key or Secret(_random.token_urlsafe(24))
-        simulator = Simulator(script=Script.load(data_path("demo-script.toml")),
-                              api_key=key.reveal(), pace=1.0)
-        await simulator.start()
-        vl = vl.model_copy(update={"endpoint": simulator.url})
-        api_key = key
-        timeline.mark("simulator", url=simulator.url)
+        script = Script.load(data_path("demo-script.toml"))
     else:
+        vl = cfg.voicelive
         vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
-    cfg = cfg.model_copy(update={"voicelive": vl})
-    pcm, starts = recording_pcm()
-    status = 1
-    try:
-        with _workdir(workdir) as tmp, Rig(tmp) as rig:
-            auth = make_auth(vl, api_key)
-            daemon = Daemon(cfg, auth=auth, tools=tools, on_telemetry=timeline.telemetry,
-                            on_state=lambda s: None)
-            stop = asyncio.Event()
-            task = asyncio.create_task(daemon.run(stop))
-            try:
-                await asyncio.wait_for(daemon.ready.wait(), 20)
-                timeline.mark("listening", words=",".join(daemon.wake.detector.names))
-                t_feed = time.monotonic()
-                rig.mic.feed(pcm)
-                for start, (_, name) in zip(starts, RECORDING, strict=True):
-                    timeline.entries.append({"t_ms": round((t_feed + start - timeline.t0) * 1000),
-                                             "event": "mic plays", "clip": name})
-                status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
-            finally:
-                stop.set()
-                await task
-                await auth.close()
-            reply = rig.speaker_pcm()
-    finally:
-        if simulator is not None:
-            await simulator.close()
+        cfg = cfg.model_copy(update={"voicelive": vl})
+    pcm = recording_pcm()
+    with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
+        async with running_daemon(cfg, Path(tmp), script=script, api_key=api_key,
+                                  on_telemetry=timeline.telemetry) as run:
+            if run.simulator is not None:
+                timeline.mark("simulator", url=run.simulator.url)
+            daemon = run.daemon
+            timeline.mark("listening", words=",".join(daemon.wake.detector.names))
+            t_feed = time.monotonic()
+            run.rig.mic.feed(pcm)
+            status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
+        reply = run.rig.speaker_pcm()
     write_wav(output, reply, SPEAKER_RATE)
     timeline.mark("wrote", file=str(output), audio_ms=round(len(reply) / 2 / SPEAKER_RATE * 1000))
     if status:

@@ -26,9 +26,7 @@ from edgevoice.audio.convert import read_wav
 from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
-from edgevoice.demo import Rig
-from edgevoice.secrets import Secret
-from edgevoice.voicelive.auth import ApiKeyAuth
+from edgevoice.demo import Rig, running_daemon
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 from support import PulseServer, espeak, stop_process, until, wait_for
@@ -97,25 +95,13 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
                   **sections: dict[str, Any]) -> AsyncIterator[Harness]:
-    key = secrets.token_urlsafe(16)
-    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
-    await sim.start()
-    cfg = Config.model_validate({"voicelive": {"endpoint": sim.url}, **sections})
     timeline: list[Telemetry] = []
-    try:
-        with Rig(tmp_path / "rig", echo=echo) as rig:
-            daemon = Daemon(cfg, auth=ApiKeyAuth(Secret(key)), on_telemetry=timeline.append)
-            stop = asyncio.Event()
-            task = asyncio.create_task(daemon.run(stop))
-            try:
-                await asyncio.wait_for(daemon.ready.wait(), 20)
-                yield Harness(sim, rig, daemon, timeline)
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
-            assert daemon.errors == 0
-    finally:
-        await sim.close()
+    async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
+                              script=Script.from_dict(script), echo=echo,
+                              on_telemetry=timeline.append) as run:
+        assert run.simulator is not None
+        yield Harness(run.simulator, run.rig, run.daemon, timeline)
+    assert run.daemon.errors == 0
 
 
 def nonzero(pcm: bytes) -> bytes:
@@ -257,7 +243,11 @@ async def test_echo_of_the_reply_neither_barges_in_nor_wakes(tmp_path):
     echo.take = lambda n: taken.append(take(n)) or taken[-1]  # type: ignore[method-assign]
     async with running(tmp_path, {"turn": [{"say": say}]}, echo=echo,
                        conversation={"follow_up_s": 2.0}) as h:
-        h.say(wake_word() + espeak("what is your name") + silence(1.5))
+        # The question follows the wake word at once (the clip's 1 s of trailing silence
+        # cut): the chime's own echo then joins the user's turn. After a pause longer than
+        # the server's silence_duration_ms it would be a turn of its own (see the README).
+        h.say(wake_word()[: -int(0.8 * 16000) * 2] + espeak("what is your name")
+              + silence(1.5))
         await h.event("reply done", timeout=30)
         await h.event("idle", timeout=15)
         names = h.names()

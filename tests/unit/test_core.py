@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgevoice.audio.convert import read_wav
+from edgevoice.audio.convert import level_dbfs, read_wav
 from edgevoice.conversation.core import (
     Connect,
     Core,
@@ -25,7 +25,7 @@ from edgevoice.conversation.core import (
     Unduck,
     actions_of,
 )
-from edgevoice.conversation.echo import EchoGuard, level_dbfs
+from edgevoice.conversation.echo import EchoGuard
 from edgevoice.listen.vad import UpstreamGate
 from edgevoice.voicelive import events as ev
 

@@ -8,6 +8,7 @@ two. :class:`Resampler` wraps soxr's streaming resampler so chunk borders never 
 
 from __future__ import annotations
 
+import math
 import wave
 from pathlib import Path
 
@@ -140,3 +141,15 @@ def downmix(pcm: bytes, channels: int) -> bytes:
     frames = np.frombuffer(pcm, dtype="<i2")[: len(pcm) // 2 // channels * channels]
     mono = frames.reshape(-1, channels).astype(np.int32).mean(axis=1)
     return np.round(mono).astype("<i2").tobytes()
+
+
+SILENCE_DB = -100.0
+
+
+def level_dbfs(pcm: bytes) -> float:
+    """RMS level of PCM16 audio in dBFS (``SILENCE_DB``, -100, for digital silence)."""
+    if len(pcm) < 2:
+        return SILENCE_DB
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return 20.0 * math.log10(rms / 32768.0) if rms > 0 else SILENCE_DB

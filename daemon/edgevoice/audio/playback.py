@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyaudio
 
-from edgevoice.audio.convert import Resampler, decode, wire_rate
+from edgevoice.audio.convert import Resampler, decode, level_dbfs, wire_rate
 from edgevoice.audio.devices import DeviceInfo, DeviceState, OpenedStream, SupervisedStream
 
 FirstAudioHook = Callable[[str, float], None]
@@ -437,14 +437,12 @@ class Playback(SupervisedStream):
             audio = b"".join(parts)
             if got:
                 # The RMS of one period is a few µs of numpy; the echo guard needs it.
-                samples = np.frombuffer(audio, dtype="<i2")[: got // 2].astype(np.float32)
-                rms = float(np.sqrt(np.mean(samples * samples)))
-                level = 20.0 * np.log10(rms / 32768.0) if rms > 0 else -100.0
+                level = level_dbfs(audio[:got])
                 ahead = time_info.get("output_buffer_dac_time", 0.0) - time_info.get(
                     "current_time", 0.0)
                 with self._lock:
                     self._reference.append((now + (ahead if 0.0 < ahead < 1.0 else 0.0),
-                                            float(level)))
+                                            level))
             try:
                 for item_id in first:
                     loop.call_soon_threadsafe(self._notify_first_audio, item_id, now)

@@ -155,29 +155,38 @@ class VirtualAlsa:
         return self.path
 
     def env(self) -> dict[str, str]:
-        """Write the config and return the variables that make ALSA (and PortAudio) use it.
-        ``JACK_NO_START_SERVER`` stops PortAudio's JACK probe from spawning a server."""
+        """Write the config and return the variables that make ALSA (and PortAudio) use it."""
         self.write()
-        return {
-            "ALSA_CONFIG_PATH": f"{SYSTEM_ALSA_CONF}:{self.path}",
-            "JACK_NO_START_SERVER": "1",
-        }
+        return alsa_env(self.path)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[VirtualAlsa]:
         """Set :meth:`env` in ``os.environ`` for the block and restore it afterwards. Only
         ``PyAudio()`` instances created inside the block (with no other instance alive) see
         these devices."""
-        saved = {key: os.environ.get(key) for key in ("ALSA_CONFIG_PATH", "JACK_NO_START_SERVER")}
-        os.environ.update(self.env())
-        try:
+        with environment(self.env()):
             yield self
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+
+
+def alsa_env(config: Path) -> dict[str, str]:
+    """The variables that make ALSA (and PortAudio) load ``config`` over the system config.
+    ``JACK_NO_START_SERVER`` stops PortAudio's JACK probe from spawning a server."""
+    return {"ALSA_CONFIG_PATH": f"{SYSTEM_ALSA_CONF}:{config}", "JACK_NO_START_SERVER": "1"}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block; restore what was there afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def make_fifo(path: str | Path) -> Path:

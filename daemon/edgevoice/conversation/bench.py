@@ -23,7 +23,6 @@ the loopback simulator (replies paced in real time). Figures:
 from __future__ import annotations
 
 import asyncio
-import secrets
 import statistics
 import tempfile
 import time
@@ -38,11 +37,8 @@ from edgevoice.audio.convert import read_wav
 from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
-from edgevoice.demo import Rig
-from edgevoice.secrets import Secret
-from edgevoice.voicelive.auth import ApiKeyAuth
+from edgevoice.demo import Rig, running_daemon
 from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
 
 TARGETS: list[tuple[str, str, float]] = [
     ("bargein.latency_ms_p50", "<=", 150.0),
@@ -75,10 +71,10 @@ def _percentile(values: list[float], q: float) -> float:
 class _Session:
     """One daemon + simulator + virtual sound card, with the hooks the figures need."""
 
-    def __init__(self, rig: Rig, daemon: Daemon) -> None:
+    def __init__(self, rig: Rig, daemon: Daemon, timeline: list[Telemetry]) -> None:
         self.rig = rig
         self.daemon = daemon
-        self.timeline: list[Telemetry] = []
+        self.timeline = timeline
         self.pauses: list[float] = []  # monotonic times the speaker was told to go silent
         self.onsets: list[float] = []
         self._watch_onset = False
@@ -131,27 +127,12 @@ class _Session:
 
 async def _with_daemon(script: dict[str, Any], body: Callable[[_Session], Any], *,
                        echo: EchoPath | None = None, **sections: Any) -> Any:
-    key = secrets.token_urlsafe(16)
-    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
-    await sim.start()
-    cfg = Config.model_validate({"voicelive": {"endpoint": sim.url}, **sections})
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgevoice-bench-") as tmp, \
-                Rig(Path(tmp), echo=echo) as rig:
-            session: _Session | None = None
-            daemon = Daemon(cfg, auth=ApiKeyAuth(Secret(key)),
-                            on_telemetry=lambda e: session and session.timeline.append(e))
-            session = _Session(rig, daemon)
-            stop = asyncio.Event()
-            task = asyncio.create_task(daemon.run(stop))
-            try:
-                await asyncio.wait_for(daemon.ready.wait(), 20)
-                return await body(session)
-            finally:
-                stop.set()
-                await task
-    finally:
-        await sim.close()
+    timeline: list[Telemetry] = []
+    with tempfile.TemporaryDirectory(prefix="edgevoice-bench-") as tmp:
+        async with running_daemon(Config.model_validate(sections), Path(tmp),
+                                  script=Script.from_dict(script), echo=echo,
+                                  on_telemetry=timeline.append) as run:
+            return await body(_Session(run.rig, run.daemon, timeline))
 
 
 async def _bargein_and_wake(trials: int, warm_trials: int) -> dict[str, Any]:

@@ -34,8 +34,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgevoice.conversation.echo import EchoGuard, level_dbfs
-from edgevoice.listen.vad import UpstreamGate
+from edgevoice.audio.convert import level_dbfs
+from edgevoice.conversation.echo import EchoGuard
+from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
 from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.link import LinkDown, LinkUp, ServiceError, TurnAbandoned
 
@@ -178,7 +179,7 @@ class Core:
         *,
         upstream: UpstreamGate,
         echo: EchoGuard | None = None,
-        endpointer: Any | None = None,
+        endpointer: LocalEndpointer | None = None,
     ) -> None:
         self.s = settings
         self.state = State.IDLE
@@ -308,8 +309,6 @@ class Core:
                 self._heard_speech = True
                 self._go(State.LISTENING, t, out)
                 out.extend(chunks)
-            elif decision.streaming:
-                out.extend(chunks)  # cannot happen without a start; kept for safety
         elif state is State.RESPONDING:
             # Keep what the gate would send for the current speech segment: if it turns out
             # to be the user barging in, that audio (with its prefix padding) starts the turn.

@@ -10,32 +10,20 @@ The coupling is learned: while the assistant plays, every microphone frame that 
 the user is an observation of ``mic - reference``, and the coupling is the largest of them over
 the last ``memory_s`` seconds of playback. A loud speaker next to the microphone raises the bar
 at once; a quiet room lowers it after ``memory_s`` of playback; pauses between words cannot
-lower it. It starts from ``coupling_db`` and
-never drops below ``min_coupling_db``. Pure: no I/O, time is an argument; memory is bounded by
-``history_s``.
+lower it. It starts from ``coupling_db`` and never drops below ``min_coupling_db``. Pure: no
+I/O, time is an argument; memory is bounded by ``history_s`` and ``memory_s``.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
-import numpy as np
+from edgevoice.audio.convert import SILENCE_DB
 
-SILENCE_DB = -100.0
 WARMUP_FRAMES = 50  # observations (about 1 s of playback) before the prior stops being a floor
 LEARN_MIN_REF_DB = -50.0  # quieter playback says too little about the room to learn from
 USER_HOLD_S = 0.5  # no learning this long after a frame that was the user
 MAX_RISE_DB = 1.0  # the most the coupling may rise per observed frame
-
-
-def level_dbfs(pcm: bytes) -> float:
-    """RMS level of PCM16 audio in dBFS (-100 for digital silence)."""
-    if len(pcm) < 2:
-        return SILENCE_DB
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
-    rms = math.sqrt(float(np.mean(samples * samples)))
-    return 20.0 * math.log10(rms / 32768.0) if rms > 0 else SILENCE_DB
 
 
 class EchoGuard:
@@ -70,11 +58,6 @@ class EchoGuard:
         self._ref.append((t, level_db))
         while self._ref and self._ref[0][0] < t - self.history_s:
             self._ref.popleft()
-
-    def expected_echo_db(self, t: float) -> float:
-        """Predicted echo level at the microphone at time ``t`` (SILENCE_DB when none)."""
-        ref = self._reference_at(t)
-        return SILENCE_DB if ref <= SILENCE_DB + 1 else ref + self.coupling_db
 
     def _reference_at(self, t: float) -> float:
         lo, hi = t - self.delay_s - self.spread_s, t - self.delay_s + self.spread_s

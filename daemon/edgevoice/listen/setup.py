@@ -1,8 +1,9 @@
-"""Building the listening parts from the config file's ``[wake]``, ``[vad]`` and ``[session]``."""
+"""Building the listening parts from the config file's ``[wake]``, ``[vad]``, ``[bargein]`` and
+``[session]``."""
 
 from __future__ import annotations
 
-from edgevoice.config import Config
+from edgevoice.config import Config, WakeModel
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
 from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
@@ -12,14 +13,17 @@ from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
 TAIL_MARGIN_MS = 200
 
 
+def word_spec(model: WakeModel) -> WakeWordSpec:
+    """The detector's spec of one configured model (a wake word or a stop word)."""
+    return WakeWordSpec(model.name, threshold=model.threshold, trigger_level=model.trigger_level,
+                        refractory_s=model.refractory_s)
+
+
 def wake_gate(cfg: Config) -> WakeGate:
-    """The wake word detector (every configured model) behind the VAD gate.
-    Raises WakeModelError naming a model that is unknown, missing or corrupt."""
-    specs = [
-        WakeWordSpec(m.name, threshold=m.threshold, trigger_level=m.trigger_level,
-                     refractory_s=m.refractory_s)
-        for m in cfg.wake.models
-    ]
+    """Every wake word model plus the stop-word models (``bargein.stop_words``) behind one VAD
+    gate: one feature extractor for all. Raises WakeModelError naming a model that is
+    unknown, missing or corrupt."""
+    specs = [word_spec(m) for m in [*cfg.wake.models, *cfg.bargein.stop_words]]
     return WakeGate(WakeWordDetector(specs), enabled=cfg.wake.vad_gate,
                     aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
                     pre_roll_s=cfg.wake.preroll_ms / 1000)
