@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgevoice.service.status import SUN_PATH_MAX
 from edgevoice.tools.spec import ToolSpec, check_tool_set, declared
 from edgevoice.util import between
 from edgevoice.voicelive.session import (
@@ -336,8 +337,8 @@ class ServiceConfig(Strict):
             return value
         if not value.startswith("/"):
             raise ValueError(f"must be an absolute path (or \"\" for none), got {value!r}")
-        if len(os.fsencode(value)) > 107:
-            raise ValueError("must be at most 107 bytes long (a unix socket path)")
+        if len(os.fsencode(value)) > SUN_PATH_MAX:
+            raise ValueError(f"must be at most {SUN_PATH_MAX} bytes long (a unix socket path)")
         return value
 
     def journal(self) -> bool | None:

@@ -121,14 +121,15 @@ class RedactingFilter(logging.Filter):
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        redacted = self._redact(message)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_text:
-            record.exc_text = self._redact(record.exc_text)
+            record.exc_text = self.redact(record.exc_text)
         return True
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """``text`` with every registered secret replaced by ``***``."""
         for value in self._values:
             text = text.replace(value, MASK)
         return text
@@ -141,6 +142,11 @@ REDACTOR = RedactingFilter()
 def protect(secret: Secret | str) -> None:
     """Register a secret for redaction and make sure the root handlers carry the filter."""
     REDACTOR.add(secret)
+    filter_root_handlers()
+
+
+def filter_root_handlers() -> None:
+    """Give every handler of the root logger :data:`REDACTOR` (once; safe to call again)."""
     for handler in logging.getLogger().handlers:
         if REDACTOR not in handler.filters:
             handler.addFilter(REDACTOR)

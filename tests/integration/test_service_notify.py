@@ -114,11 +114,6 @@ def test_a_failing_socket_never_raises(tmp_path: Path, monkeypatch: pytest.Monke
     assert n.status("x") is False
     assert n.status("x") is False  # not marked as sent: tried again
 
-    def broken(message: str) -> bool:
-        raise RuntimeError("boom")
-
-    assert Notifier(send=broken).stopping() is False
-
 
 def test_watchdog_interval_from_the_environment(notify_socket: NotifySocket,
                                                monkeypatch: pytest.MonkeyPatch) -> None:

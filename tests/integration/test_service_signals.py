@@ -7,6 +7,7 @@ import os
 import signal
 
 from edgevoice.service.signals import handle_signals
+from support import until
 
 
 async def test_signals_stop_and_reload_on_the_loop() -> None:
@@ -18,10 +19,7 @@ async def test_signals_stop_and_reload_on_the_loop() -> None:
         os.kill(os.getpid(), signal.SIGHUP)
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(200):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: len(seen) == 3, what="the three signals")
     finally:
         remove()
     assert seen == ["reload", "stop", "stop"]

@@ -9,15 +9,12 @@ import datetime as dt
 import json
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
-from support import wait_for
+from support import PulseServer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -79,67 +76,33 @@ async def test_set_volume_validates_its_argument() -> None:
                           "field": "percent"}
 
 
-class PulseServer:
-    """A private PulseAudio server with a null sink (no sound card needed)."""
+_PULSE_KEYS = ("HOME", "XDG_RUNTIME_DIR", "PULSE_RUNTIME_PATH", "PULSE_SERVER")
 
-    def __init__(self) -> None:
-        # Not tmp_path: a unix socket path must stay under 108 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix="ev-tools-pulse-"))
-        runtime = self.root / "run"
-        runtime.mkdir(mode=0o700)
-        config = self.root / "server.pa"
-        config.write_text(
-            "load-module module-null-sink sink_name=toolstest\n"
-            f"load-module module-native-protocol-unix auth-anonymous=1 socket={runtime}/native\n")
-        self.server = f"unix:{runtime}/native"
-        self.env = {"HOME": str(self.root), "XDG_RUNTIME_DIR": str(runtime),
-                    "PULSE_RUNTIME_PATH": str(runtime), "PULSE_SERVER": self.server}
-        log = (self.root / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
-             "--use-pid-file=no", "-F", str(config)],
-            env={"PATH": "/usr/bin:/bin", **self.env}, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log)
-        log.close()
-        wait_for(lambda: self.amixer("sget", "Master").returncode == 0, timeout=10,
-                 what="the PulseAudio server's mixer")
 
-    def amixer(self, *args: str) -> subprocess.CompletedProcess[str]:
-        assert self.proc.poll() is None, (self.root / "server.log").read_text()
-        return subprocess.run(["amixer", "-D", "pulse", *args], capture_output=True, text=True,
-                              timeout=5, env={"PATH": "/usr/bin:/bin", **self.env})
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        shutil.rmtree(self.root, ignore_errors=True)
+def amixer(pulse: PulseServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """amixer on the ALSA ``pulse`` ctl plugin, talking to the private server."""
+    return subprocess.run(["amixer", "-D", "pulse", *args], capture_output=True, text=True,
+                          timeout=5, env=pulse.env)
 
 
 @pytest.fixture
-def pulse_mixer(monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
-    for tool in ("pulseaudio", "amixer"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (scripts/setup installs it, except next to "
-                        f"PipeWire's pulse server)")
-    server = PulseServer()
-    for key, value in server.env.items():
-        monkeypatch.setenv(key, value)  # amixer, run by the ToolBox, finds this server
-    yield server
-    server.stop()
+def pulse_mixer(pulse: PulseServer, monkeypatch: pytest.MonkeyPatch) -> PulseServer:
+    if shutil.which("amixer") is None:
+        pytest.skip("amixer is not installed (scripts/setup installs it: Debian package "
+                    "alsa-utils)")
+    for key in _PULSE_KEYS:
+        monkeypatch.setenv(key, pulse.env[key])  # amixer, run by the ToolBox, finds this server
+    return pulse
 
 
 async def test_set_volume_sets_a_real_mixer_control(pulse_mixer: PulseServer) -> None:
     box = ToolBox([builtin("set_volume", mixer={"device": "pulse", "control": "Master"})])
     assert json.loads(await box.call("c1", "set_volume", '{"percent": 40}')) == {
         "ok": True, "volume_percent": 40}
-    assert "[40%]" in pulse_mixer.amixer("sget", "Master").stdout
+    assert "[40%]" in amixer(pulse_mixer, "sget", "Master").stdout
     assert json.loads(await box.call("c2", "set_volume", '{"percent": 0}')) == {
         "ok": True, "volume_percent": 0}
-    assert "[0%]" in pulse_mixer.amixer("sget", "Master").stdout
+    assert "[0%]" in amixer(pulse_mixer, "sget", "Master").stdout
     bad = ToolBox([builtin("set_volume", mixer={"device": "pulse", "control": "Nope"})])
     output = json.loads(await bad.call("c3", "set_volume", '{"percent": 10}'))
     assert output["ok"] is False and output["error"].startswith("amixer -D pulse 'Nope': ")

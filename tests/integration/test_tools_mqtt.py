@@ -21,7 +21,7 @@ import aiomqtt
 import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
-from support import until, wait_for
+from support import stop_process, until, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -81,12 +81,7 @@ class Broker:
         wait_for(listening, timeout=10, what="mosquitto to listen")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ class AlsaDucker(BaseDucker):
                 proc.kill()
                 await proc.wait()
         if proc.returncode != 0:
-            raise RuntimeError(_failure(self.device, self.control, proc.returncode, err))
+            raise RuntimeError(amixer_failure(self.device, self.control, proc.returncode, err))
         return out.decode(errors="replace")
 
     async def _read(self) -> MixerState:
@@ -142,8 +142,8 @@ class AlsaDucker(BaseDucker):
             done = subprocess.run(self._argv(*args), stdin=subprocess.DEVNULL,
                                   capture_output=True, timeout=timeout, check=False)
             if done.returncode != 0:
-                raise RuntimeError(_failure(self.device, self.control, done.returncode,
-                                            done.stderr))
+                raise RuntimeError(amixer_failure(self.device, self.control, done.returncode,
+                                                  done.stderr))
             return done.stdout.decode(errors="replace")
 
         if parse_sget(amixer("sget", self.control), self.control).raw == lowered:
@@ -151,7 +151,9 @@ class AlsaDucker(BaseDucker):
         self._saved = None
 
 
-def _failure(device: str, control: str, code: int | None, err: bytes) -> str:
+def amixer_failure(device: str, control: str, code: int | None, err: bytes) -> str:
+    """``amixer -D DEVICE 'CONTROL': REASON``: amixer's last stderr line, else its exit
+    status (also the ``set_volume`` built-in's failure message)."""
     lines = err.decode(errors="replace").strip().splitlines()
     reason = lines[-1] if lines else f"exit status {code}"
     return f"amixer -D {device} {control!r}: {reason}"

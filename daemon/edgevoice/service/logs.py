@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from edgevoice.secrets import REDACTOR, Secret
+from edgevoice.secrets import REDACTOR, Secret, filter_root_handlers
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -52,13 +52,6 @@ try:
 except ImportError:  # pragma: no cover - only where systemd-python is not installed
     _JournalHandler = None  # type: ignore[assignment,misc]
     _journal_send = None
-
-
-def redact(text: str) -> str:
-    """``text`` with every secret registered with the redactor replaced by ``***``."""
-    record = logging.LogRecord("", 0, "", 0, text, None, None)
-    REDACTOR.filter(record)
-    return record.getMessage()
 
 
 def field_name(key: str) -> str:
@@ -100,7 +93,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, str]:
             continue
         text = _field_value(value)
         if text is not None:
-            fields[field_name(key)] = redact(text)
+            fields[field_name(key)] = REDACTOR.redact(text)
     return fields
 
 
@@ -111,7 +104,7 @@ if _JournalHandler is not None:
 
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                message = redact(self.format(record))
+                message = REDACTOR.redact(self.format(record))
                 fields: dict[str, Any] = dict(self._extra)
                 fields.update(extra_fields(record))
                 fields.update(
@@ -120,7 +113,7 @@ if _JournalHandler is not None:
                     THREAD_NAME=record.threadName or "",
                 )
                 if record.exc_text:
-                    fields["EXCEPTION_TEXT"] = redact(record.exc_text)
+                    fields["EXCEPTION_TEXT"] = REDACTOR.redact(record.exc_text)
                 self.send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno,
                           CODE_FUNC=record.funcName, **fields)
             except Exception:
@@ -147,7 +140,7 @@ class CompactFormatter(logging.Formatter):
             pairs = " ".join(f"{k[len(FIELD_PREFIX):].lower()}={v}" for k, v in extras.items())
             first, sep, rest = text.partition("\n")
             text = f"{first} {pairs}{sep}{rest}"
-        return redact(text)
+        return REDACTOR.redact(text)
 
 
 def journal_stream_is_stderr(env: Mapping[str, str] | None = None,
@@ -202,9 +195,7 @@ def setup_logging(level: str = "info", *, journal: bool | None = None,
         handler._edgevoice = True  # type: ignore[attr-defined]
         handler._edgevoice_identifier = identifier  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for h in root.handlers:
-        if REDACTOR not in h.filters:
-            h.addFilter(REDACTOR)
+    filter_root_handlers()
     # websockets logs every frame at debug; keep it at info unless asked.
     logging.getLogger("websockets").setLevel(max(root.level, logging.INFO))
     return handler

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 log = logging.getLogger("edgevoice.service")
 
@@ -66,18 +66,13 @@ def _one_line(text: str) -> str:
 class Notifier:
     """sd_notify messages for one daemon process.
 
-    env: where to look for ``NOTIFY_SOCKET``/``WATCHDOG_USEC``/``WATCHDOG_PID`` (default: the
-        process environment, read at each call, as libsystemd does).
-    send: the function that delivers one message (default: ``systemd.daemon.notify``);
-        returns True when it was sent.
+    ``NOTIFY_SOCKET``/``WATCHDOG_USEC``/``WATCHDOG_PID`` are read from the process environment
+    at each call, as libsystemd does.
 
     Use it from the event loop's thread: the STATUS deduplication is not locked.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None,
-                 send: Callable[[str], bool] | None = None) -> None:
-        self._env = env
-        self._send = send or _default_send
+    def __init__(self) -> None:
         self._last_status: str | None = None
         self._warned = False
         self.watchdog_pings = 0  #: WATCHDOG=1 messages sent so far (for status and tests)
@@ -85,38 +80,38 @@ class Notifier:
     # ------------------------------------------------------------------ plumbing
 
     @property
-    def env(self) -> Mapping[str, str]:
-        return os.environ if self._env is None else self._env
-
-    @property
     def enabled(self) -> bool:
         """True when a service manager listens (``$NOTIFY_SOCKET`` is set)."""
-        return bool(self.env.get("NOTIFY_SOCKET"))
+        return bool(os.environ.get("NOTIFY_SOCKET"))
 
     def notify(self, *assignments: str) -> bool:
         """Send ``KEY=VALUE`` assignments as one message. Never raises; False when not sent."""
         if not self.enabled or not assignments:
             return False
         try:
-            return self._send("\n".join(assignments))
+            return _default_send("\n".join(assignments))
         except Exception as exc:  # the notify socket must never take the daemon down
             if not self._warned:
                 self._warned = True
                 log.debug("sd_notify failed: %s: %s", type(exc).__name__, exc)
             return False
 
+    def _notify_with_status(self, status: str | None, *assignments: str) -> bool:
+        """``assignments`` plus ``STATUS=status`` (one line) when given; a status that was
+        sent becomes the last one, so :meth:`status` does not repeat it."""
+        if status is not None:
+            status = _one_line(status)
+            assignments = (*assignments, f"STATUS={status}")
+        sent = self.notify(*assignments)
+        if sent and status is not None:
+            self._last_status = status
+        return sent
+
     # ------------------------------------------------------------------ lifecycle
 
     def ready(self, status: str | None = None) -> bool:
         """READY=1 (with STATUS= when given): start-up or a reload is complete."""
-        lines = ["READY=1"]
-        if status is not None:
-            status = _one_line(status)
-            lines.append(f"STATUS={status}")
-        sent = self.notify(*lines)
-        if sent and status is not None:
-            self._last_status = status
-        return sent
+        return self._notify_with_status(status, "READY=1")
 
     def status(self, text: str) -> bool:
         """STATUS=text, only when it differs from the last text sent. True when sent."""
@@ -131,25 +126,12 @@ class Notifier:
     def reloading(self, status: str | None = "reloading the configuration") -> bool:
         """RELOADING=1 with MONOTONIC_USEC= (which Type=notify-reload requires; harmless for
         Type=notify). Send :meth:`ready` when the new configuration is in effect."""
-        lines = ["RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}"]
-        if status is not None:
-            status = _one_line(status)
-            lines.append(f"STATUS={status}")
-        sent = self.notify(*lines)
-        if sent and status is not None:
-            self._last_status = status
-        return sent
+        return self._notify_with_status(status, "RELOADING=1",
+                                        f"MONOTONIC_USEC={_monotonic_usec()}")
 
     def stopping(self, status: str | None = "stopping") -> bool:
         """STOPPING=1: shutting down (systemd stops expecting watchdog pings)."""
-        lines = ["STOPPING=1"]
-        if status is not None:
-            status = _one_line(status)
-            lines.append(f"STATUS={status}")
-        sent = self.notify(*lines)
-        if sent and status is not None:
-            self._last_status = status
-        return sent
+        return self._notify_with_status(status, "STOPPING=1")
 
     def extend_timeout(self, seconds: float) -> bool:
         """EXTEND_TIMEOUT_USEC=: ask for more time to start, reload or stop (a slow start-up,
@@ -164,14 +146,14 @@ class Notifier:
         (the variables were inherited by a child)."""
         if not self.enabled:
             return None
-        raw = self.env.get("WATCHDOG_USEC", "")
+        raw = os.environ.get("WATCHDOG_USEC", "")
         try:
             usec = int(raw)
         except ValueError:
             return None
         if usec <= 0:
             return None
-        pid = self.env.get("WATCHDOG_PID", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
         if pid:
             try:
                 if int(pid) != os.getpid():

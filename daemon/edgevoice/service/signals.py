@@ -18,15 +18,15 @@ RELOAD_SIGNALS = (signal.SIGHUP,)
 
 
 def handle_signals(loop: asyncio.AbstractEventLoop, *, stop: Callable[[], None],
-                   reload: Callable[[], None] | None = None) -> Callable[[], None]:
-    """Call ``stop()`` on SIGTERM/SIGINT and ``reload()`` on SIGHUP (ignored without one).
+                   reload: Callable[[], None]) -> Callable[[], None]:
+    """Call ``stop()`` on SIGTERM/SIGINT and ``reload()`` on SIGHUP.
     Returns a function that removes the handlers again (the default actions come back)."""
     installed: list[signal.Signals] = []
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
         installed.append(sig)
     for sig in RELOAD_SIGNALS:
-        loop.add_signal_handler(sig, reload if reload is not None else (lambda: None))
+        loop.add_signal_handler(sig, reload)
         installed.append(sig)
 
     def remove() -> None:

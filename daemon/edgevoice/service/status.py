@@ -77,7 +77,7 @@ SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o750
 MAX_REQUEST = 1024
 MAX_REPLY = 4 * 1024 * 1024
-_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 
 Snapshot = Mapping[str, Any]
 
@@ -97,6 +97,11 @@ class StatusUnavailable(Exception):
 
 def _value(x: Any) -> Any:
     return x.value if isinstance(x, enum.Enum) else x
+
+
+def _number(x: Any) -> bool:
+    """True for an int or float; bool is an int subclass but not a number here."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _section(snapshot: Snapshot, key: str) -> Mapping[str, Any]:
@@ -138,8 +143,7 @@ def status_line(snapshot: Snapshot) -> str:
         return "Voice Live: authentication failed"
     if link_state == "backoff":
         retry_in = link.get("retry_in")
-        if isinstance(retry_in, int | float) and not isinstance(retry_in, bool) \
-                and math.isfinite(retry_in):
+        if _number(retry_in) and math.isfinite(retry_in):
             return f"reconnecting in {max(1, math.ceil(retry_in))} s"
         return "reconnecting"
     if state in CONVERSATION_STATES:
@@ -185,13 +189,13 @@ def _duration(seconds: float) -> str:
 
 
 def _clock(epoch: Any) -> str:
-    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
+    if not _number(epoch):
         return "--:--:--"
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
 def _ms(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if _number(value):
         return f"{value:.0f} ms"
     return "-"
 
@@ -206,18 +210,18 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
     if snapshot.get("pid"):
         head += f" (pid {snapshot['pid']})"
     head += f": {state}"
-    if isinstance(since, int | float) and not isinstance(since, bool):
+    if _number(since):
         head += f" for {_duration(now - since)}"
     lines = [head, f"  status:      {status_line(snapshot)}"]
     started = snapshot.get("started")
-    if isinstance(started, int | float) and not isinstance(started, bool):
+    if _number(started):
         lines.append(f"  up:          {_duration(now - started)}")
 
     link = _section(snapshot, "link")
     if link:
         text = str(_value(link.get("state")) or "unknown")
         retry_in = link.get("retry_in")
-        if isinstance(retry_in, int | float) and not isinstance(retry_in, bool):
+        if _number(retry_in):
             text += f", retry in {retry_in:.0f} s"
         if link.get("endpoint"):
             text += f"  {public_endpoint(str(link['endpoint']))}"
@@ -278,14 +282,14 @@ def _jsonable(value: Any) -> Any:
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if isinstance(value, set | frozenset | tuple):
+    if isinstance(value, set | frozenset):  # tuples never get here: json writes them
         return list(value)
     return str(value)
 
 
 def _check_path_length(path: Path) -> None:
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise StatusError(f"{path}: socket path longer than {_SUN_PATH_MAX} bytes")
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise StatusError(f"{path}: socket path longer than {SUN_PATH_MAX} bytes")
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -371,7 +375,7 @@ class StatusServer:
         # Bind under a temporary name, set the mode, then rename: the socket never exists
         # under its real name with the umask's mode, and no process-wide umask is touched.
         temp = parent / f".{path.name}.{os.getpid()}"
-        if len(os.fsencode(temp)) > _SUN_PATH_MAX:
+        if len(os.fsencode(temp)) > SUN_PATH_MAX:
             temp = path
         with contextlib.suppress(FileNotFoundError):
             if temp != path:

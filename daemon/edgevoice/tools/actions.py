@@ -83,7 +83,8 @@ class _Capture(asyncio.SubprocessProtocol):
             self.exited.set_result(None)
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid``; quiet when it is already gone."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -122,13 +123,13 @@ async def run_command(action: CommandAction, args: Mapping[str, Any],
     pid = transport.get_pid()
     try:
         await asyncio.shield(proto.exited)  # shielded: the finally below still waits on it
-        _kill_group(pid)  # leftovers in its group: they would hold the pipes open
+        kill_group(pid)  # leftovers in its group: they would hold the pipes open
         await asyncio.wait_for(asyncio.shield(proto.closed), 2.0)
     except TimeoutError:
         pass  # a grandchild that left the group keeps a pipe: take what we have
     finally:
         if transport.get_returncode() is None:  # cancelled: the timeout
-            _kill_group(pid)
+            kill_group(pid)
             # Reap it before reporting, so "timed out" means "gone"; SIGKILL is quick.
             await asyncio.wait([proto.exited], timeout=2.0)
         transport.close()
@@ -155,7 +156,10 @@ class GpioPins:
     All gpiozero calls run on one worker thread of their own: they never block the event
     loop and never run concurrently. A pin used by several tools is one device: a PWM device
     if any tool sets its PWM value (it also does on/off/toggle/pulse), else an output or an
-    input device. ``pin_factory`` None means gpiozero's default (the Pi's GPIO)."""
+    input device. ``pin_factory`` None means gpiozero's default (the Pi's GPIO).
+
+    ``actions`` must pass :func:`~edgevoice.tools.spec.check_tool_set` (no pin is both an
+    input and an output); :meth:`run` takes only these actions."""
 
     def __init__(self, actions: list[GpioAction], pin_factory: Any = None) -> None:
         self.pin_factory = pin_factory
@@ -166,8 +170,6 @@ class GpioPins:
         self._settings: dict[str, GpioAction] = {}
         for key, group in by_pin.items():
             kinds = {a.kind for a in group}
-            if "input" in kinds and len(kinds) > 1:
-                raise ValueError(f"{key} is used both as an input and as an output")
             kind = "pwm" if "pwm" in kinds else kinds.pop()
             self._settings[key] = next(a for a in group if a.kind == kind)
         self._devices: dict[str, Any] = {}
@@ -196,7 +198,7 @@ class GpioPins:
         key = gpio_pin_key(action.pin)
         device = self._devices.get(key)
         if device is None:
-            s = self._settings.get(key, action)
+            s = self._settings[key]
             if s.kind == "input":
                 device = DigitalInputDevice(s.pin, pull_up=s.pull_up,
                                             pin_factory=self.pin_factory)

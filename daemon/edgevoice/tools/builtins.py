@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-import os
 import re
-import signal
 import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from edgevoice.tools.actions import ToolFailure
+from edgevoice.ducking.alsa import amixer_failure
+from edgevoice.tools.actions import ToolFailure, kill_group
 from edgevoice.tools.spec import MixerSettings
 
 _PERCENT = re.compile(r"\[(\d+)%\]")
@@ -42,18 +41,13 @@ async def set_volume(mixer: MixerSettings, percent: int, amixer: str = "amixer")
         out, err = await proc.communicate()
     finally:
         if proc.returncode is None:  # cancelled by the timeout
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(proc.pid)
             await proc.wait()
-    where = f"amixer -D {mixer.device} {mixer.control!r}"
     if proc.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise ToolFailure(f"{where}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+        raise ToolFailure(amixer_failure(mixer.device, mixer.control, proc.returncode, err))
     levels = [int(p) for p in _PERCENT.findall(out.decode(errors="replace"))]
     if not levels:
-        raise ToolFailure(f"{where}: has no playback volume")
+        raise ToolFailure(f"amixer -D {mixer.device} {mixer.control!r}: has no playback volume")
     return {"volume_percent": round(sum(levels) / len(levels))}
 
 

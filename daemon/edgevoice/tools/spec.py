@@ -288,9 +288,6 @@ def _check_schema(schema: dict[str, Any]) -> None:
     if schema.get("type") != "object":
         raise ValueError(f'must be an object schema (type = "object"), '
                          f"got type {schema.get('type')!r}")
-    props = schema.get("properties", {})
-    if not isinstance(props, dict):
-        raise ValueError("properties must be a table")
 
 
 def _param_schema(parameters: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -41,12 +41,6 @@ class CallStore:
         if path is not None:
             self._load(path)
 
-    def __contains__(self, call_id: str) -> bool:
-        return call_id in self._calls
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
     def get(self, call_id: str) -> str | None:
         """The stored output; :data:`INTERRUPTED` for a call that started but never finished
         (only possible after a restart); None for an unknown call id."""

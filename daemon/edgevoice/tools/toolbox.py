@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,9 @@ from jsonschema.validators import validator_for
 
 from edgevoice.tools import builtins
 from edgevoice.tools.actions import GpioPins, ToolFailure, run_command, run_mqtt
-from edgevoice.tools.confirm import (
-    DEFAULT_AFFIRMATIVE,
-    DEFAULT_NEGATIVE,
-    Confirmations,
-    Decision,
-)
-from edgevoice.tools.spec import ToolSpec, check_tool_set, declared
+from edgevoice.tools.confirm import Confirmations, Decision
+from edgevoice.tools.spec import ToolSpec, check_tool_set
 from edgevoice.tools.store import INTERRUPTED, CallStore
-from edgevoice.voicelive.session import FunctionTool
 
 log = logging.getLogger("edgevoice.tools")
 
@@ -74,10 +68,9 @@ class ToolBox:
     the record of recent call ids is kept across restarts (None: memory only).
     ``clock``: monotonic seconds, the clock of :meth:`user_said`'s ``t``; it times rate
     limits and confirmation windows. ``pin_factory``: a gpiozero pin factory (None: the
-    board's default). ``affirmative``/``negative``: the phrases that confirm or decline.
-    ``remember``: how many call ids are kept for exactly-once. ``confirm_wait_s``: how long a
-    repeated confirm call waits for a user transcript still on its way. ``amixer``: the
-    program ``set_volume`` runs.
+    board's default). ``remember``: how many call ids are kept for exactly-once.
+    ``confirm_wait_s``: how long a repeated confirm call waits for a user transcript still on
+    its way.
 
     Raises ValueError for a tool set that the config check rejects (repeated names, a pin
     used both as input and output); nothing else is checked or opened until a call.
@@ -91,11 +84,8 @@ class ToolBox:
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         pin_factory: Any = None,
-        affirmative: Iterable[str] = DEFAULT_AFFIRMATIVE,
-        negative: Iterable[str] = DEFAULT_NEGATIVE,
         remember: int = 256,
         confirm_wait_s: float = 2.0,
-        amixer: str = "amixer",
     ) -> None:
         problems = check_tool_set(tools)
         if problems:
@@ -109,21 +99,12 @@ class ToolBox:
         self._store = CallStore(remember, state_dir / STATE_FILE if state_dir else None)
         self._running: dict[str, asyncio.Future[str]] = {}
         self._runs: dict[str, deque[float]] = {}
-        self._confirm = Confirmations(affirmative, negative)
+        self._confirm = Confirmations()
         self._confirm_wait_s = confirm_wait_s
         self._heard = asyncio.Event()
         self._stop_conversation = stop_conversation
         self._clock = clock
-        self._amixer = amixer
         self._background: set[asyncio.Task[None]] = set()
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._tools)
-
-    def declared(self) -> list[FunctionTool]:
-        """The tools for ``session.update`` (name, description, parameters only)."""
-        return declared(self._tools.values())
 
     def user_said(self, transcript: str, t: float) -> None:
         """Tell the ToolBox about a user turn: ``transcript`` is the service's transcription
@@ -269,7 +250,7 @@ class ToolBox:
             return builtins.get_time()
         if spec.builtin == "set_volume":
             assert spec.mixer is not None
-            return await builtins.set_volume(spec.mixer, args["percent"], self._amixer)
+            return await builtins.set_volume(spec.mixer, args["percent"])
         if spec.builtin == "stop_conversation":
             return await builtins.stop_conversation(self._stop_conversation)
         raise AssertionError(f"no action for {spec.name}")  # ToolSpec guarantees one
@@ -277,23 +258,22 @@ class ToolBox:
     # ------------------------------------------------------------------ record, audit
 
     async def _started(self, call_id: str) -> None:
-        try:
-            await self._store.started(call_id)
-        except OSError as exc:
-            # Once per process still holds (memory); only a restart could repeat it.
-            log.warning("tools: cannot record call %s in %s: %s", call_id, self._store.path, exc)
+        # Once per process still holds (memory); only a restart could repeat it.
+        await self._record(self._store.started(call_id), f"record call {call_id} in")
 
     async def _finished(self, call_id: str, output: str) -> None:
-        try:
-            await self._store.finished(call_id, output)
-        except OSError as exc:
-            log.warning("tools: cannot record call %s in %s: %s", call_id, self._store.path, exc)
+        await self._record(self._store.finished(call_id, output), f"record call {call_id} in")
 
     async def _save(self) -> None:
+        await self._record(self._store.save(), "write")
+
+    async def _record(self, write: Awaitable[None], what: str) -> None:
+        """Await a write of the call record; a failing disk is a warning, never the call's
+        failure (the record in memory still holds for this process)."""
         try:
-            await self._store.save()
+            await write
         except OSError as exc:
-            log.warning("tools: cannot write %s: %s", self._store.path, exc)
+            log.warning("tools: cannot %s %s: %s", what, self._store.path, exc)
 
     def _audit(self, call_id: str, name: str, result: _Result, t0: float) -> None:
         ms = round((time.monotonic() - t0) * 1000)
