@@ -375,8 +375,13 @@ async def test_session_recycled_only_when_quiet(speech: Callable[..., bytes]) ->
         await link.wait_ready(5)
         link.hold_recycle = True  # a turn is in progress
         send_speech(link, speech("tell me"))
-        link.hold_recycle = False
         await caller.response_done()
+        # Quiet now and past session_max_s, but still held: the watcher (every 0.5 s) must
+        # not recycle until the caller lets go.
+        with pytest.raises(TimeoutError):
+            await caller.until(lambda e: isinstance(e, LinkUp) and e.reconnected, timeout=1.0)
+        assert link.stats["recycles"] == 0, "recycled while the caller held the connection"
+        link.hold_recycle = False
         await caller.until(lambda e: isinstance(e, LinkUp) and e.reconnected)
         await link.close()
         first = sim.connections[0]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,14 +26,6 @@ from support import espeak
 API = "/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime"
 EXAMPLE_SCRIPT = Path(__file__).resolve().parents[2] / "config/examples/simulator-script.toml"
 TIMEOUT = 5.0
-
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
-
-
-# ------------------------------------------------------------------------------------------
-# helpers
-
-
 
 
 def silence(ms: int, rate: int = 24000) -> bytes:
@@ -188,10 +179,9 @@ async def test_bad_frames_get_errors_and_the_connection_stays_open(sim: Simulato
 # VAD and responses
 
 
-@needs_espeak
 async def test_server_vad_timing_commit_transcript_and_reply_audio() -> None:
     said = "It is sunny today."
-    utterance = speech("what is the weather like")
+    utterance = espeak("what is the weather like", 24000)
     pcm = silence(1000) + utterance + silence(1000)
     onset, end = speech_bounds_ms(pcm)
     async with scripted([{"user": "what's the weather", "say": said}]) as sim:
@@ -223,7 +213,7 @@ async def test_server_vad_timing_commit_transcript_and_reply_audio() -> None:
             "response.content_part.done", "response.output_item.done", "response.done",
         ]
         audio = audio_of(events)
-        assert abs(len(audio) - len(speech(said))) <= 48  # same duration (24 kHz PCM16)
+        assert abs(len(audio) - len(espeak(said, 24000))) <= 48  # same duration (24 kHz PCM16)
         assert np.abs(np.frombuffer(audio, dtype="<i2")).max() > 1000
         deltas = of(events, "response.audio.delta")
         assert all(len(base64.b64decode(d["delta"])) <= 4800 for d in deltas)
@@ -234,11 +224,10 @@ async def test_server_vad_timing_commit_transcript_and_reply_audio() -> None:
         assert len(sim.connections[0].appended_audio) == len(pcm)
 
 
-@needs_espeak
 async def test_manual_mode_commit_then_response_create(sim: Simulator) -> None:
     async with connect(sim) as c:
         await c.update(turn_detection=None)
-        await c.append(silence(300) + speech("hello") + silence(300))
+        await c.append(silence(300) + espeak("hello", 24000) + silence(300))
         await c.send(type="input_audio_buffer.commit", event_id="cli_commit")
         committed = await c.next()
         assert committed["type"] == "input_audio_buffer.committed"
@@ -343,7 +332,6 @@ async def test_truncate_valid_past_end_and_wrong_item() -> None:
             assert (await c.next())["error"]["event_id"] == "cli_user"
 
 
-@needs_espeak
 async def test_barge_in_cancels_with_turn_detected_and_auto_truncates() -> None:
     long = "Let me explain this in great detail, step by step, from the very beginning. " * 2
     async with scripted([{"say": long}, {"say": "Okay."}], tts=False, pace=2.0) as sim:
@@ -352,7 +340,7 @@ async def test_barge_in_cancels_with_turn_detected_and_auto_truncates() -> None:
                                            "auto_truncate": True, "silence_duration_ms": 300})
             await c.send(type="response.create")
             first = (await c.until("response.audio.delta"))[-1]
-            await c.append(speech("stop") + silence(500))
+            await c.append(espeak("stop", 24000) + silence(500))
             events = await c.until("input_audio_buffer.committed")
             types = [e["type"] for e in events]
             assert types.index("input_audio_buffer.speech_started") < types.index("response.done")
@@ -589,11 +577,10 @@ async def test_drop_after_response_done() -> None:
         assert sim.connections[0].closed
 
 
-@needs_espeak
 async def test_drop_mid_user_audio() -> None:
     async with scripted([{"say": "Hi.", "drop": "mid-user-audio"}]) as sim:
         async with connect(sim) as c:
-            await c.append(silence(200) + speech("hello there") + silence(700))
+            await c.append(silence(200) + espeak("hello there", 24000) + silence(700))
             events = await assert_dropped(c)
             assert events[-1]["type"] == "input_audio_buffer.speech_started"
         assert sim.turn_index == 0
@@ -631,7 +618,3 @@ def test_example_script_loads_and_shows_every_feature() -> None:
     assert any(t.error for t in script.turns) and any(len(t.calls) > 1 for t in script.turns)
     kinds = {(c.http_status is not None, c.drop, c.silent, c.no_pong) for c in script.connections}
     assert len(kinds) == len(script.connections)
-
-
-def speech(text: str, rate: int = 24000) -> bytes:
-    return espeak(text, rate)

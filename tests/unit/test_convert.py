@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from edgevoice.audio import g711
-from edgevoice.audio.convert import Resampler, decode, encode, resample
+from edgevoice.audio.convert import (
+    Resampler,
+    bytes_per_second,
+    decode,
+    encode,
+    resample,
+    wire_rate,
+)
 
 
 def tone(rate: int, seconds: float = 1.0, freq: float = 1000.0, amp: float = 16000.0) -> bytes:
@@ -111,3 +118,18 @@ def test_wire_round_trip(fmt):
     orig = np.frombuffer(pcm, dtype="<i2").astype(int)
     assert snr_db(decode(encode(pcm, fmt), fmt), 8000) > 30  # G.711 is ~38 dB on a tone
     assert np.max(np.abs(back - orig)) <= 1024
+
+
+@pytest.mark.parametrize("fmt,pcm16_rate,expected", [
+    ("pcm16", 24000, 48000), ("pcm16", 16000, 32000), ("pcm16_16000hz", 24000, 32000),
+    ("pcm16_8000hz", 24000, 16000), ("g711_ulaw", 24000, 8000), ("g711_alaw", 16000, 8000),
+])
+def test_bytes_per_second_of_wire_formats(fmt: str, pcm16_rate: int, expected: int) -> None:
+    assert bytes_per_second(fmt, pcm16_rate) == expected
+    # One second of PCM16 at the format's rate encodes to exactly that many wire bytes.
+    assert len(encode(bytes(2 * wire_rate(fmt, pcm16_rate)), fmt)) == expected
+
+
+def test_bytes_per_second_rejects_unknown_formats() -> None:
+    with pytest.raises(ValueError, match="unknown audio format"):
+        bytes_per_second("mp3")

@@ -252,9 +252,9 @@ def test_calls_announced_before_a_drop_run_once_after_the_reconnect() -> None:
                           "response_id": "resp_1", "item_id": "it", "call_id": "c9",
                           "name": "lights", "arguments": "{}"}), 1.1)
     core.on_event(LinkDown("closed", 0.2, 1.2), 1.2)  # no response.done: the socket died
-    runs = actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 1.5), 1.5))
+    runs = actions_of(RunTool, core.on_event(LinkUp(True), 1.5))
     assert [r.call_id for r in runs] == ["c9"]
-    assert not actions_of(RunTool, core.on_event(LinkUp({}, True, 3, 2.0), 2.0))
+    assert not actions_of(RunTool, core.on_event(LinkUp(True), 2.0))
 
 
 def test_audio_after_the_wake_word_streams_at_once_and_nothing_before() -> None:

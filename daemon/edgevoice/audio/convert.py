@@ -3,7 +3,8 @@
 Internally edgevoice moves audio as PCM16 little-endian mono ``bytes``. Voice Live names its
 wire formats (``pcm16`` = 24 kHz, ``pcm16_16000hz``, ``pcm16_8000hz``, ``g711_ulaw`` and
 ``g711_alaw`` at 8 kHz); :func:`wire_rate`, :func:`encode` and :func:`decode` map between the
-two. :class:`Resampler` wraps soxr's streaming resampler so chunk borders never click.
+two, and :func:`bytes_per_second` turns a byte count of wire audio into time.
+:class:`Resampler` wraps soxr's streaming resampler so chunk borders never click.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def wire_rate(fmt: str, pcm16_rate: int = 24000) -> int:
         return OUTPUT_FORMAT_RATES[fmt]
     except KeyError:
         raise ValueError(f"unknown audio format {fmt!r}") from None
+
+
+def bytes_per_second(fmt: str, pcm16_rate: int = 24000) -> int:
+    """Wire bytes per second of audio in ``fmt`` (``pcm16`` on the input side takes
+    ``pcm16_rate``): G.711 carries one byte per sample, PCM16 two. Raises ValueError for an
+    unknown format, as :func:`wire_rate`."""
+    return wire_rate(fmt, pcm16_rate) * (1 if fmt.startswith("g711") else 2)
 
 
 def encode(pcm: bytes, fmt: str) -> bytes:

@@ -54,18 +54,18 @@ class ApiKeyAuth:
 
 
 class EntraAuth:
-    """Bearer tokens from an azure-identity async credential, fetched per connect."""
+    """Bearer tokens from an azure-identity async credential, fetched per connect.
 
-    def __init__(
-        self, scope: str, credential: TokenCredential | None = None, owns_credential: bool = False
-    ) -> None:
+    Without ``credential`` a ``DefaultAzureCredential`` is made, and :meth:`close` closes it;
+    a credential passed in belongs to the caller and is left open."""
+
+    def __init__(self, scope: str, credential: TokenCredential | None = None) -> None:
+        self._owns = credential is None
         if credential is None:
             from azure.identity.aio import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-            owns_credential = True
         self._credential = credential
-        self._owns = owns_credential
         self.scope = scope
 
     async def token(self, scope: str) -> Secret:

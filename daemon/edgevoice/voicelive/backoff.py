@@ -41,6 +41,3 @@ class Backoff:
         if self._up_since is not None and now - self._up_since >= self.stable_after_s:
             self._step = 0
         self._up_since = None
-
-    def reset(self) -> None:
-        self._step = 0

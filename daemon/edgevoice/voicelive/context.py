@@ -68,8 +68,8 @@ class ConversationLog:
         entry.text = transcript
         entry.audio = None  # the transcript replaces the audio
 
-    def add_user_text(self, text: str, item_id: str | None = None) -> None:
-        self._append(Entry("user", item_id=item_id, text=text))
+    def add_user_text(self, text: str) -> None:
+        self._append(Entry("user", text=text))
 
     def add_system_text(self, text: str) -> None:
         self._append(Entry("system", text=text))
@@ -106,6 +106,8 @@ class ConversationLog:
     def add_function_call(
         self, call_id: str, name: str, arguments: str, item_id: str | None
     ) -> None:
+        """Record a call once per ``call_id``. ``arguments`` is replayed verbatim, so it must
+        be JSON text ("{}" for none, never "")."""
         if any(e.kind == "function_call" and e.call_id == call_id for e in self.entries):
             return
         self._append(Entry("function_call", item_id=item_id, call_id=call_id, name=name,
@@ -115,9 +117,6 @@ class ConversationLog:
         if any(e.kind == "function_call_output" and e.call_id == call_id for e in self.entries):
             return
         self._append(Entry("function_call_output", call_id=call_id, output=output))
-
-    def clear(self) -> None:
-        self.entries.clear()
 
     # ------------------------------------------------------------------ bounds
 
@@ -165,10 +164,10 @@ class ConversationLog:
                               "content": [{"type": "text", "text": e.text}]})
             elif e.kind == "function_call":
                 items.append({"type": "function_call", "call_id": e.call_id, "name": e.name,
-                              "arguments": e.arguments or "{}"})
+                              "arguments": e.arguments})
             elif e.kind == "function_call_output":
                 items.append({"type": "function_call_output", "call_id": e.call_id,
-                              "output": e.output or ""})
+                              "output": e.output})
         return items
 
     def unanswered_calls(self) -> list[str]:

@@ -41,7 +41,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
@@ -49,7 +49,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from edgevoice import __version__
-from edgevoice.audio.convert import OUTPUT_FORMAT_RATES
+from edgevoice.audio.convert import bytes_per_second
 from edgevoice.config import VoiceLiveConfig, is_loopback_host
 from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.auth import Auth, AuthError
@@ -59,8 +59,18 @@ from edgevoice.voicelive.session import RequestSession
 
 log = logging.getLogger("edgevoice.voicelive")
 
+_E = TypeVar("_E", bound=ev.ClientEvent)
+
 REALTIME_PATH = "/voice-live/realtime"
 BENIGN_ERRORS = ("no active response",)
+#: Client events that carry the current user turn: written ones stay unacked (kept for a
+#: resend) until the service commits or clears the input buffer.
+TURN_AUDIO_EVENTS = ("input_audio_buffer.append", "input_audio_buffer.commit")
+#: Queued client events dropped when a connection ends: items live in the context and are
+#: replayed, cancels and truncates were about the dead connection's response, and the whole
+#: session goes with the next connect's ``session.update``.
+VOID_AFTER_DISCONNECT = frozenset({"conversation.item.create", "response.cancel",
+                                   "conversation.item.truncate", "session.update"})
 
 
 class LinkState(enum.Enum):
@@ -75,12 +85,10 @@ class LinkState(enum.Enum):
 
 @dataclass(frozen=True)
 class LinkUp:
-    """The session is ready (after session.updated and the context replay)."""
+    """The session is ready (after session.updated and the context replay). ``reconnected``
+    is False only for the first ready session of this link."""
 
-    session: dict[str, Any]
     reconnected: bool
-    replayed_items: int
-    t: float
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,7 @@ class ServiceError:
 
     @property
     def message(self) -> str:
-        return self.event.error.message or ""
+        return self.event.error.message
 
 
 LinkEvent = LinkUp | LinkDown | TurnAbandoned | ServiceError
@@ -226,7 +234,6 @@ class VoiceLiveLink:
         self._unacked: list[_Pending] = []  # turn audio written but not yet committed
         self._unacked_trimmed = False  # some of it was trimmed: a resend would have a hole
         self._turn_bytes = 0  # audio bytes in the outbox and unacked
-        self._effective_session: dict[str, Any] = {}
         self._update_id: str | None = None
         self._sent_types: OrderedDict[str, str] = OrderedDict()
         self._seq = 0
@@ -283,10 +290,6 @@ class VoiceLiveLink:
         """Wait until the session is ready. Raises TimeoutError."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    @property
-    def response_active(self) -> str | None:
-        return self._response_active
-
     # ------------------------------------------------------------------ sending
 
     def _next_id(self) -> str:
@@ -299,7 +302,7 @@ class VoiceLiveLink:
         connection), truncations are applied to the stored context, and items are kept in the
         context for the replay instead of being queued twice."""
         if event.event_id is None:
-            event.event_id = self._next_id()
+            self._with_id(event)
         kind = event.type
         audio: bytes | None = None
         if isinstance(event, ev.InputAudioBufferAppend):
@@ -326,10 +329,9 @@ class VoiceLiveLink:
         return event.event_id
 
     def append_audio(self, pcm: bytes) -> None:
-        """Queue one chunk of user audio (already in the session's input format)."""
-        event = ev.InputAudioBufferAppend(audio=base64.b64encode(pcm).decode("ascii"))
-        event.event_id = self._next_id()
-        self._enqueue(_Pending(event, pcm))
+        """Queue one chunk of user audio (already in the session's input format). Raises
+        ValueError only for a chunk above the service's 15 MiB per-append limit."""
+        self._enqueue(_Pending(self._with_id(ev.InputAudioBufferAppend.from_pcm(pcm)), pcm))
 
     def _enqueue(self, pending: _Pending) -> None:
         self._outbox.append(pending)
@@ -338,11 +340,10 @@ class VoiceLiveLink:
             self._turn_bytes += len(pending.audio)
             self._bound_turn_audio()
 
-    def _bytes_per_second(self) -> float:
-        fmt = self.session.input_audio_format or "pcm16"
-        if fmt == "pcm16":
-            return (self.session.input_audio_sampling_rate or 24000) * 2
-        return 8000.0
+    def _bytes_per_second(self) -> int:
+        """Input audio bytes per second: the unit of the offline bound and of dropped_ms."""
+        return bytes_per_second(self.session.input_audio_format or "pcm16",
+                                self.session.input_audio_sampling_rate or 24000)
 
     def _recount_turn_audio(self) -> None:
         """Recount the turn's audio bytes (outbox + unacked) after a bulk change; appends keep
@@ -372,10 +373,12 @@ class VoiceLiveLink:
                       dropped_ms)
 
     def _drop_turn_audio(self) -> None:
-        self._unacked.clear()
-        self._outbox = deque(p for p in self._outbox
-                             if p.event.type not in ("input_audio_buffer.append",
-                                                     "input_audio_buffer.commit"))
+        self._outbox = deque(p for p in self._outbox if p.event.type not in TURN_AUDIO_EVENTS)
+        self._forget_unacked()
+
+    def _forget_unacked(self) -> None:
+        """The written turn audio needs no resend any more (committed, cleared or dropped)."""
+        self._unacked = []
         self._unacked_trimmed = False
         self._recount_turn_audio()
 
@@ -385,18 +388,17 @@ class VoiceLiveLink:
         self.events.put_nowait(TurnAbandoned(reason, dropped_ms, self.clock()))
 
     def _record_item(self, event: ev.ConversationItemCreate) -> None:
-        data = event.item.model_dump(mode="json", exclude_none=True)
-        kind = data.get("type")
-        if kind == "function_call_output":
-            self.context.add_function_output(data["call_id"], data.get("output", ""))
+        item = event.item
+        if isinstance(item, ev.FunctionCallOutput):
+            self.context.add_function_output(item.call_id, item.output)
             self._awaiting_response = False  # the caller sends response.create itself
-        elif kind == "message":
-            texts = [c.get("text") or c.get("transcript") or "" for c in data.get("content", [])]
-            text = " ".join(t for t in texts if t)
-            if data.get("role") == "user":
-                self.context.add_user_text(text)
-            elif data.get("role") == "system":
-                self.context.add_system_text(text)
+        elif isinstance(item, ev.UserMessage):
+            # Audio content is kept by its transcript (if any): the replay is text.
+            texts = [c.transcript if isinstance(c, ev.InputAudioContent) else c.text
+                     for c in item.content]
+            self.context.add_user_text(" ".join(t for t in texts if t))
+        elif isinstance(item, ev.SystemMessage):
+            self.context.add_system_text(" ".join(c.text for c in item.content if c.text))
 
     def _merge_session(self, update: RequestSession) -> None:
         merged = self.session.model_copy(update={k: getattr(update, k)
@@ -540,7 +542,7 @@ class VoiceLiveLink:
             reconnected = self._ever_ready
             self._ever_ready = True
             self._set_state(LinkState.READY, "Voice Live: connected")
-            self.events.put_nowait(LinkUp(self._effective_session, reconnected, replayed, now))
+            self.events.put_nowait(LinkUp(reconnected))
             writer = loop.create_task(self._writer(ws), name="voicelive-writer")
             watcher = loop.create_task(self._watch(ws), name="voicelive-watch")
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -577,12 +579,7 @@ class VoiceLiveLink:
             self._abandon("connection lost during a turn too long to resend", dropped_ms)
         self._outbox.extendleft(reversed(self._unacked))
         self._unacked = []
-        # Items live in the context and are replayed; cancels and truncates are void.
-        self._outbox = deque(
-            p for p in self._outbox
-            if p.event.type not in ("conversation.item.create", "response.cancel",
-                                    "conversation.item.truncate", "session.update")
-        )
+        self._outbox = deque(p for p in self._outbox if p.event.type not in VOID_AFTER_DISCONNECT)
 
     async def _configure(self, ws: ClientConnection, reader: asyncio.Task[None]) -> int | None:
         """session.created → session.update → session.updated → replay. Returns the number
@@ -594,8 +591,8 @@ class VoiceLiveLink:
         try:
             if not await self._await_server(created, reader, "session.created"):
                 return None
-            update = ev.SessionUpdate(session=self.session)
-            update.event_id = self._update_id = self._next_id()
+            update = self._with_id(ev.SessionUpdate(session=self.session))
+            self._update_id = update.event_id
             await self._write(ws, update)
             if not await self._await_server(updated, reader, "session.updated"):
                 return None
@@ -605,17 +602,13 @@ class VoiceLiveLink:
                 # not help. Say so loudly and go on with what the service has.
                 log.error("Voice Live refused the session settings: %s (param %s)",
                           answer.error.message, answer.error.param)
-                self._effective_session = {}
-            else:
-                self._effective_session = answer.session.model_dump(mode="json")
             # From the snapshot on, new items are queued (sent after the replay), not left to
             # a replay that has already been taken.
             self._replaying = True
             items = self.context.replay_items()
             for item in items:
-                create = ev.ConversationItemCreate.model_validate({"item": item})
-                create.event_id = self._next_id()
-                await self._write(ws, create)
+                await self._write(ws, self._with_id(
+                    ev.ConversationItemCreate.model_validate({"item": item})))
             if self.context.unanswered_calls():
                 # The tools ran (or will run) once; their outputs come from the caller.
                 self._awaiting_response = False
@@ -644,7 +637,8 @@ class VoiceLiveLink:
                    else f"Voice Live: no {name} from the server in {timeout:g} s")
         return False
 
-    def _with_id(self, event: ev.ClientEvent) -> ev.ClientEvent:
+    def _with_id(self, event: _E) -> _E:
+        """The event with the link's next ``event_id`` (how errors are matched to it)."""
         event.event_id = self._next_id()
         return event
 
@@ -668,7 +662,7 @@ class VoiceLiveLink:
             except ConnectionClosed:
                 return  # the entry stays at the head of the outbox for the next connection
             self._outbox.popleft()
-            if pending.event.type in ("input_audio_buffer.append", "input_audio_buffer.commit"):
+            if pending.event.type in TURN_AUDIO_EVENTS:
                 self._unacked.append(pending)
                 if pending.audio is not None and self.on_audio_written is not None:
                     self.on_audio_written(self.clock())
@@ -710,7 +704,7 @@ class VoiceLiveLink:
 
     def _service_error(self, event: ev.ErrorEvent) -> ServiceError:
         caused_by = self._sent_types.get(event.error.event_id or "")
-        message = event.error.message or ""
+        message = event.error.message
         benign = any(text in message.lower() for text in BENIGN_ERRORS)
         level = logging.DEBUG if benign else logging.WARNING
         log.log(level, "Voice Live error%s: %s (%s)",
@@ -732,17 +726,13 @@ class VoiceLiveLink:
             return False
         if kind == "input_audio_buffer.committed":
             audio = b"".join(p.audio for p in self._unacked if p.audio)
-            self._unacked = []
-            self._unacked_trimmed = False
-            self._recount_turn_audio()
+            self._forget_unacked()
             self.context.add_user_audio(event.item_id, audio or None)
             self._awaiting_response = True
         elif kind == "input_audio_buffer.cleared":
-            self._unacked = []
-            self._unacked_trimmed = False
-            self._recount_turn_audio()
+            self._forget_unacked()
         elif kind == "conversation.item.input_audio_transcription.completed":
-            self.context.set_user_transcript(event.item_id, event.transcript or "")
+            self.context.set_user_transcript(event.item_id, event.transcript)
         elif kind == "response.created":
             self._response_active = event.response.id
             self._awaiting_response = False
@@ -750,14 +740,13 @@ class VoiceLiveLink:
             self._response_active = None
             self._awaiting_response = False
         elif kind == "response.audio.delta":
-            rate = OUTPUT_FORMAT_RATES.get(self.session.output_audio_format or "pcm16", 24000)
-            width = 1 if (self.session.output_audio_format or "").startswith("g711") else 2
+            per_second = bytes_per_second(self.session.output_audio_format or "pcm16")
             self.context.add_assistant_audio(event.item_id,
-                                             1000.0 * _b64_len(event.delta) / (rate * width))
+                                             1000.0 * _b64_len(event.delta) / per_second)
         elif kind == "response.audio_transcript.done":
-            self.context.set_assistant_text(event.item_id, event.transcript or "")
+            self.context.set_assistant_text(event.item_id, event.transcript)
         elif kind == "response.text.done":
-            self.context.set_assistant_text(event.item_id, event.text or "")
+            self.context.set_assistant_text(event.item_id, event.text)
         elif kind == "conversation.item.truncated":
             self.context.truncate_assistant(event.item_id, event.audio_end_ms)
         elif kind == "response.function_call_arguments.done":
@@ -766,12 +755,13 @@ class VoiceLiveLink:
                          event.call_id)
                 return False
             self._seen_calls.add(event.call_id)
-            self.context.add_function_call(event.call_id, event.name or "",
+            # "{}", not "": the replayed function_call item must carry valid JSON.
+            self.context.add_function_call(event.call_id, event.name,
                                            event.arguments or "{}", event.item_id)
         elif kind == "response.output_item.done":
             item = event.item
-            if getattr(item, "type", None) == "function_call" and item.call_id:
-                self.context.add_function_call(item.call_id, item.name or "",
+            if isinstance(item, ev.ResponseFunctionCallItem) and item.call_id:
+                self.context.add_function_call(item.call_id, item.name,
                                                item.arguments or "{}", item.id)
         return True
 

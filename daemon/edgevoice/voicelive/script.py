@@ -169,7 +169,7 @@ class _Parser:
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise self.fail(
-                f"{path}.{unknown[0]}" if path else unknown[0],
+                self.join(path, unknown[0]),
                 f"unknown key (allowed: {', '.join(sorted(allowed))})",
             )
         return value

@@ -58,7 +58,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from edgevoice.audio.convert import OUTPUT_FORMAT_RATES, decode, encode, read_wav, resample
+from edgevoice.audio.convert import (
+    OUTPUT_FORMAT_RATES,
+    decode,
+    encode,
+    read_wav,
+    resample,
+    wire_rate,
+)
 from edgevoice.voicelive.script import Call, ConnectionFault, Script, ScriptedError, Turn
 
 log = logging.getLogger(__name__)
@@ -446,9 +453,12 @@ class _Vad:
 
     def reset(self) -> None:
         self.speaking = False
-        self.run_start = None
-        self.run_ms = self.gap_ms = 0.0
+        self._end_run()
         self.item_id = None
+
+    def _end_run(self) -> None:
+        """Forget the current run of voiced frames: the next onset is confirmed afresh."""
+        self.run_start, self.run_ms, self.gap_ms = None, 0.0, 0.0
 
     def step(self, speech: bool, t: float, min_speech_ms: float, silence_ms: float) -> str | None:
         """Feed one frame starting at ``t``; returns "start", "stop" or None."""
@@ -468,13 +478,13 @@ class _Vad:
                 # Tolerate short dips (stop consonants) while confirming an onset.
                 self.gap_ms += FRAME_MS
                 if self.gap_ms > 40:
-                    self.run_start, self.run_ms, self.gap_ms = None, 0.0, 0.0
+                    self._end_run()
             return None
         if speech:
             self.last_speech_end = end
         elif end - self.last_speech_end >= silence_ms:
             self.speaking = False
-            self.run_start, self.run_ms, self.gap_ms = None, 0.0, 0.0
+            self._end_run()
             return "stop"
         return None
 
@@ -991,6 +1001,16 @@ class _Session:
         await self.send({"type": "conversation.item.created", "previous_item_id": prev,
                          "item": copy.deepcopy(item)})
 
+    async def _finish_item(self, response_id: str, output_index: int,
+                           item: dict[str, Any]) -> dict[str, Any]:
+        """Store the final item (unless the client deleted it meanwhile), then
+        output_item.done; returns the item."""
+        if item["id"] in self.items:
+            self.items[item["id"]] = copy.deepcopy(item)
+        await self.send({"type": "response.output_item.done", "response_id": response_id,
+                         "output_index": output_index, "item": copy.deepcopy(item)})
+        return item
+
     def last_item_id(self) -> str | None:
         return self.order[-1] if self.order else None
 
@@ -1019,9 +1039,9 @@ class _Session:
             await self.drop(turn.close_code)
 
     def input_rate(self) -> int:
-        if self.config["input_audio_format"] != "pcm16":
-            return 8000
-        return int(self.config["input_audio_sampling_rate"])
+        """Sample rate of the appended audio (G.711 is always 8 kHz)."""
+        return wire_rate(self.config["input_audio_format"],
+                         int(self.config["input_audio_sampling_rate"]))
 
     # -- input audio -------------------------------------------------------------------------
 
@@ -1151,16 +1171,20 @@ class _Session:
                 code="input_audio_buffer_commit_empty",
             )
         item_id = self.vad.item_id or self.sim._new_id("item")
-        self.vad.reset()
-        self.frame_rest = b""
+        self.reset_input()
         await self.commit(item_id)
 
     async def on_clear(self, event: dict[str, Any], event_id: str | None) -> None:
         self.buffer.clear()
         self.buffer_ms = 0.0
-        self.frame_rest = b""
-        self.vad.reset()
+        self.reset_input()
         await self.send({"type": "input_audio_buffer.cleared"})
+
+    def reset_input(self) -> None:
+        """After a manual commit or a clear the next audio starts a new utterance: no VAD
+        run and no partial frame carries over (the buffer itself is the caller's)."""
+        self.vad.reset()
+        self.frame_rest = b""
 
     # -- conversation items ------------------------------------------------------------------
 
@@ -1478,11 +1502,7 @@ class _Session:
         await self.send({"type": "response.content_part.done", **ids, "part": part})
         item["status"] = "incomplete" if active.cancel_reason is not None else "completed"
         item["content"] = [part]
-        if item_id in self.items:
-            self.items[item_id] = copy.deepcopy(item)
-        await self.send({"type": "response.output_item.done", "response_id": active.id,
-                         "output_index": output_index, "item": copy.deepcopy(item)})
-        return item
+        return await self._finish_item(active.id, output_index, item)
 
     async def call(self, active: _Active, output_index: int, call: Call) -> dict[str, Any]:
         item_id = self.sim._new_id("item")
@@ -1505,11 +1525,7 @@ class _Session:
         await self.send({"type": "response.function_call_arguments.done", **ids,
                          "name": call.name, "arguments": args})
         item.update(arguments=args, status="completed")
-        if item_id in self.items:
-            self.items[item_id] = copy.deepcopy(item)
-        await self.send({"type": "response.output_item.done", "response_id": active.id,
-                         "output_index": output_index, "item": copy.deepcopy(item)})
-        return item
+        return await self._finish_item(active.id, output_index, item)
 
 
 def _suppress_pongs(ws: ServerConnection) -> None:
