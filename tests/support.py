@@ -32,10 +32,13 @@ def espeak(text: str, rate: int = 16000, voice: str = "en-us") -> bytes:
     return resample(pcm, native, rate)
 
 
-def use_alsa(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point ALSA (and so PortAudio) at the virtual devices for this test."""
-    for key, value in va.env().items():
+def use_alsa(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point ALSA (and so PortAudio) at the virtual devices for this test; returns the
+    variables set (for a subprocess's environment)."""
+    env = va.env()
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
+    return env
 
 
 async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:

@@ -18,13 +18,7 @@ from edgevoice.audio.devices import (
     select_device,
 )
 from edgevoice.audio.virtual import VirtualAlsa
-
-
-def use(va: VirtualAlsa, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = va.env()
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+from support import use_alsa as use
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from edgevoice.audio.convert import Resampler, decode, encode
+from edgevoice.audio.convert import Resampler, decode, encode, wire_rate
 from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.audio.virtual import FifoSink, VirtualAlsa
@@ -61,8 +61,8 @@ async def speaker(tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt", ["pcm16", "g711_ulaw", "pcm16_16000hz"])
 async def test_output_equals_reply_after_conversion(speaker, fmt):
     pb, sink = speaker
-    wire_rate = {"pcm16": 24000, "g711_ulaw": 8000, "pcm16_16000hz": 16000}[fmt]
-    reply = encode(noise(0.4, wire_rate), fmt)
+    in_rate = wire_rate(fmt)
+    reply = encode(noise(0.4, in_rate), fmt)
     step = len(reply) // 20  # 20 deltas, as the service sends them
     firsts: list[tuple[str, float]] = []
     pb.on_first_audio = lambda item, t: firsts.append((item, t))
@@ -74,7 +74,7 @@ async def test_output_equals_reply_after_conversion(speaker, fmt):
     await pb.aclose()  # closing the stream flushes the file plugin
     out = sink.close(drain=0.2)
     # The expected device audio: the same decode + streaming resample, delta by delta.
-    rs = Resampler(wire_rate, 24000)
+    rs = Resampler(in_rate, 24000)
     expected = b"".join(rs.process(decode(d, fmt)) for d in chunks(reply, step)) + rs.flush()
     exp_start, expected_trim = strip_silence(expected)
     start, played = strip_silence(out)

@@ -31,7 +31,9 @@ def test_tail_never_shorter_than_server_silence() -> None:
     assert setup.upstream_tail_ms(cfg) == 1100
     local = parse_config("[vad]\ntail_ms = 100\n[session.turn_detection]\ntype = \"none\"\n", "x")
     assert setup.upstream_tail_ms(local) == 100
-    assert setup.upstream_gate(cfg) is not None and setup.endpointer(local) is not None
+    assert setup.upstream_gate(cfg).tail_samples == 1100 * 16
+    assert (setup.endpointer(local).silence_samples
+            == local.vad.local_end_of_utterance_ms * 16)
 
 
 def test_unknown_model_in_config_is_named() -> None:

@@ -53,10 +53,12 @@ def _candidates(
     device: DeviceInfo, rate: int | None, channels: int | None
 ) -> list[tuple[int, int]]:
     """Formats to try, best first: the preference, 16 kHz mono (no conversion), then the
-    device's native rate mono/stereo, then common hardware rates."""
+    device's native rate mono/stereo, then common hardware rates. Repeats and formats with
+    more channels than the device has are left in: :meth:`SupervisedStream._open_first`
+    skips them."""
     native = device.default_rate or 48000
     max_ch = max(1, device.max_input_channels)
-    wanted = [
+    return [
         (rate or SAMPLE_RATE, channels or 1),
         (SAMPLE_RATE, 1),
         (native, 1),
@@ -65,11 +67,6 @@ def _candidates(
         (48000, min(2, max_ch)),
         (44100, min(2, max_ch)),
     ]
-    out: list[tuple[int, int]] = []
-    for cand in wanted:
-        if cand not in out and cand[1] <= max_ch:
-            out.append(cand)
-    return out
 
 
 class Capture(SupervisedStream):
@@ -154,27 +151,15 @@ class Capture(SupervisedStream):
     def _open_stream(
         self, pa: pyaudio.PyAudio, device: DeviceInfo, generation: int
     ) -> tuple[pyaudio.Stream, int, int]:
-        errors = []
-        for rate, channels in _candidates(device, self.preferred_rate, self.preferred_channels):
-            per_buffer = max(1, rate * self.buffer_ms // 1000)
-            with self._lock:
-                self._pending = deque(maxlen=max(2, self.max_pending_ms // self.buffer_ms))
-            try:
-                stream = pa.open(
-                    format=pyaudio.paInt16,
-                    channels=channels,
-                    rate=rate,
-                    input=True,
-                    input_device_index=device.index,
-                    frames_per_buffer=per_buffer,
-                    stream_callback=self._make_callback(generation),
-                    start=False,
-                )
-            except (OSError, ValueError) as exc:
-                errors.append(f"{rate} Hz/{channels} ch: {exc}")
-                continue
-            return stream, rate, channels
-        raise OSError(f"cannot open {device.name!r} for capture: " + "; ".join(errors))
+        # A fresh hand-off per stream: nothing a previous stream left behind is carried over.
+        # Its bound depends only on buffer_ms, not on the format that opens.
+        with self._lock:
+            self._pending = deque(maxlen=max(2, self.max_pending_ms // self.buffer_ms))
+        return self._open_first(
+            pa, device, _candidates(device, self.preferred_rate, self.preferred_channels),
+            buffer_ms=self.buffer_ms, callback=self._make_callback(generation),
+            purpose="capture",
+        )
 
     # -- callback thread --
 

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO, TypeVar
 
@@ -360,6 +360,16 @@ async def run_blocking(fn: Callable[[], T], timeout: float, name: str = "pa-call
     return await asyncio.wait_for(asyncio.shield(fut), timeout)
 
 
+#: What PortAudio calls on its callback thread: (in_data, frame_count, time_info, status)
+#: -> (out_data, flag).
+StreamCallback = Callable[[bytes | None, int, dict[str, float], int], tuple[bytes | None, int]]
+
+
+def period_frames(rate: int, ms: int) -> int:
+    """Frames in a device period of ``ms`` at ``rate`` (at least 1)."""
+    return max(1, rate * ms // 1000)
+
+
 @dataclass
 class OpenedStream:
     """What :meth:`SupervisedStream._open_blocking` returns."""
@@ -408,7 +418,6 @@ class SupervisedStream(ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._wake: asyncio.Event | None = None
         self._first_attempt: asyncio.Future[None] | None = None
         self._last_callback = 0.0  # monotonic; written by the callback thread
         self._generation = 0  # bumps on every open; callbacks tag their data with it
@@ -420,7 +429,50 @@ class SupervisedStream(ABC):
     def _open_stream(self, pa: pyaudio.PyAudio, device: DeviceInfo, generation: int
                      ) -> tuple[pyaudio.Stream, int, int]:
         """Open (not start) the stream in a worker thread; return (stream, rate, channels).
-        Raise DeviceError/OSError if the device cannot be opened in any usable format."""
+        Raise DeviceError/OSError if the device cannot be opened in any usable format.
+        Subclasses normally only list their formats and call :meth:`_open_first`."""
+
+    def _open_first(
+        self,
+        pa: pyaudio.PyAudio,
+        device: DeviceInfo,
+        candidates: Iterable[tuple[int, int]],
+        *,
+        buffer_ms: int,
+        callback: StreamCallback,
+        purpose: str,
+    ) -> tuple[pyaudio.Stream, int, int]:
+        """Open (not start) a PCM16 stream of ``self.kind`` in the first ``(rate, channels)``
+        of ``candidates``, in their order, that the device accepts; return (stream, rate,
+        channels). Repeated candidates, a rate of 0 (an unknown native rate) and more
+        channels than the device has are skipped. The device period is ``buffer_ms`` at the
+        candidate's rate (:func:`period_frames`). Raises OSError naming every format tried
+        (and ``purpose``, e.g. "capture") if none opens."""
+        max_ch = max(1, device.max_input_channels if self.kind == "input"
+                     else device.max_output_channels)
+        errors: list[str] = []
+        tried: list[tuple[int, int]] = []
+        for rate, channels in candidates:
+            if (rate, channels) in tried or not rate or channels > max_ch:
+                continue
+            tried.append((rate, channels))
+            try:
+                stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    frames_per_buffer=period_frames(rate, buffer_ms),
+                    stream_callback=callback,
+                    start=False,
+                    # PyAudio takes the direction as keywords: input=True and
+                    # input_device_index for a capture, output… for a playback.
+                    **{self.kind: True, f"{self.kind}_device_index": device.index},
+                )
+            except (OSError, ValueError) as exc:
+                errors.append(f"{rate} Hz/{channels} ch: {exc}")
+                continue
+            return stream, rate, channels
+        raise OSError(f"cannot open {device.name!r} for {purpose}: " + "; ".join(errors))
 
     def _on_opened(self, opened: OpenedStream) -> None:  # noqa: B027 - optional hook
         """On the loop, after the stream started."""
@@ -439,7 +491,6 @@ class SupervisedStream(ABC):
             return
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
         self._first_attempt = self._loop.create_future()
         self._set_state(DeviceState.STARTING, "")
         self._task = asyncio.create_task(self._supervise(), name=f"{self.role}-supervisor")
@@ -455,8 +506,6 @@ class SupervisedStream(ABC):
         if task is None:
             return
         self._stopping.set()
-        if self._wake is not None:
-            self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._set_state(DeviceState.STOPPED, "")
@@ -585,10 +634,8 @@ class SupervisedStream(ABC):
 
     async def _watch(self, opened: OpenedStream) -> tuple[str, bool]:
         """Return why the stream must be closed (failure or stop) and whether it stalled."""
-        assert self._wake is not None
         interval = max(0.01, min(0.25, self.stall_timeout / 4))
         while True:
-            self._wake.clear()
             silent = time.monotonic() - self._last_callback
             stalled = silent > self.stall_timeout
             if self._stopping.is_set():
@@ -603,5 +650,6 @@ class SupervisedStream(ABC):
                 return "the stream stopped (device error or unplugged)", False
             if stalled:
                 return f"no audio callback for {silent:.1f}s (device hung)", True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            # aclose() sets _stopping: the next check sees it at once instead of after the
+            # interval.
+            await self._sleep_unless_stopping(interval)

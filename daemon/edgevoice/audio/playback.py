@@ -34,7 +34,13 @@ import numpy as np
 import pyaudio
 
 from edgevoice.audio.convert import Resampler, decode, level_dbfs, wire_rate
-from edgevoice.audio.devices import DeviceInfo, DeviceState, OpenedStream, SupervisedStream
+from edgevoice.audio.devices import (
+    DeviceInfo,
+    DeviceState,
+    OpenedStream,
+    SupervisedStream,
+    period_frames,
+)
 
 FirstAudioHook = Callable[[str, float], None]
 
@@ -168,6 +174,12 @@ class Playback(SupervisedStream):
     def stop(self) -> int:
         """Drop everything queued; the callback emits silence from its next call on (see the
         module docstring for the bound). Returns the number of frames dropped. Idempotent."""
+        return self._flush(user_stop=True)
+
+    def _flush(self, user_stop: bool) -> int:
+        """Empty the buffer and the per-item state; return the frames dropped. Only a
+        ``user_stop`` is timed (``stop_latencies``); a flush because the device was lost
+        clears any pending measurement instead, so it never counts as a stop latency."""
         with self._lock:
             dropped = self._queued // self._frame_bytes if self._frame_bytes else 0
             self._segments.clear()
@@ -175,7 +187,9 @@ class Playback(SupervisedStream):
             self._queued = 0
             self._armed = False
             self._open_item = None
-            if not self._paused:  # a pause already silenced it: that was the stop
+            if not user_stop:
+                self._stop_at = None
+            elif not self._paused:  # a pause already silenced it: that was the stop
                 self._stop_at = time.monotonic()
             self._paused = False
         self._resamplers.clear()
@@ -332,38 +346,20 @@ class Playback(SupervisedStream):
     def _open_stream(
         self, pa: pyaudio.PyAudio, device: DeviceInfo, generation: int
     ) -> tuple[pyaudio.Stream, int, int]:
-        max_ch = max(1, device.max_output_channels)
         wanted = [(self.preferred_rate or 24000, self.preferred_channels or 1)]
+        stereo = min(2, max(1, device.max_output_channels))
         for rate in (24000, 48000, 44100, 16000, device.default_rate):
-            wanted += [(rate, 1), (rate, min(2, max_ch))]
-        errors = []
-        tried: list[tuple[int, int]] = []
-        for rate, channels in wanted:
-            if (rate, channels) in tried or not rate or channels > max_ch:
-                continue
-            tried.append((rate, channels))
-            per_period = max(1, rate * self.period_ms // 1000)
-            try:
-                stream = pa.open(
-                    format=pyaudio.paInt16,
-                    channels=channels,
-                    rate=rate,
-                    output=True,
-                    output_device_index=device.index,
-                    frames_per_buffer=per_period,
-                    stream_callback=self._make_callback(generation),
-                    start=False,
-                )
-            except (OSError, ValueError) as exc:
-                errors.append(f"{rate} Hz/{channels} ch: {exc}")
-                continue
-            # Set before start: the callback reads these. Safe: no callback of this stream
-            # exists yet and the previous stream is closed.
-            with self._lock:
-                self._silence = bytes(per_period * 2 * channels)
-                self._generation_cb = generation
-            return stream, rate, channels
-        raise OSError(f"cannot open {device.name!r} for playback: " + "; ".join(errors))
+            wanted += [(rate, 1), (rate, stereo)]
+        stream, rate, channels = self._open_first(
+            pa, device, wanted, buffer_ms=self.period_ms,
+            callback=self._make_callback(generation), purpose="playback",
+        )
+        # Set before start: the callback reads these. Safe: no callback of this stream
+        # exists yet and the previous stream is closed.
+        with self._lock:
+            self._silence = bytes(period_frames(rate, self.period_ms) * 2 * channels)
+            self._generation_cb = generation
+        return stream, rate, channels
 
     def _on_opened(self, opened: OpenedStream) -> None:
         with self._lock:
@@ -373,10 +369,8 @@ class Playback(SupervisedStream):
         self._resamplers.clear()
 
     def _on_lost(self, reason: str) -> None:
-        dropped = self.stop()
+        dropped = self._flush(user_stop=False)
         self.dropped_ms += dropped * 1000.0 / (self.device_rate or 1)
-        with self._lock:
-            self._stop_at = None  # not a user stop: do not count it as a stop latency
 
     # -- callback thread --
 

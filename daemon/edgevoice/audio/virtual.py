@@ -6,7 +6,7 @@ or FIFO) and playback PCMs (writing raw S16_LE to a file or FIFO), optionally an
 
     va = VirtualAlsa(tmpdir).capture("mic", "mic.raw").playback("speaker", "out.raw")
     va.default(capture="mic", playback="speaker")
-    os.environ.update(va.env())       # or: with va.applied(): ...
+    os.environ.update(va.env())       # or: with environment(va.env()): ...
 
 :class:`FifoSource` and :class:`FifoSink` pace a FIFO in real time (or a multiple of it), so a
 virtual microphone delivers audio at the device clock and a virtual speaker consumes it at
@@ -80,7 +80,7 @@ class VirtualAlsa:
     """Builder for a per-use ALSA config of ``file``-plugin PCMs.
 
     Methods return ``self`` so calls chain; nothing touches the disk until :meth:`write`
-    (:meth:`env` and :meth:`applied` write first). Paths are made absolute.
+    (:meth:`env` writes first). Paths are made absolute.
     """
 
     def __init__(self, directory: str | Path, filename: str = "asound.conf") -> None:
@@ -88,10 +88,6 @@ class VirtualAlsa:
         self.path = self.directory / filename
         self._pcms: dict[str, VirtualPcm] = {}
         self._default: tuple[str | None, str | None] | None = None
-
-    @property
-    def pcms(self) -> dict[str, VirtualPcm]:
-        return dict(self._pcms)
 
     def capture(self, name: str, infile: str | Path) -> VirtualAlsa:
         """Add a PCM whose capture reads raw S16_LE from ``infile`` (at the rate/channels the
@@ -158,14 +154,6 @@ class VirtualAlsa:
         """Write the config and return the variables that make ALSA (and PortAudio) use it."""
         self.write()
         return alsa_env(self.path)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[VirtualAlsa]:
-        """Set :meth:`env` in ``os.environ`` for the block and restore it afterwards. Only
-        ``PyAudio()`` instances created inside the block (with no other instance alive) see
-        these devices."""
-        with environment(self.env()):
-            yield self
 
 
 def alsa_env(config: Path) -> dict[str, str]:
@@ -263,17 +251,6 @@ class FifoSource:
             self._paused = False
             self._cond.notify_all()
 
-    def wait_written(self, nbytes: int, timeout: float = 10.0) -> bool:
-        """Block until ``nbytes`` of queued audio have been written; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.written < nbytes:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -320,7 +297,6 @@ class FifoSource:
             if real:
                 with self._cond:
                     self.written += len(data)
-                    self._cond.notify_all()
             next_at += self._period
             delay = next_at - time.monotonic()
             if delay > 0:

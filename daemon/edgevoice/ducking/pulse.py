@@ -47,14 +47,18 @@ _WATCH_POLL = 0.25  # how often the watcher checks whether it should stop, secon
 _WATCH_RETRY = 0.5  # pause before the watcher connects again after losing the server
 
 
+#: A stream's (``application.process.id``, ``application.name``).
+_Owner = tuple[str | None, str | None]
+
+
 @dataclass(frozen=True)
 class _Saved:
     original: tuple[int, ...]
     lowered: tuple[int, ...]
-    owner: tuple[str | None, str | None]  # tells a reused index (server restart) apart
+    owner: _Owner  # tells a reused index (server restart) apart
 
 
-def _owner(stream: Any) -> tuple[str | None, str | None]:
+def _owner(stream: Any) -> _Owner:
     props = stream.proplist
     return props.get("application.process.id"), props.get("application.name")
 
@@ -169,11 +173,12 @@ class PulseDucker(BaseDucker):
     def _duck_streams(self, pulse: pulsectl.Pulse) -> None:
         for stream in pulse.sink_input_list():
             saved = self._saved.get(stream.index)
-            if (saved is not None and saved.owner == _owner(stream)) or self._excluded(stream):
+            owner = _owner(stream)
+            if (saved is not None and saved.owner == owner) or self._excluded(owner):
                 continue
-            self._duck_one(pulse, stream)
+            self._duck_one(pulse, stream, owner)
 
-    def _duck_one(self, pulse: pulsectl.Pulse, stream: Any) -> None:
+    def _duck_one(self, pulse: pulsectl.Pulse, stream: Any, owner: _Owner) -> None:
         import pulsectl
 
         original = _raw(stream.volume)
@@ -188,14 +193,14 @@ class PulseDucker(BaseDucker):
                       stream.proplist.get("application.name", "?"), describe(exc))
             return
         with self._saved_lock:
-            self._saved[stream.index] = _Saved(original, lowered, _owner(stream))
+            self._saved[stream.index] = _Saved(original, lowered, owner)
         log.debug("ducking (pulse): stream %d (%s) %s -> %s", stream.index,
                   stream.proplist.get("application.name", "?"), original, lowered)
 
-    def _excluded(self, stream: Any) -> bool:
-        props = stream.proplist
-        return (props.get("application.process.id") in self.exclude_pids
-                or props.get("application.name") in self.exclude_apps)
+    def _excluded(self, owner: _Owner) -> bool:
+        """Whether a stream of ``owner`` (see :func:`_owner`) must never be ducked."""
+        pid, app = owner
+        return pid in self.exclude_pids or app in self.exclude_apps
 
     def _restore_on_worker(self) -> None:
         if self._saved:

@@ -35,7 +35,13 @@ from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
 
 from edgevoice.audio.convert import read_wav
 from edgevoice.listen.gate import WakeGate
-from edgevoice.listen.wake import CHUNK_SAMPLES, SAMPLE_RATE, Detection, WakeWordDetector
+from edgevoice.listen.wake import (
+    CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    Detection,
+    WakeWordDetector,
+    drop_buffered,
+)
 
 #: Models the bench runs (the ones the corpus exercises).
 BENCH_MODELS = ("hey_jarvis", "hey_rhasspy")
@@ -132,10 +138,7 @@ class _Bare:
 
     def restart(self) -> None:
         # Same start as the detector: no 8 s zero autofill.
-        self.features.new_audio_samples = 0
-        self.features.new_mels = 0
-        for m in self.models:
-            m.new_embeddings = 0
+        drop_buffered(self.features, self.models)
 
     def feed(self, pcm: bytes) -> None:
         step = 2 * CHUNK_SAMPLES

@@ -77,10 +77,7 @@ class WakeGate:
             aggressiveness=aggressiveness, frame_ms=vad_frame_ms, preemphasis=preemphasis
         )
         fs = self._vad.frame_samples
-        self._onset = _Onset(
-            max(1, -(-round(onset_min_voiced_ms * SAMPLE_RATE / 1000) // fs)),
-            max(1, -(-round(onset_window_ms * SAMPLE_RATE / 1000) // fs)),
-        )
+        self._onset = _Onset.from_ms(onset_min_voiced_ms, onset_window_ms, fs)
         # Enough to replay the pre-roll before the oldest voiced frame of an onset window, plus
         # up to one chunk of grid alignment.
         self._ring = _Ring(pre_roll + self._onset.window_frames * fs + chunk)
@@ -93,7 +90,6 @@ class WakeGate:
         self._onset.clear()
         self._ring.clear()
         self._pos = 0  # stream samples received
-        self._vad_frames = 0
         self._fed_end = 0  # stream position up to which the detector has been fed
         self._fed_any = False
         self._open = False
@@ -125,12 +121,14 @@ class WakeGate:
             return self.detector.process(frame, t)
         start = self._pos
         self._pos += n
-        self._ring.push(start, AudioChunk(frame, t))
+        current = AudioChunk(frame, t)
+        self._ring.push(start, current)
         fs = self._vad.frame_samples
         onset_at: int | None = None
-        for voiced in self._vad.process(frame):
-            index = self._vad_frames
-            self._vad_frames += 1
+        decisions = self._vad.process(frame)
+        # VAD frame indices count from the detector's reset, as do stream positions.
+        first_index = self._vad.frames_done - len(decisions)
+        for index, voiced in enumerate(decisions, first_index):
             first = self._onset.update(index, voiced)
             if self._open or onset_at is not None:
                 if voiced:
@@ -150,7 +148,7 @@ class WakeGate:
             for piece in self._ring.since(begin):
                 detections += self._feed(piece)
         elif self._open:
-            detections += self._feed(AudioChunk(frame, t))
+            detections += self._feed(current)
         if self._open and self._pos >= self._close_at:
             self._open = False
         return detections

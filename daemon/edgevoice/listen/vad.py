@@ -67,7 +67,8 @@ class SpeechDetector:
         self._preemphasis = preemphasis
         self._pending = bytearray()
         self._last = 0.0
-        #: Number of VAD frames classified so far.
+        #: Number of VAD frames classified since construction or :meth:`reset`; the gates
+        #: derive VAD frame indices from it.
         self.frames_done = 0
 
     def reset(self) -> None:
@@ -112,6 +113,15 @@ class _Onset:
         self.min_frames = min_frames
         self.window_frames = window_frames
         self._voiced: deque[int] = deque()  # indices of recent voiced VAD frames
+
+    @classmethod
+    def from_ms(cls, min_ms: float, window_ms: float, frame_samples: int) -> _Onset:
+        """The rule for ``min_ms`` of voiced audio within ``window_ms``, both rounded up to
+        whole VAD frames of ``frame_samples`` (at least one frame each)."""
+        return cls(
+            max(1, -(-_ms_to_samples(min_ms) // frame_samples)),
+            max(1, -(-_ms_to_samples(window_ms) // frame_samples)),
+        )
 
     def update(self, index: int, voiced: bool) -> int | None:
         """Record VAD frame ``index``; return the index of the first voiced frame of the
@@ -240,17 +250,13 @@ class UpstreamGate:
             aggressiveness=aggressiveness, frame_ms=vad_frame_ms, preemphasis=preemphasis
         )
         fs = self._vad.frame_samples
-        self._onset = _Onset(
-            max(1, -(-_ms_to_samples(onset_min_voiced_ms) // fs)),
-            max(1, -(-_ms_to_samples(onset_window_ms) // fs)),
-        )
+        self._onset = _Onset.from_ms(onset_min_voiced_ms, onset_window_ms, fs)
         if prefix_padding_ms < 0 or tail_ms < 0:
             raise ValueError("prefix_padding_ms and tail_ms must be >= 0")
         self.prefix_padding_samples = _ms_to_samples(prefix_padding_ms)
         self.tail_samples = _ms_to_samples(tail_ms)
         self._ring = _Ring(self.prefix_padding_samples + self._onset.window_frames * fs)
         self._pos = 0  # stream samples received
-        self._vad_frames = 0  # VAD frames classified
         self._streaming = False
         self._speech_end = 0  # end of the last voiced VAD frame while streaming
 
@@ -265,7 +271,6 @@ class UpstreamGate:
         self._onset.clear()
         self._ring.clear()
         self._pos = 0
-        self._vad_frames = 0
         self._streaming = False
         self._speech_end = 0
 
@@ -295,10 +300,11 @@ class UpstreamGate:
         fs = self._vad.frame_samples
         onset_at: int | None = None
         any_voiced = False
-        for voiced in self._vad.process(frame):
+        decisions = self._vad.process(frame)
+        # VAD frame indices count from the detector's reset, as do stream positions.
+        first_index = self._vad.frames_done - len(decisions)
+        for index, voiced in enumerate(decisions, first_index):
             any_voiced = any_voiced or voiced
-            index = self._vad_frames
-            self._vad_frames += 1
             if self._streaming or onset_at is not None:
                 if voiced:
                     self._speech_end = (index + 1) * fs
@@ -366,10 +372,7 @@ class LocalEndpointer:
             aggressiveness=aggressiveness, frame_ms=vad_frame_ms, preemphasis=preemphasis
         )
         fs = self._vad.frame_samples
-        self._onset = _Onset(
-            max(1, -(-_ms_to_samples(onset_min_voiced_ms) // fs)),
-            max(1, -(-_ms_to_samples(onset_window_ms) // fs)),
-        )
+        self._onset = _Onset.from_ms(onset_min_voiced_ms, onset_window_ms, fs)
         if silence_ms <= 0 or min_speech_ms < 0:
             raise ValueError("silence_ms must be > 0 and min_speech_ms >= 0")
         self.silence_samples = _ms_to_samples(silence_ms)
@@ -380,7 +383,6 @@ class LocalEndpointer:
         """Start a new turn: no utterance in progress."""
         self._vad.reset()
         self._onset.clear()
-        self._index = 0
         self._pos = 0
         self._t_origin = 0.0  # stream time of sample 0, learnt from the first frame
         self._speaking = False
@@ -397,9 +399,9 @@ class LocalEndpointer:
         self._pos += len(frame) // 2
         fs = self._vad.frame_samples
         started: int | None = None
-        for voiced in self._vad.process(frame):
-            index = self._index
-            self._index += 1
+        decisions = self._vad.process(frame)
+        first_index = self._vad.frames_done - len(decisions)
+        for index, voiced in enumerate(decisions, first_index):
             first = self._onset.update(index, voiced)
             if self._speaking:
                 if voiced:
