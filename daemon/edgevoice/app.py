@@ -43,7 +43,6 @@ from edgevoice.conversation.echo import EchoGuard
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.listen import setup
 from edgevoice.service.notify import Notifier
-from edgevoice.service.status import public_endpoint
 from edgevoice.tools import ToolBox
 from edgevoice.voicelive import events as ev
 from edgevoice.voicelive.auth import Auth
@@ -434,7 +433,7 @@ class Daemon:
             "since": self._state_since,
             "started": self._started_wall,
             "link": {"state": self.link.state.value, "retry_in": retry_in,
-                     "endpoint": public_endpoint(self.cfg.voicelive.endpoint),
+                     "endpoint": self.cfg.voicelive.endpoint,  # the server strips secrets
                      "detail": self.link.status_text},
             "devices": {
                 "microphone": {"device": self.capture.device_name or self.cfg.audio.input_device,

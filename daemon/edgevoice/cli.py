@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from edgevoice import __version__
 from edgevoice.config import Config, ConfigError, find_config_path, load_config
@@ -51,12 +50,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config, _ = _load(args)
     setup_logging("debug" if args.verbose else "warning")
-    api_key = None
+    api_key = None  # with --endpoint and no --api-key: the usual lookup ($VOICELIVE_API_KEY …)
     if args.api_key:
         api_key = Secret(args.api_key)
         protect(api_key)
-    elif args.endpoint and os.environ.get(ENV_API_KEY):
-        api_key = Secret(os.environ[ENV_API_KEY])
     return asyncio.run(
         run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
                  api_key=api_key, output=Path(args.output), timeout_s=args.timeout)
@@ -66,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from edgevoice.app import serve
     from edgevoice.audio.devices import quiet_native_logs
-    from edgevoice.voicelive.auth import make_auth
+    from edgevoice.voicelive.auth import Auth, make_auth
 
     config, path = _load(args)
     setup_logging("debug" if args.verbose else config.service.log_level,
@@ -79,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         api_key = resolve_api_key(config.voicelive.api_key_file)
         protect(api_key)
 
-    def auth_for(cfg: Config) -> Any:
+    def auth_for(cfg: Config) -> Auth:
         return make_auth(cfg.voicelive, api_key)
 
     return asyncio.run(serve(config, config_path=path, auth_for=auth_for))
