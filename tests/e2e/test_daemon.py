@@ -5,111 +5,26 @@ and for ducking a real PulseAudio server with another program playing."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from harness import LONG_REPLY, MS16, MS24, Harness, nonzero, onset, running, silence, wake_word
 
-from edgevoice.app import Daemon
-from edgevoice.audio.convert import read_wav
 from edgevoice.audio.virtual import EchoPath
-from edgevoice.config import Config
-from edgevoice.conversation.core import State, Telemetry
-from edgevoice.demo import Rig, running_daemon
+from edgevoice.conversation.core import State
+from edgevoice.demo import Rig
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 from support import PulseServer, espeak, stop_process, until, wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
-MS16 = 32  # bytes per ms at 16 kHz PCM16
-MS24 = 48  # bytes per ms at 24 kHz PCM16
-LONG_REPLY = ("Here is a long answer so that there is time to interrupt it. The weather will be "
-              "sunny in the morning, cloudy at noon, and in the evening there may be showers, "
-              "so take an umbrella and a warm coat if you go out tonight.")
-
-
-def wake_word() -> bytes:
-    pcm, rate = read_wav(FIXTURES / "jarvis_en-us.wav")
-    assert rate == 16000
-    return pcm
-
-
-def silence(seconds: float) -> bytes:
-    return bytes(int(seconds * 16000) * 2)
-
-
-def onset(pcm: bytes, threshold: int = 300) -> int:
-    """Byte offset of the first sample louder than ``threshold``."""
-    x = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
-    return int(np.argmax(x > threshold)) * 2
-
-
-@dataclass
-class Harness:
-    sim: Simulator
-    rig: Rig
-    daemon: Daemon
-    timeline: list[Telemetry]
-
-    def names(self) -> list[str]:
-        return [e.name for e in self.timeline]
-
-    def entries(self, name: str) -> list[Telemetry]:
-        return [e for e in self.timeline if e.name == name]
-
-    async def event(self, name: str, count: int = 1, timeout: float = 20.0) -> Telemetry:
-        try:
-            await until(lambda: len(self.entries(name)) >= count, timeout, what=name)
-        except AssertionError as exc:
-            raise AssertionError(f"no {name!r} (#{count}) in:\n{self.dump()}") from exc
-        return self.entries(name)[count - 1]
-
-    def dump(self) -> str:
-        t0 = self.timeline[0].t if self.timeline else 0.0
-        return "\n".join(f"{e.t - t0:8.3f} {e.name} {e.fields}" for e in self.timeline)
-
-    def say(self, pcm: bytes) -> int:
-        """Play ``pcm`` into the microphone; returns the byte count to wait for."""
-        self.rig.mic.feed(pcm)
-        return self.rig.mic.written + len(pcm)
-
-    def reply_audio(self, item_id: str) -> bytes:
-        """The audio the simulator sent for ``item_id`` (24 kHz PCM16)."""
-        return b"".join(base64.b64decode(e["delta"]) for e in self.sim.sent("response.audio.delta")
-                        if e["item_id"] == item_id)
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
-                  **sections: dict[str, Any]) -> AsyncIterator[Harness]:
-    timeline: list[Telemetry] = []
-    async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
-                              script=Script.from_dict(script), echo=echo,
-                              on_telemetry=timeline.append) as run:
-        assert run.simulator is not None
-        yield Harness(run.simulator, run.rig, run.daemon, timeline)
-    assert run.daemon.errors == 0
-
-
-def nonzero(pcm: bytes) -> bytes:
-    """The samples that are not exact digital silence: a gap the playback filled with silence
-    (a late packet) does not hide whether the reply's audio came out in order."""
-    x = np.frombuffer(pcm, "<i2")
-    return x[x != 0].tobytes()
-
 
 async def check_truncate_against_speaker(h: Harness) -> int:
     """The truncate names the item that was playing and exactly the milliseconds of it that

@@ -2,7 +2,7 @@
 declared tools; the daemon runs them as real ``command`` tools (a Python script that appends
 its argv to a log file, so every run can be counted) and sends the outputs back.
 
-The harness is :func:`test_daemon.running` (simulator + virtual sound card + the real Daemon
+The harness is :func:`harness.running` (simulator + virtual sound card + the real Daemon
 in-process); the user speaks with espeak-ng after the wake word, the simulator's server VAD
 commits the turn, and its script (``user`` = the transcript it reports) decides the calls."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon import Harness, running, silence, wake_word
+from harness import Harness, running, silence, wake_word
 
 from edgevoice.conversation.core import State
 from edgevoice.voicelive.backoff import Backoff

@@ -1,0 +1,277 @@
+"""The harnesses of the end-to-end tests: the whole daemon, all real.
+
+- :func:`running` runs the :class:`~edgevoice.app.Daemon` in-process on the virtual sound card
+  (ALSA ``file`` PCMs on FIFOs paced in real time) against the loopback simulator on
+  127.0.0.1, and yields a :class:`Harness` with the timeline of what the daemon did.
+- :func:`service` runs ``edgevoice run`` as a child process on the same rig, with a notify
+  socket and a status socket, and yields a :class:`Service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from edgevoice.app import Daemon
+from edgevoice.audio.convert import read_wav
+from edgevoice.audio.virtual import EchoPath
+from edgevoice.config import Config
+from edgevoice.conversation.core import Telemetry
+from edgevoice.demo import Rig, running_daemon
+from edgevoice.service.notify import NotifyListener
+from edgevoice.voicelive.script import Script
+from edgevoice.voicelive.simulator import Simulator
+from support import stop_process, until
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
+MS16 = 32  # bytes per ms at 16 kHz PCM16
+MS24 = 48  # bytes per ms at 24 kHz PCM16
+LONG_REPLY = ("Here is a long answer so that there is time to interrupt it. The weather will be "
+              "sunny in the morning, cloudy at noon, and in the evening there may be showers, "
+              "so take an umbrella and a warm coat if you go out tonight.")
+
+
+def wake_word() -> bytes:
+    pcm, rate = read_wav(FIXTURES / "jarvis_en-us.wav")
+    assert rate == 16000
+    return pcm
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * 16000) * 2)
+
+
+def onset(pcm: bytes, threshold: int = 300) -> int:
+    """Byte offset of the first sample louder than ``threshold``."""
+    x = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
+    return int(np.argmax(x > threshold)) * 2
+
+
+@dataclass
+class Harness:
+    sim: Simulator
+    rig: Rig
+    daemon: Daemon
+    timeline: list[Telemetry]
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.timeline]
+
+    def entries(self, name: str) -> list[Telemetry]:
+        return [e for e in self.timeline if e.name == name]
+
+    async def event(self, name: str, count: int = 1, timeout: float = 20.0) -> Telemetry:
+        try:
+            await until(lambda: len(self.entries(name)) >= count, timeout, what=name)
+        except AssertionError as exc:
+            raise AssertionError(f"no {name!r} (#{count}) in:\n{self.dump()}") from exc
+        return self.entries(name)[count - 1]
+
+    def dump(self) -> str:
+        t0 = self.timeline[0].t if self.timeline else 0.0
+        return "\n".join(f"{e.t - t0:8.3f} {e.name} {e.fields}" for e in self.timeline)
+
+    def say(self, pcm: bytes) -> int:
+        """Play ``pcm`` into the microphone; returns the byte count to wait for."""
+        self.rig.mic.feed(pcm)
+        return self.rig.mic.written + len(pcm)
+
+    def reply_audio(self, item_id: str) -> bytes:
+        """The audio the simulator sent for ``item_id`` (24 kHz PCM16)."""
+        return b"".join(base64.b64decode(e["delta"]) for e in self.sim.sent("response.audio.delta")
+                        if e["item_id"] == item_id)
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
+                  **sections: dict[str, Any]) -> AsyncIterator[Harness]:
+    timeline: list[Telemetry] = []
+    async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
+                              script=Script.from_dict(script), echo=echo,
+                              on_telemetry=timeline.append) as run:
+        assert run.simulator is not None
+        yield Harness(run.simulator, run.rig, run.daemon, timeline)
+    assert run.daemon.errors == 0
+
+
+def nonzero(pcm: bytes) -> bytes:
+    """The samples that are not exact digital silence: a gap the playback filled with silence
+    (a late packet) does not hide whether the reply's audio came out in order."""
+    x = np.frombuffer(pcm, "<i2")
+    return x[x != 0].tobytes()
+
+
+# -- edgevoice run as a child process ------------------------------------------------------
+
+LISTENING = "listening for 'hey jarvis'"
+WATCHDOG_USEC = 400_000  # systemd's WatchDogSec=0.4: the daemon pings every 0.2 s
+START_TIMEOUT = 30.0  # process start-up, model loading and opening the devices
+#: Variables of a service manager that must not leak into the child from the test's own env.
+MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
+                "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
+
+
+def mute(rig: Rig) -> None:
+    """Make the virtual microphone deliver nothing at all, as a hung device: pause its pacer
+    and empty the FIFO of the silence the pacer already queued (up to a pipe buffer, about
+    128 ms, which would be enough to count as a delivering microphone)."""
+    rig.mic.pause()
+    time.sleep(0.1)  # a chunk taken before the pause is written within one 20 ms period
+    fd = os.open(rig.mic.path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                if not os.read(fd, 65536):
+                    break
+            except BlockingIOError:
+                break
+    finally:
+        os.close(fd)
+
+
+class DaemonExited(AssertionError):
+    """The daemon exited while the test waited for it."""
+
+
+@dataclass
+class Service:
+    """One ``edgevoice run`` child process and what the test sees of it."""
+
+    proc: subprocess.Popen[str]
+    notify: NotifyListener
+    sim: Simulator
+    rig: Rig
+    config: Path
+    status_socket: Path
+    env: dict[str, str]
+    lines: list[str]
+
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def explain(self) -> str:
+        return (f"notify messages (without WATCHDOG=1):\n{self.notify.dump()}\n"
+                f"daemon stderr:\n{self.stderr()}")
+
+    async def message(self, key: str, value: str | None = None, *, start: int = 0,
+                      timeout: float = 10.0) -> int:
+        """Wait for a notify message with ``key`` (= ``value``) at index ``start`` or later;
+        returns its index. The failure names what was received and the daemon's log."""
+        def found() -> int:
+            if self.proc.poll() is not None:
+                raise DaemonExited(f"the daemon exited with {self.proc.returncode} while "
+                                   f"waiting for {key}\n{self.explain()}")
+            i = self.notify.find(key, value, start)
+            return 0 if i is None else i + 1  # truthy for index 0 as well
+
+        try:
+            index = await until(found, timeout, what=f"{key}={value or '…'}")
+        except DaemonExited:
+            raise
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.explain()}") from None
+        return cast(int, index) - 1
+
+    def fields(self, index: int) -> dict[str, str]:
+        return self.notify.messages[index][1]
+
+    def write_config(self, **values: Any) -> None:
+        write_config(self.config, self.sim.url, self.status_socket, **values)
+
+    async def status(self) -> dict[str, Any]:
+        """``edgevoice status --json --socket PATH`` as a subprocess."""
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "edgevoice", "status", "--json", "--socket",
+             str(self.status_socket)],
+            env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"edgevoice status: {out.stderr}\n{self.explain()}"
+        return json.loads(out.stdout)
+
+    async def stop_with_sigterm(self) -> None:
+        """SIGTERM: STOPPING=1, exit code 0 within 10 s, no traceback."""
+        mark = len(self.notify)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(self.proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within 10 s of SIGTERM\n{self.explain()}") from None
+        await asyncio.sleep(0.1)  # the reader threads take the last datagram and lines
+        assert self.notify.find("STOPPING", "1", mark) is not None, self.explain()
+        assert code == 0, self.explain()
+        assert "Traceback" not in self.stderr(), self.explain()
+
+
+def write_config(path: Path, endpoint: str, status_socket: Path, *, log_level: str = "info",
+                 follow_up_s: float = 1.0, extra: str = "") -> None:
+    """The service's config file (written whole and renamed into place, as an editor or a
+    package manager would, so a SIGHUP never reads half a file)."""
+    text = (f'[audio]\ninput_device = "edgevoice_mic"\noutput_device = "edgevoice_speaker"\n'
+            f'[voicelive]\nendpoint = "{endpoint}"\n'
+            f"[conversation]\nfollow_up_s = {follow_up_s}\n"
+            f'[service]\nlog_level = "{log_level}"\nlog_target = "stderr"\n'
+            f'status_socket = "{status_socket}"\n' + extra)
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.asynccontextmanager
+async def service(script: dict[str, Any], *, mic_paused: bool = False) -> AsyncIterator[Service]:
+    """The simulator, the virtual sound card, the notify socket and ``edgevoice run`` on them.
+    With ``mic_paused`` the microphone delivers nothing until ``rig.mic.resume()``."""
+    # Not tmp_path: unix socket paths must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="ev-svc-", dir="/tmp"))
+    key = secrets.token_urlsafe(16)
+    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
+    await sim.start()
+    notify = NotifyListener(root / "notify")
+    try:
+        with Rig(root / "rig") as rig:
+            if mic_paused:
+                mute(rig)
+            config = root / "edgevoice.toml"
+            status_socket = root / "status.sock"
+            write_config(config, sim.url, status_socket)
+            env = {k: v for k, v in os.environ.items() if k not in MANAGER_VARS}
+            env.update({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC),
+                        "VOICELIVE_API_KEY": key,
+                        "ALSA_CONFIG_PATH": os.environ["ALSA_CONFIG_PATH"],
+                        "PYTHONPATH": os.pathsep.join(sys.path)})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgevoice", "run", "--config", str(config)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []),
+                                      name="daemon-stderr", daemon=True)
+            reader.start()
+            # The status command must not see the daemon's service-manager variables.
+            cli_env = {k: v for k, v in env.items() if k not in MANAGER_VARS}
+            try:
+                yield Service(proc, notify, sim, rig, config, status_socket, cli_env, lines)
+            finally:
+                stop_process(proc)
+                reader.join(2)
+    finally:
+        notify.close()
+        await sim.close()
+        shutil.rmtree(root, ignore_errors=True)
