@@ -434,7 +434,7 @@ class Daemon:
             "started": self._started_wall,
             "link": {"state": self.link.state.value, "retry_in": retry_in,
                      "endpoint": self.cfg.voicelive.endpoint,  # the server strips secrets
-                     "detail": self.link.status_text},
+                     "detail": self.link.status_text, "reason": self.link.last_reason},
             "devices": {
                 "microphone": {"device": self.capture.device_name or self.cfg.audio.input_device,
                                "state": self.capture.state.value},

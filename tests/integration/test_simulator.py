@@ -474,6 +474,19 @@ async def test_silent_and_no_pong_connections() -> None:
             assert (await c.update(instructions="x"))["instructions"] == "x"
 
 
+async def test_inject_sends_frames_verbatim_on_the_newest_connection(sim: Simulator) -> None:
+    assert await sim.inject(["{}"]) == 0  # no connection yet
+    async with connect(sim) as old, connect(sim) as new:
+        frames = ['{"type": "response.audio.delta", "delta": "%%%"}', b"\xff\x00", "[1, 2"]
+        assert await sim.inject(frames) == 3
+        got = [await asyncio.wait_for(new.ws.recv(), TIMEOUT) for _ in frames]
+        assert got == frames
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(old.ws.recv(), 0.2)
+        assert sim.injected == 3
+        assert all(e["type"] == "session.created" for e in sim.connections[1].sent_events)
+
+
 async def test_restart_serves_the_same_url_and_keeps_script_progress() -> None:
     sim = scripted([{"say": "One."}, {"say": "Two."}], tts=False)
     async with sim:

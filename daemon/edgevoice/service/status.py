@@ -16,7 +16,9 @@ values::
                                      #   | backoff | auth_failed | closed
         "retry_in": null,            # seconds to the next connection attempt (backoff only)
         "endpoint": "wss://x.services.ai.azure.com",  # never a query string or credentials
-        "detail": "Voice Live: connected"              # the link's own status text
+        "detail": "Voice Live: connected",             # the link's own status text
+        "reason": null               # why it is down: "HTTP 500 on connect", "connection
+                                     #   lost (code 1006)", …; null while connected
       },
       "devices": {
         "microphone": {"device": "default", "state": "ok"},  # DeviceState: starting | ok
@@ -139,13 +141,17 @@ def status_line(snapshot: Snapshot) -> str:
         return "microphone missing"
     link = _section(snapshot, "link")
     link_state = str(_value(link.get("state")) or "")
-    if link_state == "auth_failed":
-        return "Voice Live: authentication failed"
-    if link_state == "backoff":
+    if link_state in ("auth_failed", "backoff"):
+        text = ("Voice Live: authentication failed" if link_state == "auth_failed"
+                else "reconnecting")
         retry_in = link.get("retry_in")
         if _number(retry_in) and math.isfinite(retry_in):
-            return f"reconnecting in {max(1, math.ceil(retry_in))} s"
-        return "reconnecting"
+            text += f"{', retrying' if link_state == 'auth_failed' else ''} in " \
+                    f"{max(1, math.ceil(retry_in))} s"
+        reason = _value(link.get("reason"))
+        if reason and link_state == "backoff":
+            text += f" ({str(reason)[:80]})"
+        return text
     if state in CONVERSATION_STATES:
         return "in conversation"
     if device_state(snapshot, "speaker") == "missing":

@@ -226,6 +226,7 @@ class VoiceLiveLink:
         self.stats = {"connects": 0, "failures": 0, "malformed": 0, "unknown": 0,
                       "abandoned_turns": 0, "recycles": 0}
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # short form of last_error, for the status
         self.retry_at: float | None = None
 
         self._ws: ClientConnection | None = None
@@ -449,17 +450,20 @@ class VoiceLiveLink:
                 continue  # recycle or idle close: reconnect only when wanted
             self.retry_at = self.clock() + delay
             if self.state is not LinkState.AUTH_FAILED:
-                self._set_state(LinkState.BACKOFF, f"reconnecting in {delay:.0f} s")
+                self._set_state(LinkState.BACKOFF, f"reconnecting in {delay:.0f} s"
+                                f" ({self.last_reason or 'disconnected'})")
             self.events.put_nowait(LinkDown(self.last_error or "disconnected", delay, self.clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             self.retry_at = None
 
-    def _fail(self, message: str, *, level: int = logging.WARNING) -> None:
-        """Log a connection failure once per streak (then at debug) — no log flood."""
+    def _fail(self, message: str, reason: str, *, level: int = logging.WARNING) -> None:
+        """Log a connection failure once per streak (then at debug) — no log flood.
+        ``reason`` is the short form for the status (no URL)."""
         self.stats["failures"] += 1
         self._failure_streak += 1
         self.last_error = message
+        self.last_reason = reason
         log.log(level if self._failure_streak == 1 else logging.DEBUG, "%s", message)
 
     async def _connect_once(self) -> float | None:
@@ -493,25 +497,30 @@ class VoiceLiveLink:
             if status in (401, 403):
                 return self._auth_failed(
                     f"Voice Live: authentication failed (HTTP {status}) at {redact_url(url)}: "
-                    "check the API key, or the Entra role assignment (Cognitive Services User)"
-                )
+                    "check the API key, or the Entra role assignment (Cognitive Services User)",
+                    f"authentication failed, HTTP {status}")
             delay = self.backoff.next_delay()
             if status == 429:
                 retry = _retry_after(exc.response.headers)
                 delay = max(delay, retry or 0.0)
-                self._fail(f"Voice Live: throttled (HTTP 429), retrying in {delay:.1f} s")
+                self._fail(f"Voice Live: throttled (HTTP 429), retrying in {delay:.1f} s",
+                           "throttled, HTTP 429")
             else:
-                self._fail(f"Voice Live: HTTP {status} on connect to {redact_url(url)}")
+                self._fail(f"Voice Live: HTTP {status} on connect to {redact_url(url)}",
+                           f"HTTP {status} on connect")
             return delay
         except (OSError, TimeoutError, InvalidHandshake) as exc:
+            what = "connection refused" if isinstance(exc, ConnectionRefusedError) \
+                else "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             self._fail(f"Voice Live: cannot connect to {redact_url(url)}: "
-                       f"{type(exc).__name__}: {exc}")
+                       f"{type(exc).__name__}: {exc}", f"cannot connect: {what}")
             return self.backoff.next_delay()
         return await self._serve(ws)
 
-    def _auth_failed(self, message: str) -> float:
+    def _auth_failed(self, message: str, reason: str = "authentication failed") -> float:
         self.stats["failures"] += 1
         self.last_error = message
+        self.last_reason = reason
         if not self._auth_logged:
             log.error("%s", message)
             self._auth_logged = True
@@ -539,6 +548,7 @@ class VoiceLiveLink:
             self._failure_streak = 0
             self._auth_logged = False
             self.last_error = None
+            self.last_reason = None
             reconnected = self._ever_ready
             self._ever_ready = True
             self._set_state(LinkState.READY, "Voice Live: connected")
@@ -562,7 +572,8 @@ class VoiceLiveLink:
         if self._recycle_requested:
             self.stats["recycles"] += 1
             return None
-        self._fail(f"Voice Live: connection closed (code {code}{': ' + reason if reason else ''})")
+        self._fail(f"Voice Live: connection closed (code {code}{': ' + reason if reason else ''})",
+                   f"connection lost (code {code})")
         return self.backoff.next_delay()
 
     def _on_disconnect(self) -> None:
@@ -618,7 +629,8 @@ class VoiceLiveLink:
                 self._outbox.append(_Pending(self._with_id(ev.ResponseCreate())))
             return len(items)
         except (ConnectionClosed, OSError) as exc:
-            self._fail(f"Voice Live: connection lost while configuring: {exc}")
+            self._fail(f"Voice Live: connection lost while configuring: {exc}",
+                       "connection lost while configuring")
             return None
         finally:
             self._session_waiters = {}
@@ -633,8 +645,9 @@ class VoiceLiveLink:
                                      return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             return True
-        self._fail(f"Voice Live: connection closed before {name}" if reader in done
-                   else f"Voice Live: no {name} from the server in {timeout:g} s")
+        why = f"connection closed before {name}" if reader in done \
+            else f"no {name} from the server in {timeout:g} s"
+        self._fail(f"Voice Live: {why}", why)
         return False
 
     def _with_id(self, event: _E) -> _E:

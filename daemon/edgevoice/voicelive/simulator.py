@@ -44,7 +44,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -566,6 +566,7 @@ class Simulator:
         self._changed = asyncio.Event()
         self._faults: dict[ServerConnection, ConnectionFault] = {}
         self._sessions: set[_Session] = set()
+        self.injected = 0  # raw frames sent by inject()
         # Script progress (shared by every connection, see module docstring of script.py).
         self.turn_index = 0
         self._connection_index = 0
@@ -677,6 +678,25 @@ class Simulator:
         await self.wait_until(
             lambda: len(self.connections) > index and self.connections[index].closed, timeout
         )
+
+    async def inject(self, frames: Iterable[str | bytes]) -> int:
+        """Send ``frames`` exactly as given (valid events or not: fault tests) on the newest
+        open connection, in order, between the simulator's own events. Returns how many were
+        sent before the connection ended (0 without an open connection). They are counted in
+        :attr:`injected`, not recorded as sent events."""
+        live = [s for s in self._sessions if not s.rec.closed]
+        if not live:
+            return 0
+        session = max(live, key=lambda s: s.rec.index)
+        sent = 0
+        for frame in frames:
+            try:
+                await session.ws.send(frame)
+            except ConnectionClosed:
+                break
+            sent += 1
+        self.injected += sent
+        return sent
 
     def _notify(self) -> None:
         self._changed.set()
