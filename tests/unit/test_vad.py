@@ -208,3 +208,18 @@ def test_open_streams_from_the_given_time_at_once_then_until_the_tail() -> None:
     # Then every frame until tail_ms of silence has passed, then nothing.
     out = [gate.process(p, 0.4 + i * 0.02) for i, (p, _) in enumerate(frames)]
     assert [bool(d.send) for d in out[:10]] == [True] * 10 and not out[10].send
+
+
+def test_padding_never_sends_the_previous_tail_again() -> None:
+    """Speech again shortly after a tail ended: its prefix padding would reach back into what
+    the tail sent, so it starts where the tail stopped — nothing twice, nothing skipped."""
+    first = _clip("sentence_04.wav")[: -2 * RATE]  # without the clips' 1 s of padding
+    second = _clip("sentence_00.wav")[2 * RATE :]
+    pcm = first + bytes(int(0.85 * RATE) * 2) + second
+    segments = _segments(_feed(UpstreamGate(prefix_padding_ms=300, tail_ms=700), pcm))
+    assert len(segments) == 2
+    chunks = [c for s in segments for c in s]
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert _pos(b.t) == _pos(a.t) + len(a.pcm) // 2
+    start, end = _pos(chunks[0].t), _pos(chunks[-1].t) + len(chunks[-1].pcm) // 2
+    assert b"".join(c.pcm for c in chunks) == pcm[2 * start : 2 * end]

@@ -219,12 +219,13 @@ class UpstreamGate:
 
     * Nothing is sent before the first speech onset.
     * At an onset, the audio from ``prefix_padding_ms`` before the first voiced VAD frame of the
-      onset up to the current frame is sent at once (clamped to the stream start), then every
-      frame while speech lasts.
+      onset up to the current frame is sent at once (clamped to the stream start and to the
+      end of what was already sent: speech again shortly after a tail has a shorter padding),
+      then every frame while speech lasts.
     * After the last voiced VAD frame, frames keep being sent until ``tail_ms`` of audio past
       the end of that VAD frame has been sent; the frame that reaches it is the last one
       (``speech_stopped``). A voiced VAD frame during the tail extends it.
-    * Audio is never sent twice and never reordered.
+    * Audio is never sent twice and never reordered (:meth:`open` excepted, see there).
     """
 
     def __init__(
@@ -259,6 +260,7 @@ class UpstreamGate:
         self._pos = 0  # stream samples received
         self._streaming = False
         self._speech_end = 0  # end of the last voiced VAD frame while streaming
+        self._sent_end = 0  # stream position up to which audio was returned to send
 
     @property
     def streaming(self) -> bool:
@@ -273,13 +275,16 @@ class UpstreamGate:
         self._pos = 0
         self._streaming = False
         self._speech_end = 0
+        self._sent_end = 0
 
     def open(self, since_t: float) -> UpstreamDecision:
         """Start streaming now, from stream time ``since_t`` on (the end of the wake word):
         the buffered audio from there is sent at once (clamped to what the buffer holds,
         ``prefix_padding_ms`` + the onset window), then every frame until ``tail_ms`` passes
         without speech — the user usually speaks right after the wake word, so nothing waits
-        for the VAD. Works in any state; audio before ``since_t`` is never returned."""
+        for the VAD. Works in any state; audio before ``since_t`` is never returned. Audio
+        from ``since_t`` on is returned even if an earlier decision returned it: the caller
+        opens the gate when it did not send (while idle, the wake word was speech too)."""
         position = self._pos
         for s, c in self._ring._frames:
             end = s + len(c.pcm) // 2
@@ -289,6 +294,7 @@ class UpstreamGate:
         self._streaming = True
         self._onset.clear()
         self._speech_end = self._pos
+        self._sent_end = self._pos
         return UpstreamDecision(tuple(self._ring.since(position)), False, False, True, False)
 
     def process(self, frame: bytes, t: float) -> UpstreamDecision:
@@ -318,12 +324,21 @@ class UpstreamGate:
                 return UpstreamDecision((), False, False, False, any_voiced)
             self._streaming = True
             self._onset.clear()
-            send = tuple(self._ring.since(max(0, onset_at * fs - self.prefix_padding_samples)))
+            send = self._send_since(onset_at * fs - self.prefix_padding_samples)
             return UpstreamDecision(send, True, False, True, any_voiced)
+        self._sent_end = self._pos
         if self._pos >= self._speech_end + self.tail_samples:
             self._streaming = False
             return UpstreamDecision((chunk,), False, True, False, any_voiced)
         return UpstreamDecision((chunk,), False, False, True, any_voiced)
+
+    def _send_since(self, position: int) -> tuple[AudioChunk, ...]:
+        """The buffered audio from ``position`` on, but never again what was already
+        returned: a prefix padding reaching back into the previous segment's tail (speech
+        again shortly after the tail ended) starts where that segment stopped."""
+        send = tuple(self._ring.since(max(0, position, self._sent_end)))
+        self._sent_end = self._pos
+        return send
 
 
 @dataclass(frozen=True, slots=True)
