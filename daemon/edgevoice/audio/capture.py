@@ -9,7 +9,9 @@ fixed-size frames and calls ``on_frame(frame, t)`` for each, in order.
 Bounds: the hand-off deque holds at most ``max_pending_ms`` of device audio; when the loop falls
 behind further, the oldest buffers are dropped and counted (``stats.dropped_buffers``) — memory
 stays bounded and, once the loop catches up, the freshest audio flows (the stale audio is what
-is lost). Device failures are handled by :class:`~edgevoice.audio.devices.SupervisedStream`.
+is lost). Device failures are handled by :class:`~edgevoice.audio.devices.SupervisedStream`;
+when a stream fails, the whole frames it had already handed over are still delivered (before
+``on_state`` reports ``missing``); only a partial frame (< ``frame_ms``) is dropped.
 """
 
 from __future__ import annotations
@@ -241,6 +243,10 @@ class Capture(SupervisedStream):
             t += step
 
     def _on_lost(self, reason: str) -> None:
+        # On a failure, deliver what the dead stream had already handed over (it may be the
+        # end of the user's request); at a stop, nobody wants frames any more.
+        if not self._stopping.is_set():
+            self._drain()
         self._active_generation = -1
         # Drop what the dead stream left half-converted: the next stream starts clean.
         self._acc = bytearray()

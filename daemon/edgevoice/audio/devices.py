@@ -388,7 +388,8 @@ class SupervisedStream(ABC):
     or no callback for ``stall_timeout`` seconds (a vanished or hung device). A failed stream
     is closed (in a worker thread) and reopened after ``backoff[i]`` seconds (the last value
     repeats). ``state`` changes are logged once per change ("<role> missing: reason" /
-    "<role> back").
+    "<role> back") and reported to ``on_state(state, reason)`` on the loop; a failure is
+    reported right after the subclass's ``_on_lost`` hook, before the stream is closed.
     """
 
     kind: Kind
@@ -615,6 +616,11 @@ class SupervisedStream(ABC):
                 self._generation += 1  # late callbacks of this stream are now stale
                 self._on_lost(reason)
                 self.opened = None
+                if not self._stopping.is_set():
+                    # Said at once, before the close (which can take long for a hung stream):
+                    # the on_state hook then runs right after _on_lost, before anything that
+                    # _on_lost woke up (e.g. a playback drain waiter) gets to run.
+                    self._set_state(DeviceState.MISSING, reason)
                 try:
                     await run_blocking(
                         lambda o=opened, s=stalled: self._close_blocking(o, s),  # type: ignore[misc]
@@ -627,8 +633,6 @@ class SupervisedStream(ABC):
                     # the process restarts). Reopening is still attempted.
                     self.log.error("%s: closing the hung stream did not finish; abandoned it",
                                    self.role)
-                if not self._stopping.is_set():
-                    self._set_state(DeviceState.MISSING, reason)
         finally:
             self._settle_first_attempt()
 

@@ -25,6 +25,7 @@ utterance are suppressed by the per-word refractory period instead.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,31 @@ def drop_buffered(features: OpenWakeWordFeatures, models: Iterable[OpenWakeWord]
 
 class WakeModelError(ValueError):
     """A wake-word model cannot be used; the message names the model and the reason."""
+
+
+#: TFLite's error reporter: ``(user_data, format, va_list)``; the va_list is only passed on.
+_Reporter = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _is_tflite_model(lib: ctypes.CDLL, path: Path) -> bool:
+    """Whether ``path`` holds a valid TFLite flatbuffer. TFLite verifies the file and returns
+    NULL instead of crashing later; its own reporter would print the reason to stderr, so a
+    quiet one is passed where the library has the entry point (the caller says it in one
+    line)."""
+    name = str(path.resolve()).encode("utf-8")
+    create = getattr(lib, "TfLiteModelCreateFromFileWithErrorReporter", None)
+    if create is None:
+        handle = lib.TfLiteModelCreateFromFile(name)
+    else:
+        create.argtypes = [ctypes.c_char_p, _Reporter, ctypes.c_void_p]
+        create.restype = ctypes.c_void_p
+        quiet = _Reporter(lambda _user, _fmt, _args: None)
+        # The model keeps the reporter: `quiet` stays referenced until it is deleted below.
+        handle = create(name, quiet, None)
+    if not handle:
+        return False
+    lib.TfLiteModelDelete(handle)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +229,10 @@ class WakeWordDetector:
         if not path.is_file():
             raise WakeModelError(f"wake word {name!r}: model file not found: {path}")
         # The library does not check the model it loads: a corrupt file segfaults inside
-        # TFLite. TfLiteModelCreateFromFile verifies the flatbuffer and returns NULL instead.
+        # TFLite. Checked first, so that it is an error naming the file instead.
         lib = self._features.lib
-        handle = lib.TfLiteModelCreateFromFile(str(path.resolve()).encode("utf-8"))
-        if not handle:
+        if not _is_tflite_model(lib, path):
             raise WakeModelError(f"wake word {name!r}: {path} is not a valid TFLite model")
-        lib.TfLiteModelDelete(handle)
         try:
             loaded = OpenWakeWord.from_model(
                 path, libtensorflowlite_c_path=self._features.libtensorflowlite_c_path

@@ -1,0 +1,209 @@
+"""Device faults through the whole daemon, all real: the demo's virtual sound card (ALSA
+``file`` PCMs on FIFOs paced in real time, opened by PortAudio), espeak-ng speech, the loopback
+simulator on 127.0.0.1, and ``edgevoice run`` as a child process.
+
+A device vanishes as a USB one does: its PCM leaves the ALSA configuration (so every reopen
+fails) and its running stream dies — the speaker's FIFO loses its reader (the write fails),
+the microphone stops delivering (the stream stalls). It comes back when both are restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from harness import (
+    LONG_REPLY,
+    MANAGER_VARS,
+    MS16,
+    MS24,
+    Harness,
+    mute,
+    nonzero,
+    onset,
+    running,
+    silence,
+    wake_word,
+)
+
+from edgevoice.app import data_path
+from edgevoice.audio.devices import DeviceState, pa_lock
+from edgevoice.audio.virtual import FifoSink
+from edgevoice.conversation.core import State
+from edgevoice.demo import SPEAKER_RATE, Rig
+from edgevoice.service.status import status_line
+from support import espeak, until
+
+pytestmark = pytest.mark.timeout(60)
+
+# Fast reopen attempts: the device comes back within a fraction of a second of its return.
+DEVICES = {"reopen_backoff_s": [0.2]}
+# The wake word clip without most of its trailing second of silence: the request follows.
+WAKE = wake_word()[: -int(0.8 * 16000) * 2]
+
+
+def set_devices(rig: Rig, *, mic: bool = True, speaker: bool = True) -> None:
+    """Rewrite the rig's ALSA config with or without the microphone / speaker PCM. Renamed
+    into place (a new inode): ALSA reads it again at the next open, so a reopen fails while a
+    PCM is gone and succeeds once it is back — as with a USB device. Done under the device
+    layer's lock, as a real device appears at once: a reopen attempt must not try its first
+    formats against the old config and the rest against the new one (it would settle for a
+    worse format than the device's usual one)."""
+    text = (data_path("demo-asound.conf").read_text()
+            .replace("@MIC@", str(rig.mic.path)).replace("@SPEAKER@", str(rig.speaker.path)))
+    gone = [name for name, present in (("edgevoice_mic", mic), ("edgevoice_speaker", speaker))
+            if not present]
+    lines = [ln for ln in text.splitlines()
+             if not any(ln.startswith(f"pcm.{name} ") for name in gone)]
+    assert len(lines) == len(text.splitlines()) - len(gone), "a PCM line was not found"
+    conf = rig.directory / "asound.conf"
+    tmp = conf.with_name(conf.name + ".new")
+    tmp.write_text("\n".join(lines) + "\n")
+    with pa_lock():
+        os.replace(tmp, conf)
+
+
+def status(h: Harness) -> str:
+    return status_line(h.daemon.snapshot())
+
+
+def reply_prefix_ms(reply: bytes, heard: bytes) -> int:
+    """The longest prefix of ``reply`` (ms) whose audio is in ``heard``, in order (exact
+    silence, which the playback inserts for a late packet, is ignored)."""
+    heard = nonzero(heard)
+    lo, hi = 0, len(reply) // MS24
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if nonzero(reply[: mid * MS24]) in heard:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes_back(tmp_path):
+    script = {"turn": [{"say": "I heard you."}, {"say": "Welcome back."}]}
+    async with running(tmp_path, script, audio=DEVICES,
+                       conversation={"follow_up_s": 1.0}) as h:
+        question = espeak("please switch on the lights in the kitchen and then")
+        cut = onset(question) + 900 * MS16  # the user is in mid-sentence when it vanishes
+        n = h.say(WAKE + question[:cut])
+        await h.event("wake", timeout=15)
+        await until(lambda: h.rig.mic.written >= n, 10, "the request up to the cut")
+        set_devices(h.rig, mic=False)
+        await asyncio.to_thread(mute, h.rig)  # the stream stalls: no callback any more
+
+        lost = await h.event("microphone lost", timeout=5)
+        assert lost.fields["state"] == "listening", h.dump()
+        assert h.daemon.capture.state is DeviceState.MISSING
+        assert h.daemon.snapshot()["devices"]["microphone"]["state"] == "missing"
+        assert status(h) == "microphone missing"
+        # What was captured before the loss reached the service, byte-exact up to the cut
+        # (less the last partial frame and what the pipe held), and the turn was closed.
+        sent = h.sim.appended_audio
+        assert question[onset(question) - 100 * MS16 : cut - 200 * MS16] in sent
+        await until(lambda: h.sim.received("response.create"), 5, "response.create")
+        assert len(h.sim.received("input_audio_buffer.commit")) == 1
+
+        # The turn is answered although the microphone is still gone; nothing hangs.
+        await h.event("reply done", timeout=15)
+        assert h.entries("assistant said")[0].fields["text"] == "I heard you."
+        assert h.daemon.capture.state is DeviceState.MISSING
+        assert status(h) == "microphone missing"
+        await h.event("idle", timeout=10)
+        assert h.daemon.core.state is State.IDLE
+
+        # Back: the wake word works again and the next turn is answered.
+        set_devices(h.rig)
+        h.rig.mic.resume()
+        await h.event("microphone back", timeout=5)
+        await until(lambda: status(h) == "listening for 'hey jarvis'", 2, "listening status")
+        h.say(WAKE + espeak("are you there") + silence(1.5))
+        await h.event("wake", count=2, timeout=15)
+        await h.event("reply done", count=2, timeout=15)
+        assert h.entries("assistant said")[1].fields["text"] == "Welcome back."
+        assert h.daemon.capture.stats.reopens == 1
+        assert h.names().count("microphone lost") == 1, h.dump()
+
+
+async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it_comes_back(
+        tmp_path):
+    script = {"turn": [{"say": LONG_REPLY}, {"say": "Welcome back."}]}
+    async with running(tmp_path, script, audio=DEVICES,
+                       conversation={"follow_up_s": 1.0}) as h:
+        h.say(WAKE + espeak("tell me about the weather") + silence(1.5))
+        first = await h.event("first reply audio", timeout=20)
+        await asyncio.sleep(1.5)
+        set_devices(h.rig, speaker=False)
+        heard = h.rig.speaker.close(drain=0)  # unplugged: the stream's next write fails
+
+        lost = await h.event("speaker lost", timeout=5)
+        assert lost.fields["state"] == "responding", h.dump()
+        # No hang in RESPONDING: the reply is cancelled and the conversation ends.
+        idle = await h.event("idle", timeout=5)
+        assert idle.fields["why"] == "speaker lost"
+        assert h.daemon.core.state is State.IDLE
+        assert h.daemon.playback.state is DeviceState.MISSING
+        assert h.daemon.snapshot()["devices"]["speaker"]["state"] == "missing"
+        assert status(h) == "speaker missing"
+        await until(lambda: h.sim.received("conversation.item.truncate"), 5, "truncate")
+        assert h.sim.received("response.cancel")
+        await h.event("reply done", timeout=5)
+        assert h.entries("reply done")[0].fields["status"] == "cancelled"
+
+        # The model is told what the user heard: what was handed to the device, which is
+        # what reached the speaker plus at most what the device and its pipe held.
+        truncate = h.sim.received("conversation.item.truncate")[0]
+        item = first.fields["item"]
+        assert truncate["item_id"] == item
+        reply = h.reply_audio(item)
+        got_ms = reply_prefix_ms(reply, heard)
+        end_ms = truncate["audio_end_ms"]
+        assert got_ms > 1000, got_ms
+        assert got_ms <= end_ms + 1 and end_ms <= got_ms + 300, (got_ms, end_ms)
+        print(f"speaker lost: {got_ms} ms of the reply reached it, truncated at {end_ms} ms")
+        truncated = await until(lambda: h.sim.sent("conversation.item.truncated"), 5,
+                                "the service to apply the truncate")
+        assert truncated[0]["audio_end_ms"] == end_ms  # type: ignore[index]
+
+        # Back: the next reply plays.
+        h.rig.speaker = FifoSink(h.rig.speaker.path, SPEAKER_RATE)  # the reader first
+        set_devices(h.rig)
+        await h.event("speaker back", timeout=5)
+        assert status(h) == "listening for 'hey jarvis'"
+        h.say(WAKE + espeak("are you back") + silence(1.5))
+        await h.event("reply done", count=2, timeout=20)
+        await until(lambda: h.daemon.core.state is not State.RESPONDING, 10, "played out")
+        second = h.entries("first reply audio")[1].fields["item"]
+        assert h.entries("assistant said")[-1].fields["text"] == "Welcome back."
+        again = h.reply_audio(second)
+        await until(lambda: reply_prefix_ms(again, h.rig.speaker_pcm()) >=
+                    len(again) // MS24 - 100, 3, "the second reply at the speaker")
+        assert h.daemon.playback.stats.reopens == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_a_bad_wake_word_model_stops_the_start_with_one_line_naming_the_file(tmp_path, kind):
+    model = tmp_path / "models" / "hey_kitchen.tflite"
+    if kind == "corrupt":
+        model.parent.mkdir()
+        model.write_bytes(b"TFL3 this is not a flatbuffer" + bytes(64))
+    config = tmp_path / "edgevoice.toml"
+    config.write_text('[voicelive]\nendpoint = "ws://127.0.0.1:9"\n'
+                      f'[[wake.models]]\nname = "{model}"\n'
+                      '[service]\nlog_target = "stderr"\nstatus_socket = ""\n')
+    env = {k: v for k, v in os.environ.items() if k not in MANAGER_VARS}
+    env.update({"VOICELIVE_API_KEY": "test-key", "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.run([sys.executable, "-m", "edgevoice", "run", "--config", str(config)],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=30)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert str(model) in lines[0] and "hey_kitchen" in lines[0], lines
+    reason = "model file not found" if kind == "missing" else "not a valid TFLite model"
+    assert reason in lines[0], lines
+    assert "Traceback" not in proc.stderr
