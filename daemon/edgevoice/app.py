@@ -13,14 +13,19 @@ Guarantees:
 - An exception while handling one frame, event or action is logged with what was being done
   and the daemon goes on; nothing the network or the model sends stops it.
 - ``ready`` is set once the microphone delivers frames and the wake word is listening.
+- A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
+  core is told at once (microphone: the turn is committed or ended, the wake word starts
+  afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
 - Telemetry entries (the timeline of :mod:`edgevoice.conversation.core`) go to the logger and
-  to ``on_telemetry``; the last turns' latency figures are kept (bounded) for status output.
+  to ``on_telemetry``; the last turns' latency figures and upstream byte counts
+  (:class:`TurnFigures`) are kept (bounded) for status output and the benchmark.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -35,7 +40,15 @@ from typing import Any
 import numpy as np
 
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
-from edgevoice.audio.convert import Resampler, encode, read_wav, resample, wire_rate
+from edgevoice.audio.convert import (
+    Resampler,
+    bytes_per_second,
+    encode,
+    read_wav,
+    resample,
+    wire_rate,
+)
+from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
@@ -73,6 +86,7 @@ def core_settings(cfg: Config) -> c.CoreSettings:
         output_format=cfg.session.output_audio_format,
         follow_up_s=conv.follow_up_s,
         listen_timeout_s=conv.listen_timeout_s,
+        service_timeout_s=conv.service_timeout_s,
         bargein_min_speech_ms=barge.min_speech_ms,
         bargein_local_vad=barge.local_vad,
         bargein_server_vad=barge.server_vad,
@@ -108,14 +122,31 @@ class _Upstream:
     def __init__(self, fmt: str, rate: int) -> None:
         self.fmt = fmt
         self._resampler = Resampler(SAMPLE_RATE, wire_rate(fmt, rate))
+        self._wire_per_second = bytes_per_second(fmt, rate)
 
     def __call__(self, pcm: bytes) -> bytes:
         return encode(self._resampler.process(pcm), self.fmt)
 
+    def wire_bytes(self, pcm_bytes: int) -> int:
+        """Wire bytes that ``pcm_bytes`` of 16 kHz PCM16 become (without the resampler's
+        chunking: the count of audio that was never sent)."""
+        return pcm_bytes * self._wire_per_second // (2 * SAMPLE_RATE)
+
 
 @dataclass
 class TurnFigures:
-    """Latency figures of one turn (ms), for status output and the benchmark."""
+    """Latency figures of one turn (ms) and its upstream audio (bytes), for status output and
+    the benchmark.
+
+    ``upstream_bytes``: audio bytes of this turn handed to the link, in the session's input
+    format — exactly what the service receives for the turn when the link stays up (a resend
+    after a reconnect is not counted again). ``ungated_bytes``: what streaming every captured
+    frame would have sent instead, in the same format: all audio from the turn's first streamed
+    sample (the end of the wake word; for follow-up speech or a barge-in after the reply was
+    done, the start of its prefix padding) until the ``response.done`` of its reply (the last
+    one, when tools were called). A barge-in before that belongs to the turn it interrupts, as
+    its other figures do. So ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving
+    on the same audio."""
 
     turn: int
     started: float
@@ -125,6 +156,8 @@ class TurnFigures:
     wake_word: str | None = None
     bargein: str | None = None
     tools: list[str] = field(default_factory=list)
+    upstream_bytes: int = 0
+    ungated_bytes: int = 0
 
 
 class Daemon:
@@ -168,16 +201,26 @@ class Daemon:
         audio = cfg.audio
         self.capture = Capture(on_frame=self._on_frame, device=audio.input_device,
                                frame_ms=audio.frame_ms, rate=audio.input_rate or None,
-                               backoff=audio.reopen_backoff_s)
+                               backoff=audio.reopen_backoff_s,
+                               on_state=self._on_microphone_state)
         self.playback = Playback(device=audio.output_device, rate=audio.output_rate or None,
                                  period_ms=audio.output_period_ms,
                                  prebuffer_ms=audio.output_prebuffer_ms,
                                  rebuffer_ms=audio.output_rebuffer_ms,
                                  backoff=audio.reopen_backoff_s,
-                                 on_first_audio=self._on_first_audio)
+                                 on_first_audio=self._on_first_audio,
+                                 on_state=self._on_speaker_state)
         self.ducker: Ducker = make_ducker(cfg.ducking.backend, **cfg.ducking.options())
         self.turns: deque[TurnFigures] = deque(maxlen=MAX_TURNS_KEPT)
         self.errors = 0
+        # The ungated count of the current turn (TurnFigures.ungated_bytes): open from the
+        # turn's first streamed audio to its reply's response.done. _ungated_from is the stream
+        # time of the first frame counted since it opened: audio sent from before that frame
+        # (the catch-up at the turn's start) was captured before the count began.
+        self._ungated_open = False
+        self._ungated_from: float | None = None
+        self._frame_t: float | None = None  # the frame being handled, if any
+        self._missing: set[str] = set()  # roles of the devices reported missing to the core
         self._tasks: set[asyncio.Task[Any]] = set()
         self._duck_queue: asyncio.Queue[bool] = asyncio.Queue()
         self._wake_at: float | None = None
@@ -223,6 +266,11 @@ class Daemon:
             await self.toolbox.aclose()
         await self.capture.aclose()
         await self.playback.aclose()
+        # Release the wake word's TFLite interpreters now (no frame comes after the capture
+        # closed): a stopped Daemon sits in reference cycles until the cyclic GC runs, so
+        # every SIGHUP rebuild kept ~5 MB and 3 descriptors (the .tflite files) alive for
+        # a long while (found by the soak run). Idempotent.
+        self.wake.detector.close()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -243,6 +291,7 @@ class Daemon:
         if not self.ready.is_set():  # the first frame: the microphone delivers
             log.info("listening for %s", ", ".join(self.wake.detector.names))
             self.ready.set()
+        self._frame_t = t
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
@@ -253,6 +302,34 @@ class Daemon:
         except Exception:
             self.errors += 1
             log.exception("error while handling a microphone frame at %.3f", t)
+        finally:
+            self._frame_t = None
+        # After the frame's actions: a turn that started in this frame counts it whole.
+        if self._ungated_open and self.turns:
+            self.turns[-1].ungated_bytes += self._upstream.wire_bytes(len(frame))
+            if self._ungated_from is None:
+                self._ungated_from = t
+
+    # A device's supervisor calls these on the loop, once per state change; "missing" comes
+    # right after the stream failed, before anything the failure woke (a playback drain).
+
+    def _on_microphone_state(self, state: DeviceState, reason: str) -> None:
+        if state is DeviceState.MISSING:
+            self._missing.add("microphone")
+            # The next frame is not contiguous with the last one: the wake word starts afresh.
+            self.wake.forget()
+            self._do(self.core.on_microphone_lost(self.clock()))
+        elif state is DeviceState.OK and "microphone" in self._missing:
+            self._missing.discard("microphone")
+            self._do(self.core.on_microphone_back(self.clock()))
+
+    def _on_speaker_state(self, state: DeviceState, reason: str) -> None:
+        if state is DeviceState.MISSING:
+            self._missing.add("speaker")
+            self._do(self.core.on_speaker_lost(self.clock()))
+        elif state is DeviceState.OK and "speaker" in self._missing:
+            self._missing.discard("speaker")
+            self._do(self.core.on_speaker_back(self.clock()))
 
     async def _pump_events(self) -> None:
         while True:
@@ -260,6 +337,10 @@ class Daemon:
             try:
                 if isinstance(event, ev.ResponseAudioDelta):
                     self._delta_at.setdefault(event.item_id, self.clock())
+                    # Bounded: deltas of items that never play (a cancelled reply's, or bad
+                    # server input) would otherwise stay here forever.
+                    while len(self._delta_at) > MAX_TURNS_KEPT:
+                        del self._delta_at[next(iter(self._delta_at))]
                 elif isinstance(event, ev.InputAudioBufferSpeechStarted
                                 | ev.InputAudioBufferCommitted):
                     self._item_started.setdefault(event.item_id, self.clock())
@@ -352,6 +433,34 @@ class Daemon:
             self._telemetry(c.Telemetry("first audio at speaker", t, {
                 "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)}))
 
+    def _ungated_window(self, name: str) -> None:
+        """Opens and closes the ungated count of the current turn (see :class:`TurnFigures`)
+        on the core's timeline. Called while the core's actions are carried out, so
+        ``core.state`` is the state after the input that produced ``name``."""
+        state = self.core.state
+        if name in ("wake", "follow-up speech") or (name == "barge-in"
+                                                     and state is c.State.LISTENING):
+            if not self._ungated_open:  # else every frame so far is counted already
+                self._ungated_open, self._ungated_from = True, None
+        elif name == "tool call" and state is not c.State.IDLE:
+            # Comes right after the "reply done" of the response that called it: the turn
+            # goes on until the reply that follows the tool outputs is done.
+            self._ungated_open = True
+        elif name == "idle" or (name == "reply done" and state is not c.State.LISTENING):
+            # A "reply done" in LISTENING is the cancelled reply of a barge-in: the turn goes on.
+            self._ungated_open = False
+
+    def _count_upstream(self, a: c.SendAudio, sent: int) -> None:
+        if not self.turns:
+            return
+        turn = self.turns[-1]
+        turn.upstream_bytes += sent
+        # Audio from before the first frame counted since the window opened was captured
+        # before the count began (the wake word's tail, a prefix padding): count it here.
+        first = self._ungated_from if self._ungated_from is not None else self._frame_t
+        if self._ungated_open and (first is None or a.t < first):
+            turn.ungated_bytes += self._upstream.wire_bytes(len(a.pcm))
+
     def _telemetry(self, entry: c.Telemetry) -> None:
         if entry.name in ("speech end (server)", "end of utterance (local)"):
             self._speech_end_at = self.clock()
@@ -363,6 +472,7 @@ class Daemon:
             self.turns[-1].bargein = str(entry.fields.get("by"))
         elif entry.name == "tool call" and self.turns:
             self.turns[-1].tools.append(str(entry.fields.get("name")))
+        self._ungated_window(entry.name)
         details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:
@@ -383,7 +493,9 @@ class Daemon:
 
     def _act(self, a: c.Action) -> None:
         if isinstance(a, c.SendAudio):
-            self.link.append_audio(self._upstream(a.pcm))
+            wire = self._upstream(a.pcm)
+            self.link.append_audio(wire)
+            self._count_upstream(a, len(wire))
         elif isinstance(a, c.SendEvent):
             self.link.send(a.event)
         elif isinstance(a, c.Play):
@@ -397,7 +509,8 @@ class Daemon:
         elif isinstance(a, c.ResumePlayback):
             self.playback.resume()
         elif isinstance(a, c.StopPlayback):
-            self.playback.stop()
+            if self.playback.state is DeviceState.OK:  # a lost speaker was flushed already
+                self.playback.stop()
             if self._drain_task is not None:
                 self._drain_task.cancel()
             played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
@@ -445,7 +558,8 @@ class Daemon:
                        "wake_to_send_ms": t.wake_to_send_ms,
                        "first_audio_ms": t.first_audio_ms,
                        "first_delta_to_device_ms": t.first_delta_to_device_ms,
-                       "bargein": t.bargein is not None, "tools": list(t.tools)}
+                       "bargein": t.bargein is not None, "tools": list(t.tools),
+                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes}
                       for t in self.turns],
             "tool_calls": list(self.tool_calls),
             "errors": self.errors,
@@ -522,6 +636,11 @@ async def serve(
                 cfg, previous_cfg = previous_cfg, None
                 continue
             current["daemon"] = daemon
+            if previous_cfg is not None:
+                # A reload: the stopped Daemon, now unreferenced, sits in reference cycles
+                # (tasks, callbacks) with its native buffers; without a full collection each
+                # SIGHUP kept ~0.5 MB for a long while (found by the soak run). Collect now.
+                gc.collect()
             daemon_stop = asyncio.Event()
             run = asyncio.create_task(daemon.run(daemon_stop), name="daemon")
             if watchdog is None:

@@ -246,6 +246,8 @@ class SessionConfig(Strict):
 class ConversationConfig(Strict):
     follow_up_s: Annotated[float, Field(ge=0, le=120)] = 6.0
     listen_timeout_s: Annotated[float, Field(ge=0, le=120)] = 8.0
+    # No server event for this long while waiting on the service ends the conversation.
+    service_timeout_s: Annotated[float, Field(ge=0, le=600)] = 20.0
     idle_disconnect_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     connect_on_start: bool = False
     earcon: bool = True

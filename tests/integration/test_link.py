@@ -157,6 +157,24 @@ async def test_error_events_carry_the_causing_event() -> None:
         await link.close()
 
 
+async def test_a_response_that_never_ends_stops_holding_the_link_once_cancelled() -> None:
+    async with Simulator(api_key=KEY) as sim:
+        link = make_link(sim.url)
+        caller = Caller(link)
+        link.start()
+        await link.wait_ready(5)
+        # A response.created the simulator knows nothing of: its response.done never comes.
+        await sim.inject(['{"type": "response.created", "event_id": "x1", '
+                          '"response": {"id": "resp_stray", "status": "in_progress"}}'])
+        await caller.until(lambda e: isinstance(e, ev.ResponseCreated))
+        assert not link._quiet()  # held: no idle close, no recycle
+        link.send(ev.ResponseCancel())  # the service has no active response: benign
+        err = await caller.until(lambda e: isinstance(e, ServiceError))
+        assert err.benign and err.caused_by == "response.cancel"
+        assert link._quiet()
+        await link.close()
+
+
 DROP_SCRIPTS: dict[str, dict[str, Any]] = {
     "before-session-created": {"connection": [{"drop": "before-session-created"}],
                                "turn": [{"user": "hello there", "say": "Hello."}]},

@@ -16,18 +16,22 @@ from edgevoice.conversation.core import (
     CoreSettings,
     Duck,
     Earcon,
+    PausePlayback,
     Play,
+    ResumePlayback,
     RunTool,
     SendAudio,
     SendEvent,
     State,
     StopPlayback,
+    Telemetry,
     Unduck,
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard
 from edgevoice.listen.vad import UpstreamGate
 from edgevoice.voicelive import events as ev
+from edgevoice.voicelive.link import LinkDown, LinkUp
 
 WAKE = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
 FRAME = 640  # 20 ms at 16 kHz
@@ -243,7 +247,6 @@ def test_late_done_of_a_cancelled_response_is_ignored(status: str) -> None:
 
 
 def test_calls_announced_before_a_drop_run_once_after_the_reconnect() -> None:
-    from edgevoice.voicelive.link import LinkDown, LinkUp
 
     core = make_core()
     core.on_wake("hey_jarvis", 0.9, 0.0)
@@ -278,3 +281,176 @@ def test_end_conversation_waits_for_the_reply_then_goes_idle_without_follow_up()
     listening = make_core()
     listening.on_wake("hey_jarvis", 0.9, 0.0)
     assert actions_of(Unduck, listening.end_conversation(0.5)) and listening.state is State.IDLE
+
+
+# -- device faults -----------------------------------------------------------------------------
+
+
+def telemetry(out: list[Any], name: str) -> list[Telemetry]:
+    return [a for a in actions_of(Telemetry, out) if a.name == name]
+
+
+def sent_types(out: list[Any]) -> list[type]:
+    return [type(a.event) for a in actions_of(SendEvent, out)]
+
+
+def mid_request_core(**over: Any) -> Core:
+    """Woken at 0.0 and half-way through a spoken request (local VAD heard speech)."""
+    core = make_core(**over)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    speech = sentence()
+    feed(core, speech[: len(speech) // 2], 0.0)
+    assert core.state is State.LISTENING
+    return core
+
+
+def test_microphone_lost_mid_request_commits_what_was_sent_and_asks_for_the_reply() -> None:
+    core = mid_request_core(mic_lost_reply_s=10.0)
+    out = core.on_microphone_lost(2.0)
+    assert sent_types(out) == [ev.InputAudioBufferCommit, ev.ResponseCreate]
+    assert telemetry(out, "microphone lost")[0].fields["state"] == "listening"
+    assert core.state is State.LISTENING and not actions_of(Unduck, out)
+    # The reply comes: the turn goes on as usual, though the microphone is still gone.
+    core.on_event(response_created(), 2.5)
+    assert core.state is State.RESPONDING
+    assert actions_of(Play, core.on_event(audio_delta(), 2.6))
+
+
+def test_microphone_lost_after_the_server_committed_the_turn_sends_nothing_more() -> None:
+    core = mid_request_core()
+    core.on_event(server({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1500,
+                          "item_id": "u1"}), 1.9)
+    out = core.on_microphone_lost(2.0)
+    assert sent_types(out) == []  # the server's VAD committed it and answers by itself
+    assert core.state is State.LISTENING
+
+
+def test_microphone_lost_in_speech_after_a_committed_segment_commits_the_new_one() -> None:
+    core = mid_request_core()
+    core.on_event(server({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1500,
+                          "item_id": "u1"}), 1.9)
+    core.on_event(server({"type": "input_audio_buffer.speech_started", "audio_start_ms": 1700,
+                          "item_id": "u2"}), 2.1)
+    out = core.on_microphone_lost(2.5)
+    assert sent_types(out) == [ev.InputAudioBufferCommit, ev.ResponseCreate]
+
+
+def test_microphone_lost_and_no_reply_ends_the_turn_instead_of_hanging() -> None:
+    core = mid_request_core(mic_lost_reply_s=10.0)
+    core.on_microphone_lost(2.0)
+    assert core.on_tick(11.9) == [] and core.state is State.LISTENING
+    out = core.on_tick(12.0)
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+    assert telemetry(out, "idle")[0].fields["why"] == "no reply after the microphone was lost"
+
+
+def test_microphone_back_lifts_the_reply_deadline() -> None:
+    core = mid_request_core(mic_lost_reply_s=10.0)
+    core.on_microphone_lost(2.0)
+    assert telemetry(core.on_microphone_back(3.0), "microphone back")
+    assert core.on_tick(12.0) == [] and core.state is State.LISTENING
+
+
+def test_microphone_lost_before_any_speech_ends_the_conversation_and_says_why() -> None:
+    core = make_core()
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    feed(core, bytes(FRAME * 10), 0.0)  # silence only
+    out = core.on_microphone_lost(0.5)
+    assert sent_types(out) == []
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+    assert telemetry(out, "idle")[0].fields["why"] == "microphone lost before any speech"
+    assert telemetry(out, "microphone lost")
+
+
+def test_microphone_lost_while_a_reply_is_paused_for_a_possible_barge_in_resumes_it() -> None:
+    core = responding_core()
+    speech = sentence()
+    start = onset_frame(speech)
+    out: list[Any] = []
+    for i in range(start, start + 20 * FRAME, FRAME):
+        t = 2.0 + (i - start) / 32000
+        core.on_playback_reference(-90.0, t)
+        out = core.on_frame(speech[i : i + FRAME], t)
+        if actions_of(PausePlayback, out):
+            break
+    assert actions_of(PausePlayback, out) and core.state is State.RESPONDING
+    lost = core.on_microphone_lost(2.5)
+    assert actions_of(ResumePlayback, lost) and not actions_of(StopPlayback, lost)
+    assert core.state is State.RESPONDING
+
+
+def test_speaker_lost_mid_reply_cancels_truncates_to_what_played_and_ends() -> None:
+    core = responding_core(auto_truncate=True)
+    out = core.on_speaker_lost(2.0)
+    assert sent_types(out) == [ev.ResponseCancel]
+    assert actions_of(StopPlayback, out) == [StopPlayback("item_a")]
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+    assert telemetry(out, "idle")[0].fields["why"] == "speaker lost"
+    # The service cannot know what the user heard: truncate even with auto_truncate on.
+    truncate = actions_of(SendEvent, core.on_playback_stopped("item_a", 812.7, 2.01))
+    assert [(a.event.item_id, a.event.audio_end_ms) for a in truncate] == [("item_a", 812)]
+    # Once only: a later stop under auto_truncate is the service's to truncate.
+    assert not actions_of(SendEvent, core.on_playback_stopped("item_a", 900, 2.5))
+    # The rest of the cancelled reply is not played.
+    assert not actions_of(Play, core.on_event(audio_delta(), 2.1))
+
+
+def test_speaker_lost_while_listening_is_only_noted() -> None:
+    core = mid_request_core()
+    out = core.on_speaker_lost(2.0)
+    assert [type(a) for a in out] == [Telemetry] and core.state is State.LISTENING
+    assert telemetry(core.on_speaker_back(3.0), "speaker back")
+
+
+def onset_frame(pcm: bytes, threshold: int = 1000) -> int:
+    """Byte offset of the frame holding the first sample louder than ``threshold``."""
+    x = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
+    return int(np.argmax(x > threshold)) * 2 // FRAME * FRAME
+
+
+def link_up(core: Core, t: float) -> None:
+    core.on_event(LinkUp(reconnected=False), t)
+
+
+def test_a_stray_speech_started_never_leaves_the_microphone_streaming() -> None:
+    core = make_core(service_timeout_s=20.0)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    link_up(core, 0.1)
+    core.on_event(server({"type": "input_audio_buffer.speech_started", "audio_start_ms": 100,
+                          "item_id": "u1"}), 0.5)
+    feed(core, bytes(FRAME * 50), 0.5)  # the user says nothing; the service says nothing more
+    assert core.on_tick(20.4) == [] and core.state is State.LISTENING
+    out = core.on_tick(20.5)
+    assert core.state is State.IDLE and actions_of(Unduck, out)
+    assert telemetry(out, "idle")[0].fields["why"] == "no answer from the service"
+    assert sent_types(out) == []  # no response to cancel
+
+
+def test_a_response_that_never_finishes_is_cancelled_and_the_conversation_ends() -> None:
+    core = make_core(service_timeout_s=20.0)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    link_up(core, 0.1)
+    core.on_event(response_created(), 1.0)
+    core.on_event(audio_delta(), 1.1)
+    core.on_playback_drained(3.0)  # all it sent has played; no response.done ever comes
+    assert core.state is State.RESPONDING
+    assert core.on_tick(22.9) == []
+    out = core.on_tick(23.0)
+    assert sent_types(out) == [ev.ResponseCancel] and core.state is State.IDLE
+    # A late done of that response changes nothing.
+    assert not telemetry(core.on_event(response_done(), 24.0), "reply done")
+
+
+def test_the_service_timeout_waits_while_the_link_is_down_and_while_audio_plays() -> None:
+    core = make_core(service_timeout_s=20.0)
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    feed(core, sentence(), 0.0)
+    core.on_event(LinkDown("connection lost", 0.25, 3.0), 3.0)  # the link's to bound
+    assert core.on_tick(60.0) == [] and core.state is State.LISTENING
+    link_up(core, 61.0)
+    core.on_event(response_created(), 61.5)
+    core.on_event(audio_delta(ms=30000), 61.6)  # a long reply is playing: not a stall
+    assert core.on_tick(90.0) == [] and core.state is State.RESPONDING
+    core.on_event(response_done(), 90.5)
+    core.on_playback_drained(91.6)
+    assert core.state is State.FOLLOW_UP

@@ -23,6 +23,12 @@ Guarantees:
   ``function_call_output`` items followed by exactly one ``response.create`` per response.
 - Duck is emitted on wake, Unduck when the conversation ends (follow-up over, error) and from
   :meth:`Core.shutdown`; both are idempotent on the caller's side.
+- Device faults are transitions too. A microphone lost while LISTENING never leaves the turn
+  hanging: with speech heard and not yet committed, the audio sent so far is committed and a
+  response requested (the user gets an answer to what was captured); without speech the
+  conversation ends ("idle" says why); either way it ends if no reply starts within
+  ``mic_lost_reply_s``. A speaker lost mid-reply cancels the reply, truncates the item to what
+  was played (also with ``auto_truncate``: the service cannot know) and ends the conversation.
 """
 
 from __future__ import annotations
@@ -168,6 +174,13 @@ class CoreSettings:
     earcon: bool = True
     idle_disconnect_s: float = 60.0  # keep the connection warm this long after a conversation
     frame_ms: int = 20
+    # The microphone vanished mid-turn: end the turn if no reply has started this long after.
+    mic_lost_reply_s: float = 10.0
+    # While the link is up and the daemon waits on the service (the user's turn is over or
+    # a reply has nothing left to play), this long without any server event ends the
+    # conversation: a lost response.done or a stray speech_started never leaves the
+    # microphone streaming or the conversation hanging. 0 disables it.
+    service_timeout_s: float = 20.0
 
 
 class Core:
@@ -201,7 +214,12 @@ class Core:
         self._awaiting_outputs: set[str] = set()
         self._first_delta_seen = False
         self._heard_speech = False
+        self._turn_committed = False  # the current user turn's audio was committed
+        self._mic_lost_at: float | None = None  # the microphone is missing since then
+        self._truncate_always: str | None = None  # truncate this item even with auto_truncate
         self._idle_since: float | None = None
+        self._progress_at = 0.0  # the last sign of life of the turn (see service_timeout_s)
+        self._link_up = False
         # (t, is the user) of recent voiced frames: a wake word or follow-up speech while the
         # assistant's voice may still come back from the room needs the user's own voice.
         self._voiced: deque[tuple[float, bool]] = deque()
@@ -215,6 +233,9 @@ class Core:
         log.info("state %s -> %s (turn %d)", self.state.value, new.value, self.turn)
         self.state = new
         self._t_state = t
+        self._progress_at = t
+        if new is State.LISTENING:
+            self._turn_committed = False  # a new user turn
 
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
         self._go(State.IDLE, t, out)
@@ -287,11 +308,13 @@ class Core:
             out.extend(chunks)
             if decision.voiced:
                 self._heard_speech = True
+                self._progress_at = t
             if decision.speech_started:
                 out.append(Telemetry("speech start (local)", t))
             if self.endpointer is not None and self.s.local_end_of_utterance:
                 end = self.endpointer.process(pcm, t)
                 if end.end_of_utterance:
+                    self._turn_committed = True
                     out.append(Telemetry("end of utterance (local)", t))
                     out.append(SendEvent(ev.InputAudioBufferCommit()))
                     out.append(SendEvent(ev.ResponseCreate()))
@@ -343,6 +366,7 @@ class Core:
     def on_playback_drained(self, t: float) -> list[Action]:
         out: list[Action] = []
         self._drained = True
+        self._progress_at = t
         if self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs:
             self._to_follow_up(t, out)
         return out
@@ -352,7 +376,10 @@ class Core:
         out: list[Action] = []
         out.append(Telemetry("playback stopped", t, {"item": item_id,
                                                      "played_ms": round(played_ms)}))
-        if item_id and not self.s.auto_truncate:
+        # auto_truncate covers the service's own barge-in only; a lost speaker it cannot know.
+        forced = item_id is not None and item_id == self._truncate_always
+        self._truncate_always = None
+        if item_id and (forced or not self.s.auto_truncate):
             out.append(SendEvent(ev.ConversationItemTruncate(
                 item_id=item_id, audio_end_ms=max(0, int(played_ms)))))
             out.append(Telemetry("truncate", t, {"item": item_id, "audio_end_ms": int(played_ms)}))
@@ -363,6 +390,7 @@ class Core:
         if call_id not in self._awaiting_outputs:
             return out
         self._awaiting_outputs.discard(call_id)
+        self._progress_at = t
         out.append(SendEvent(ev.ConversationItemCreate.function_call_output(call_id, output)))
         out.append(Telemetry("tool output", t, {"call_id": call_id}))
         if not self._awaiting_outputs:
@@ -377,22 +405,103 @@ class Core:
         if (self.state is State.IDLE and self._idle_since is not None
                 and t - self._idle_since >= self.s.idle_disconnect_s):
             self._idle_since = None
+            self._link_up = False
             out.append(Connect(False))
         if (self.state is State.LISTENING and not self._heard_speech
                 and self.s.listen_timeout_s > 0 and t - self._t_state >= self.s.listen_timeout_s):
             self._end_conversation(t, out, "no speech after the wake word")
+        if (self.state is State.LISTENING and self._mic_lost_at is not None
+                and t - self._mic_lost_at >= self.s.mic_lost_reply_s):
+            self._end_conversation(t, out, "no reply after the microphone was lost")
+        waiting = ((self.state is State.LISTENING and self._heard_speech)
+                   or (self.state is State.RESPONDING and self._drained
+                       and not self._awaiting_outputs))
+        if (waiting and self._link_up and self.s.service_timeout_s > 0
+                and t - self._progress_at >= self.s.service_timeout_s):
+            if self._response_id is not None:
+                out.append(SendEvent(ev.ResponseCancel()))
+            self._response_id = None
+            self._response_done = True
+            self._playing_item = None
+            self._end_conversation(t, out, "no answer from the service")
         return out
+
+    def on_microphone_lost(self, t: float) -> list[Action]:
+        """The microphone stopped delivering at ``t`` (unplugged or hung); no frame follows
+        until :meth:`on_microphone_back`, and the next one is not contiguous. In LISTENING the
+        turn is closed at once: with speech heard, the audio sent so far is committed and a
+        response requested (unless the service or the local endpointer already committed the
+        turn); without speech the conversation ends. A paused reply (a possible barge-in
+        that can no longer be confirmed) resumes. See ``mic_lost_reply_s``."""
+        out: list[Action] = []
+        self._mic_lost_at = t
+        state = self.state
+        self.upstream.reset()  # the next frame starts a new stream
+        self._voiced.clear()
+        self._voiced_ms = 0.0
+        self._pending_chunks = []
+        fields: dict[str, Any] = {"state": state.value}
+        if state is State.LISTENING and self._heard_speech:
+            if not self._turn_committed:
+                self._turn_committed = True
+                out.append(SendEvent(ev.InputAudioBufferCommit()))
+                out.append(SendEvent(ev.ResponseCreate()))
+                fields["then"] = "committed what was captured, reply requested"
+            else:
+                fields["then"] = "the turn was already committed, waiting for the reply"
+        elif state is State.RESPONDING and self._paused:
+            self._paused = False
+            out.append(ResumePlayback())
+            fields["then"] = "reply resumed"
+        out.insert(0, Telemetry("microphone lost", t, fields))
+        if state is State.LISTENING and not self._heard_speech:
+            self._end_conversation(t, out, "microphone lost before any speech")
+        return out
+
+    def on_microphone_back(self, t: float) -> list[Action]:
+        """The microphone delivers again (frames from ``t`` on)."""
+        self._mic_lost_at = None
+        return [Telemetry("microphone back", t)]
+
+    def on_speaker_lost(self, t: float) -> list[Action]:
+        """The speaker failed at ``t``: what was queued is gone and nothing fed until
+        :meth:`on_speaker_back` can be heard. A reply being played is cancelled, stopped
+        (the caller reports the milliseconds actually played through
+        :meth:`on_playback_stopped`, which then always truncates) and the conversation ends:
+        the user cannot hear a follow-up either."""
+        out: list[Action] = [Telemetry("speaker lost", t, {"state": self.state.value,
+                                                           "item": self._playing_item})]
+        if self.state is State.RESPONDING:
+            if self._response_id is not None:  # cancel first, then truncate (after the stop)
+                out.append(SendEvent(ev.ResponseCancel()))
+            if self._playing_item is not None:
+                self._truncate_always = self._playing_item
+                out.append(StopPlayback(self._playing_item))
+            self._playing_item = None
+            self._paused = False
+            self._drained = True
+            self._end_after_reply = False
+            self._end_conversation(t, out, "speaker lost")
+        return out
+
+    def on_speaker_back(self, t: float) -> list[Action]:
+        """The speaker works again: the next reply plays."""
+        return [Telemetry("speaker back", t)]
 
     def on_event(self, event: Any, t: float) -> list[Action]:
         """A typed server event or a link event."""
         out: list[Action] = []
+        if not isinstance(event, LinkDown | TurnAbandoned):
+            self._progress_at = t
         if isinstance(event, LinkUp):
+            self._link_up = True
             out.append(Telemetry("session ready", t, {"reconnected": event.reconnected}))
             if event.reconnected and self._calls:
                 # The response that announced these calls died with the old connection, so
                 # its response.done never comes; the replayed context expects their outputs.
                 self._run_calls(t, out)
         elif isinstance(event, LinkDown):
+            self._link_up = False  # an outage is the link's to bound (offline_buffer_s)
             out.append(Telemetry("link down", t, {"reason": event.reason}))
         elif isinstance(event, TurnAbandoned):
             out.append(Telemetry("turn abandoned", t, {"reason": event.reason}))
@@ -411,8 +520,15 @@ class Core:
             elif self.state is State.FOLLOW_UP:
                 self.turn += 1
                 self._go(State.LISTENING, t, out)
+            elif self.state is State.LISTENING:
+                self._turn_committed = False  # more speech: not committed yet
         elif isinstance(event, ev.InputAudioBufferSpeechStopped):
             out.append(Telemetry("speech end (server)", t, {"audio_end_ms": event.audio_end_ms}))
+            if self.state is State.LISTENING:
+                self._turn_committed = True  # server VAD commits the turn (and responds)
+        elif isinstance(event, ev.InputAudioBufferCommitted):
+            if self.state is State.LISTENING:
+                self._turn_committed = True
         elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
             out.append(Telemetry("user said", t, {"text": event.transcript}))
         elif isinstance(event, ev.ResponseCreated):
@@ -425,12 +541,19 @@ class Core:
                 self._pending_chunks = []
         elif isinstance(event, ev.ResponseAudioDelta):
             if self.state is State.RESPONDING and event.response_id == self._response_id:
+                try:
+                    data = event.audio_bytes()
+                except ev.MalformedEvent as exc:
+                    # Bad base64 is bad server input, not a daemon fault: skip this chunk
+                    # (the reply plays on) instead of raising into the caller.
+                    log.warning("Voice Live: audio chunk skipped: %s", exc)
+                    return out
                 if not self._first_delta_seen:
                     self._first_delta_seen = True
                     out.append(Telemetry("first reply audio", t, {"item": event.item_id}))
                 self._playing_item = event.item_id
                 self._drained = False
-                out.append(Play(event.item_id, event.audio_bytes(), self.s.output_format))
+                out.append(Play(event.item_id, data, self.s.output_format))
         elif isinstance(event, ev.ResponseAudioDone):
             if event.item_id == self._playing_item:
                 out.append(FinishItem(event.item_id))

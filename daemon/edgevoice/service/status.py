@@ -32,7 +32,9 @@ values::
          "wake_to_send_ms": 12.5,    # wake word detected → first audio frame sent upstream
          "first_audio_ms": 850.0,    # end of the user's speech → first reply audio played
          "bargein": false,           # the user interrupted the reply
-         "tools": ["set_light"]}     # functions called in this turn
+         "tools": ["set_light"],     # functions called in this turn
+         "upstream_bytes": 96000,    # audio sent upstream in this turn (input format)
+         "ungated_bytes": 224000}    # what streaming every frame to response.done would send
       ],
       "tool_calls": [                # the last few function calls, oldest first
         {"turn": 3, "name": "set_light", "call_id": "call_7", "ok": true, "ms": 14.2,

@@ -280,6 +280,13 @@ class VoiceLiveLink:
             self._wanted.set()
         else:
             self._wanted.clear()
+            # The caller lets go only between conversations (the core's idle disconnect, or
+            # shutdown), so turn audio still held is the tail of a finished turn: frames the
+            # VAD gate sent after the service's commit, before its response began (any
+            # service latency above one frame). Nothing will ever commit it, and held it
+            # would keep the link from being quiet: no idle close, no recycle (found by the
+            # soak run). Drop it; nothing of a turn in progress is lost.
+            self._drop_turn_audio()
             if self._ws is not None and self._quiet():
                 self._close_soon("idle")
 
@@ -572,6 +579,13 @@ class VoiceLiveLink:
         if self._recycle_requested:
             self.stats["recycles"] += 1
             return None
+        sent = ws.protocol.close_sent
+        if ws.protocol.close_rcvd is None and sent is not None and sent.code != 1000:
+            # This side gave up on the peer (no pong within ping_timeout_s, a frame over
+            # max_size): the close code it is left with, 1006, would hide why.
+            self._fail(f"Voice Live: connection failed: {sent.reason} (code {sent.code})",
+                       f"connection lost ({sent.reason})")
+            return self.backoff.next_delay()
         self._fail(f"Voice Live: connection closed (code {code}{': ' + reason if reason else ''})",
                    f"connection lost (code {code})")
         return self.backoff.next_delay()
@@ -719,6 +733,10 @@ class VoiceLiveLink:
         caused_by = self._sent_types.get(event.error.event_id or "")
         message = event.error.message
         benign = any(text in message.lower() for text in BENIGN_ERRORS)
+        if benign and caused_by == "response.cancel":
+            # Nothing to cancel: whatever response the link still counted as active (a
+            # response.done lost or never sent) is over, so the link can be quiet again.
+            self._response_active = None
         level = logging.DEBUG if benign else logging.WARNING
         log.log(level, "Voice Live error%s: %s (%s)",
                 f" for {caused_by} {event.error.event_id}" if caused_by else "",

@@ -563,10 +563,15 @@ class Simulator:
         self._server: Server | None = None
         self._tts = _Tts(tts)
         self._ids = itertools.count(1)
+        self._id_tag = secrets.token_hex(3)
         self._changed = asyncio.Event()
         self._faults: dict[ServerConnection, ConnectionFault] = {}
         self._sessions: set[_Session] = set()
         self.injected = 0  # raw frames sent by inject()
+        #: Every scripted fault that fired, in order, as ``(time.monotonic(), kind)``: kind is
+        #: ``drop:<point>`` (a turn or connection drop point), ``http:<status>``, ``silent``
+        #: or ``no_pong``. One entry per script entry at most, so it stays bounded.
+        self.fired: list[tuple[float, str]] = []
         # Script progress (shared by every connection, see module docstring of script.py).
         self.turn_index = 0
         self._connection_index = 0
@@ -698,12 +703,28 @@ class Simulator:
         self.injected += sent
         return sent
 
+    async def drop_connections(self, close_code: int | None = None) -> int:
+        """Drop every open connection now, as a failing service would (fault tests and the
+        reconnect benchmark): a close frame with ``close_code``, else an abrupt TCP abort
+        (the client sees 1006). The server keeps accepting. Returns how many were dropped."""
+        live = [s for s in self._sessions if not s.rec.closed]
+        for session in live:
+            session.dropped = True  # its loop ends after the message in hand, if any
+            if close_code is None:
+                session.abort()
+            else:
+                with contextlib.suppress(ConnectionClosed):
+                    await session.ws.close(close_code, "dropped by the simulator")
+        return len(live)
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     def _new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):06d}"
+        # A per-instance tag, as the service's ids never repeat across sessions: a client
+        # that outlives one simulator must not see the next one reuse its item ids.
+        return f"{prefix}_{self._id_tag}{next(self._ids):06d}"
 
     # -- script progress ---------------------------------------------------------------------
 
@@ -719,6 +740,7 @@ class Simulator:
         if key in self._fired:
             return False
         self._fired.add(key)
+        self.fired.append((time.monotonic(), f"drop:{drop}"))
         return True
 
     def _plan(self, follow_up: bool) -> _Plan:
@@ -771,6 +793,7 @@ class Simulator:
         fault = faults[self._connection_index] if self._connection_index < len(faults) else None
         self._connection_index += 1
         if fault is not None and fault.http_status is not None:
+            self.fired.append((time.monotonic(), f"http:{fault.http_status}"))
             response = reject(fault.http_status, f"Scripted HTTP {fault.http_status}\n")
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = str(math.ceil(fault.retry_after))
@@ -899,8 +922,14 @@ class _Session:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        fired = self.sim.fired
         if self.fault.no_pong:
+            fired.append((time.monotonic(), "no_pong"))
             _suppress_pongs(self.ws)
+        if self.fault.silent:
+            fired.append((time.monotonic(), "silent"))
+        if self.fault.drop is not None:
+            fired.append((time.monotonic(), f"drop:{self.fault.drop}"))
         try:
             if self.fault.drop == "before-session-created":
                 await self.drop(self.fault.close_code)
