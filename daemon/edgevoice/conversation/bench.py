@@ -18,12 +18,26 @@ the loopback simulator (replies paced in real time). Figures:
 * ``bargein.false_triggers`` — barge-ins while only the assistant's own echo (the speaker's
   output fed back 6 dB down, 60 ms late) was in the microphone; ``bargein.false_pauses``
   counts the shorter speaker pauses of the same trials.
+
+The ``upstream`` section (:func:`run_upstream`) runs one realistic dialog the same way, on the
+default configuration: a wake word, a hesitation, a question with a pause inside it; a
+follow-up question after the reply; after the follow-up window, the wake word and a request
+again. The daemon counts, per turn, the audio bytes it sent upstream and those it would have
+sent without the local VAD gate (every captured frame from the end of the wake word until the
+reply's ``response.done``: :class:`~edgevoice.app.TurnFigures`), so both figures come from the
+same audio. ``upstream.bytes_ratio`` is sent ÷ ungated over the dialog;
+``upstream.uncounted_bytes`` is what the simulator received beyond what the daemon counted
+(0, else the count is wrong). The simulator streams replies in real time, so ``response.done``
+comes when the reply has been streamed; a service that streams faster than real time ends
+the ungated stream sooner, which makes the ratio larger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,12 +47,13 @@ from typing import Any
 import numpy as np
 
 from edgevoice.app import Daemon, data_path
-from edgevoice.audio.convert import read_wav
+from edgevoice.audio.convert import read_wav, resample
 from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
 from edgevoice.demo import Rig, running_daemon
 from edgevoice.voicelive.script import Script
+from edgevoice.voicelive.simulator import Simulator
 
 TARGETS: list[tuple[str, str, float]] = [
     ("bargein.latency_ms_p50", "<=", 150.0),
@@ -46,6 +61,11 @@ TARGETS: list[tuple[str, str, float]] = [
     ("wake_to_send_ms_warm", "<=", 30.0),
     ("first_delta_to_device_ms", "<=", 20.0),
     ("bargein.false_triggers", "==", 0),
+]
+
+UPSTREAM_TARGETS: list[tuple[str, str, float]] = [
+    ("upstream.bytes_ratio", "<=", 0.6),
+    ("upstream.uncounted_bytes", "==", 0),
 ]
 
 LONG = ("Here is a long answer, so that there is time to interrupt it: the morning will be "
@@ -71,10 +91,12 @@ def _percentile(values: list[float], q: float) -> float:
 class _Session:
     """One daemon + simulator + virtual sound card, with the hooks the figures need."""
 
-    def __init__(self, rig: Rig, daemon: Daemon, timeline: list[Telemetry]) -> None:
+    def __init__(self, rig: Rig, daemon: Daemon, timeline: list[Telemetry],
+                 simulator: Simulator | None = None) -> None:
         self.rig = rig
         self.daemon = daemon
         self.timeline = timeline
+        self.simulator = simulator
         self.pauses: list[float] = []  # monotonic times the speaker was told to go silent
         self.onsets: list[float] = []
         self._watch_onset = False
@@ -114,11 +136,14 @@ class _Session:
             await asyncio.sleep(0.01)
 
     async def idle(self, timeout: float = 30.0) -> None:
+        await self.reach(State.IDLE, timeout)
+
+    async def reach(self, state: State, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.daemon.core.state is not State.IDLE:
+        while self.daemon.core.state is not state:
             if time.monotonic() > deadline:
-                raise TimeoutError("not idle")
-            await asyncio.sleep(0.05)
+                raise TimeoutError(f"not {state.value}")
+            await asyncio.sleep(0.02)
 
     def interrupt(self, pcm: bytes) -> None:
         self._watch_onset = True
@@ -132,7 +157,7 @@ async def _with_daemon(script: dict[str, Any], body: Callable[[_Session], Any], 
         async with running_daemon(Config.model_validate(sections), Path(tmp),
                                   script=Script.from_dict(script), echo=echo,
                                   on_telemetry=timeline.append) as run:
-            return await body(_Session(run.rig, run.daemon, timeline))
+            return await body(_Session(run.rig, run.daemon, timeline, run.simulator))
 
 
 async def _bargein_and_wake(trials: int, warm_trials: int) -> dict[str, Any]:
@@ -208,3 +233,81 @@ def run_conversation(trials: int = 20, warm_trials: int = 5, echo_trials: int = 
     values = asyncio.run(_bargein_and_wake(trials, warm_trials))
     values.update(asyncio.run(_echo_only(echo_trials)))
     return values
+
+
+# ---------------------------------------------------------------------------- upstream bytes
+
+#: The dialog's replies, turn by turn (lengths of real answers: a few seconds each).
+DIALOG_REPLIES = (
+    "Tomorrow in Paris will be sunny in the morning and cloudy later, with a high of twenty "
+    "one degrees.",
+    "The weekend looks dry and a little warmer, good weather for a walk.",
+    "The kitchen light is on.",
+)
+
+
+def _espeak(text: str) -> bytes:
+    """espeak-ng speech for ``text`` as 16 kHz PCM16, without leading or trailing silence.
+    Raises RuntimeError without espeak-ng (scripts/setup installs it)."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (scripts/setup installs it)")
+    with tempfile.TemporaryDirectory(prefix="edgevoice-bench-") as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True,
+                       capture_output=True, timeout=30)
+        pcm, rate = read_wav(wav)
+    pcm = resample(pcm, rate, 16000)
+    # espeak-ng pads its output with silence: cut it, so that the dialog's pauses are exact.
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, "<i2").astype(np.int32)) > ONSET_LEVEL)
+    return pcm[2 * int(loud[0]): 2 * int(loud[-1] + 1)] if loud.size else pcm
+
+
+def _dialog() -> list[bytes]:
+    """What the user says in each turn, with natural pauses (16 kHz PCM16)."""
+    wake = _clip("demo/wake.wav")
+    return [
+        # The wake word, a hesitation longer than the gate's tail, a question with a pause.
+        _silence(1.0) + wake + _silence(1.2) + _espeak("what's the weather like")
+        + _silence(0.3) + _espeak("in Paris tomorrow?"),
+        # After the reply: a moment's thought, then a follow-up without the wake word.
+        _silence(1.5) + _espeak("and what about the weekend?"),
+        # Later, after the follow-up window: the wake word and a request.
+        _silence(1.0) + wake + _silence(0.5) + _clip("demo/light.wav"),
+    ]
+
+
+async def _upstream_dialog() -> dict[str, Any]:
+    said = _dialog()
+
+    async def body(s: _Session) -> dict[str, Any]:
+        for i, pcm in enumerate(said):
+            # A follow-up once the reply has played; the others once the window is over.
+            await s.reach(State.FOLLOW_UP if i == 1 else State.IDLE, timeout=40)
+            s.rig.mic.feed(pcm)
+            await s.wait("reply done", i + 1, timeout=40)
+        turns = list(s.daemon.turns)
+        if len(turns) != len(said) or s.daemon.errors:
+            seen = ", ".join(e.name for e in s.timeline)
+            raise RuntimeError(f"the dialog went wrong: {len(turns)} turns, "
+                               f"{s.daemon.errors} errors; events: {seen}")
+        sent = [t.upstream_bytes for t in turns]
+        ungated = [t.ungated_bytes for t in turns]
+        await asyncio.sleep(0.2)  # nothing is in flight after a reply; be sure of it
+        if s.simulator is None:
+            raise RuntimeError("the dialog needs the in-process simulator")
+        received = len(s.simulator.appended_audio)
+        return {
+            "upstream.bytes_ratio": round(sum(sent) / sum(ungated), 3),
+            "upstream.turns": len(turns),
+            "upstream.bytes_per_turn": sent,
+            "upstream.ungated_bytes_per_turn": ungated,
+            "upstream.uncounted_bytes": received - sum(sent),
+        }
+
+    script = {"turn": [{"say": text} for text in DIALOG_REPLIES]}
+    return await _with_daemon(script, body)
+
+
+def run_upstream() -> dict[str, Any]:
+    """Run the dialog (about half a minute of real-time audio) and return the figures."""
+    return asyncio.run(_upstream_dialog())
