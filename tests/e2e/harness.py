@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -163,6 +163,8 @@ class Service:
     status_socket: Path
     env: dict[str, str]
     lines: list[str]
+    #: What :meth:`write_config` writes unless told otherwise (``service()``'s own settings).
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def stderr(self) -> str:
         return "".join(self.lines)
@@ -194,7 +196,8 @@ class Service:
         return self.notify.messages[index][1]
 
     def write_config(self, **values: Any) -> None:
-        write_config(self.config, self.sim.url, self.status_socket, **values)
+        write_config(self.config, self.sim.url, self.status_socket,
+                     **{**self.defaults, **values})
 
     async def status(self) -> dict[str, Any]:
         """``edgevoice status --json --socket PATH`` as a subprocess."""
@@ -235,9 +238,13 @@ def write_config(path: Path, endpoint: str, status_socket: Path, *, log_level: s
 
 
 @contextlib.asynccontextmanager
-async def service(script: dict[str, Any], *, mic_paused: bool = False) -> AsyncIterator[Service]:
+async def service(script: dict[str, Any], *, mic_paused: bool = False, extra: str = "",
+                  follow_up_s: float = 1.0,
+                  state_dir: Path | None = None) -> AsyncIterator[Service]:
     """The simulator, the virtual sound card, the notify socket and ``edgevoice run`` on them.
-    With ``mic_paused`` the microphone delivers nothing until ``rig.mic.resume()``."""
+    With ``mic_paused`` the microphone delivers nothing until ``rig.mic.resume()``. ``extra``
+    is appended to the config file (e.g. ``[[tools]]``), also by ``Service.write_config``;
+    ``state_dir`` is passed as systemd's ``STATE_DIRECTORY`` (the tools' call record)."""
     # Not tmp_path: unix socket paths must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="ev-svc-", dir="/tmp"))
     key = secrets.token_urlsafe(16)
@@ -250,12 +257,15 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False) -> AsyncI
                 mute(rig)
             config = root / "edgevoice.toml"
             status_socket = root / "status.sock"
-            write_config(config, sim.url, status_socket)
+            defaults: dict[str, Any] = {"extra": extra, "follow_up_s": follow_up_s}
+            write_config(config, sim.url, status_socket, **defaults)
             env = {k: v for k, v in os.environ.items() if k not in MANAGER_VARS}
             env.update({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC),
                         "VOICELIVE_API_KEY": key,
                         "ALSA_CONFIG_PATH": os.environ["ALSA_CONFIG_PATH"],
                         "PYTHONPATH": os.pathsep.join(sys.path)})
+            if state_dir is not None:
+                env["STATE_DIRECTORY"] = str(state_dir)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "edgevoice", "run", "--config", str(config)],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -267,7 +277,8 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False) -> AsyncI
             # The status command must not see the daemon's service-manager variables.
             cli_env = {k: v for k, v in env.items() if k not in MANAGER_VARS}
             try:
-                yield Service(proc, notify, sim, rig, config, status_socket, cli_env, lines)
+                yield Service(proc, notify, sim, rig, config, status_socket, cli_env, lines,
+                              defaults)
             finally:
                 stop_process(proc)
                 reader.join(2)
