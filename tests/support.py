@@ -131,6 +131,15 @@ class PulseServer:
         wait_for(lambda: app in self.sink_inputs(), what=f"stream {app}")
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has been killed: it only waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()

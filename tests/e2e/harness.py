@@ -99,6 +99,19 @@ class Harness:
                         if e["item_id"] == item_id)
 
 
+def said(h: Harness) -> list[str]:
+    """What the assistant said so far (the transcripts that came with its audio)."""
+    return [e.fields["text"] for e in h.entries("assistant said")]
+
+
+async def hear(h: Harness, text: str, timeout: float = 30.0) -> None:
+    """Wait until the assistant said ``text``; the failure shows the timeline."""
+    try:
+        await until(lambda: text in said(h), timeout, what=f"the reply {text!r}")
+    except AssertionError as exc:
+        raise AssertionError(f"no reply {text!r} in:\n{h.dump()}") from exc
+
+
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
                   **sections: dict[str, Any]) -> AsyncIterator[Harness]:

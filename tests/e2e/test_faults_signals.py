@@ -38,7 +38,7 @@ from harness import FIXTURES, MS24, START_TIMEOUT, Service, nonzero, service, si
 
 from edgevoice.audio.convert import read_wav
 from edgevoice.tools.store import INTERRUPTED
-from support import espeak, until
+from support import alive, espeak, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -152,15 +152,6 @@ def outputs(svc: Service) -> dict[str, dict[str, Any]]:
     return {e["item"]["call_id"]: json.loads(e["item"]["output"])
             for e in svc.sim.received("conversation.item.create")
             if e["item"]["type"] == "function_call_output"}
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has been killed: it only waits to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def reach(svc: Service, phase: str, n: int, tag: str, root: Path) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import Harness, running, silence, wake_word
+from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.app import Daemon
 from edgevoice.conversation.core import State
-from support import espeak, until
+from support import alive, espeak, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,15 +84,6 @@ def runs(tmp_path: Path, name: str | None = None) -> list[dict[str, Any]]:
     return [r for r in every if name is None or r["name"] == name]
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has been killed: it only waits to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def calls(h: Harness) -> list[dict[str, Any]]:
     """The function calls the simulator (the model) made."""
     return h.sim.sent("response.function_call_arguments.done")
@@ -121,17 +112,6 @@ def received_types(h: Harness) -> list[str]:
     return [f"item:{e['item']['type']}" if e["type"] == "conversation.item.create" else e["type"]
             for c in h.sim.connections for e in c.received_events
             if e["type"] != "input_audio_buffer.append"]
-
-
-def said(h: Harness) -> list[str]:
-    return [e.fields["text"] for e in h.entries("assistant said")]
-
-
-async def hear(h: Harness, text: str, timeout: float = 20.0) -> None:
-    try:
-        await until(lambda: text in said(h), timeout, what=f"the reply {text!r}")
-    except AssertionError as exc:
-        raise AssertionError(f"no reply {text!r} in:\n{h.dump()}") from exc
 
 
 def ask(h: Harness, text: str) -> None:

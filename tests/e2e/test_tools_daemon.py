@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Harness, running, silence, wake_word
+from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.conversation.core import State
 from edgevoice.voicelive.backoff import Backoff
@@ -93,18 +93,6 @@ def received_types(h: Harness, connection: int = 0) -> list[str]:
         out.append(f"item:{e['item']['type']}" if e["type"] == "conversation.item.create"
                    else e["type"])
     return out
-
-
-def said(h: Harness) -> list[str]:
-    return [e.fields["text"] for e in h.entries("assistant said")]
-
-
-async def hear(h: Harness, text: str, timeout: float = 30.0) -> None:
-    """Wait until the assistant said ``text`` (its transcript came with the audio)."""
-    try:
-        await until(lambda: text in said(h), timeout, what=f"the reply {text!r}")
-    except AssertionError as exc:
-        raise AssertionError(f"no reply {text!r} in:\n{h.dump()}") from exc
 
 
 def ask(h: Harness, text: str) -> None:

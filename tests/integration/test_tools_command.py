@@ -22,7 +22,7 @@ import pytest
 from edgevoice.tools import ToolBox, ToolSpec
 from edgevoice.tools.actions import DEFAULT_PATH
 from edgevoice.tools.store import INTERRUPTED
-from support import until
+from support import alive, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,15 +70,6 @@ def runs(out: Path) -> list[dict[str, Any]]:
     if not out.exists():
         return []
     return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has been killed: it only waits to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # --------------------------------------------------------------------------- injection
