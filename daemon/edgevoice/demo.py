@@ -68,28 +68,57 @@ class Rig:
     restores the environment. ``mic.feed(pcm)`` plays 16 kHz audio into the microphone
     (silence otherwise); ``speaker_pcm()`` is what the speaker played (24 kHz). With
     ``echo``, the speaker's output also comes back into the microphone (a room).
+
+    ``speed`` runs both device clocks at that multiple of real time (the soak's accelerated
+    turns); ``keep_speaker_s`` bounds what ``speaker_pcm()`` keeps to the last that many
+    seconds of audio; ``on_speaker(chunk)`` sees every chunk the speaker played, on the
+    speaker's thread. The defaults are the real-time, keep-everything rig.
     """
 
-    def __init__(self, directory: str | Path, *, echo: EchoPath | None = None) -> None:
+    def __init__(self, directory: str | Path, *, echo: EchoPath | None = None,
+                 speed: float = 1.0, keep_speaker_s: float | None = None,
+                 on_speaker: Callable[[bytes], None] | None = None) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
         self.directory = Path(directory)
         self.echo = echo
+        self.speed = speed
+        self.keep_speaker_s = keep_speaker_s
+        self.on_speaker = on_speaker
         self.mic: FifoSource
         self.speaker: FifoSink
+        self.alsa_config = self.directory / "asound.conf"
         self._env = contextlib.ExitStack()
 
     def __enter__(self) -> Rig:
         self.directory.mkdir(parents=True, exist_ok=True)
-        echo = self.echo
-        self.mic = FifoSource(self.directory / "mic.fifo", MIC_RATE,
+        echo, hook = self.echo, self.on_speaker
+
+        def heard(chunk: bytes) -> None:
+            if echo is not None:
+                echo.heard(chunk)
+            if hook is not None:
+                hook(chunk)
+
+        keep = None if self.keep_speaker_s is None else int(self.keep_speaker_s * SPEAKER_RATE) * 2
+        self.mic = FifoSource(self.directory / "mic.fifo", MIC_RATE, speed=self.speed,
                               mix=echo.take if echo else None)
-        self.speaker = FifoSink(self.directory / "speaker.fifo", SPEAKER_RATE,
-                                on_read=echo.heard if echo else None)
-        text = data_path("demo-asound.conf").read_text()
-        conf = self.directory / "asound.conf"
-        conf.write_text(text.replace("@MIC@", str(self.mic.path))
-                        .replace("@SPEAKER@", str(self.speaker.path)))
-        self._env.enter_context(environment(alsa_env(conf)))
+        self.speaker = FifoSink(self.directory / "speaker.fifo", SPEAKER_RATE, speed=self.speed,
+                                on_read=heard if echo or hook else None, keep_bytes=keep)
+        self.alsa_config.write_text(self.alsa_text())
+        self._env.enter_context(environment(alsa_env(self.alsa_config)))
         return self
+
+    def alsa_text(self, *, microphone: bool = True) -> str:
+        """The rig's ALSA config; without ``microphone`` the microphone's PCM is left out (an
+        unplugged device: opening it fails until the full config is written back)."""
+        text = data_path("demo-asound.conf").read_text()
+        text = text.replace("@MIC@", str(self.mic.path)).replace("@SPEAKER@",
+                                                                 str(self.speaker.path))
+        if not microphone:
+            text = "\n".join(line for line in text.splitlines()
+                             if not line.startswith("pcm.edgevoice_mic ")) + "\n"
+        return text
 
     def __exit__(self, *exc: object) -> None:
         self.mic.close()

@@ -325,10 +325,14 @@ class FifoSink:
         pipe_bytes: int = 4096,
         create: bool = True,
         on_read: Callable[[bytes], None] | None = None,
+        keep_bytes: int | None = None,
     ) -> None:
-        """``on_read(chunk)``, if given, sees every chunk read, on the sink's thread."""
+        """``on_read(chunk)``, if given, sees every chunk read, on the sink's thread.
+        ``keep_bytes`` bounds what :meth:`data` keeps to the last that many bytes (None: all
+        of it), so a sink that runs for hours holds a bounded amount of memory."""
         self.path = make_fifo(path) if create else Path(path).absolute()
         self._on_read = on_read
+        self._keep = keep_bytes
         self.bytes_per_second = rate * channels * 2
         self._frame = 2 * channels
         self._speed = speed
@@ -342,7 +346,7 @@ class FifoSink:
         self._thread.start()
 
     def data(self) -> bytes:
-        """Everything read so far."""
+        """Everything read so far (the last ``keep_bytes`` of it, when bounded)."""
         with self._lock:
             return bytes(self._buf)
 
@@ -384,6 +388,9 @@ class FifoSink:
                     consumed += len(chunk)
                     with self._lock:
                         self._buf += chunk
+                        if self._keep is not None and len(self._buf) > self._keep:
+                            # Deleting from the front of a bytearray is amortised O(1).
+                            del self._buf[: len(self._buf) - self._keep]
                     if self._on_read is not None:
                         self._on_read(chunk)
                     continue
