@@ -1203,11 +1203,12 @@ class Soak:
         if warmup >= WARMUP_FAULTS_FROM and n in (warmup // 3, 2 * warmup // 3):
             # Each path once before the baseline: the first reload lifts the allocator's
             # high-water mark for good (the old daemon is freed only once the new one is
-            # built), which is not a leak; later reloads reuse that memory.
+            # built), which is not a leak; later reloads reuse that memory. The microphone
+            # first: it is back before this returns, so the two never overlap.
             if n == warmup // 3:
-                await self.reload(invalid=False)
-            else:
                 await self.mic_vanishes()
+            else:
+                await self.reload(invalid=False)
             return
         if not warmup < n <= self.opts.turns - warmup:
             # A reload replaces the daemon with a fresh one, whose memory is not yet warm

@@ -26,6 +26,7 @@ import ctypes
 import enum
 import logging
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -109,6 +110,41 @@ def quiet_native_logs() -> None:
         jack.jack_set_error_function(jhandler)
         jack.jack_set_info_function(jhandler)
         _quiet_refs.append(jhandler)
+
+
+# --- ALSA probe -----------------------------------------------------------------------------
+
+_HW_IN_NAME = re.compile(r"\((hw:[^()]+)\)$")  # "USB Audio: - (hw:1,0)" → "hw:1,0"
+_SND_PCM_NONBLOCK = 1
+_libasound: list[Any] = []  # [CDLL] or [None] once looked up
+
+
+def alsa_pcm_opens(device: DeviceInfo, kind: Kind) -> bool:
+    """Whether alsa-lib can open the ALSA PCM behind ``device`` in ``kind``'s direction now
+    (non-blocking, closed at once). True when it cannot be asked: not an ALSA device, or no
+    libasound. Call it under :func:`pa_lock`, off the event loop (it opens the PCM)."""
+    if device.host_api != "ALSA":
+        return True
+    if not _libasound:
+        try:
+            lib = ctypes.CDLL("libasound.so.2")
+            lib.snd_pcm_open.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
+                                         ctypes.c_int, ctypes.c_int]
+            lib.snd_pcm_close.argtypes = [ctypes.c_void_p]
+            _libasound.append(lib)
+        except (OSError, AttributeError):
+            _libasound.append(None)
+    lib = _libasound[0]
+    if lib is None:
+        return True
+    match = _HW_IN_NAME.search(device.name)
+    name = match[1] if match else device.name
+    handle = ctypes.c_void_p()
+    stream = 1 if kind == "input" else 0  # SND_PCM_STREAM_CAPTURE / _PLAYBACK
+    if lib.snd_pcm_open(ctypes.byref(handle), name.encode(), stream, _SND_PCM_NONBLOCK) < 0:
+        return False
+    lib.snd_pcm_close(handle)
+    return True
 
 
 # --- PortAudio access -----------------------------------------------------------------------
@@ -542,6 +578,13 @@ class SupervisedStream(ABC):
         try:
             device = select_device(self.device_spec, self.kind, list_devices(pa))
             with pa_lock():
+                # PortAudio 19.6 keeps the error of a failing open in a process-wide variable
+                # that a running stream's callback thread overwrites, so a failed open can go
+                # on without a PCM and abort the process (found by the soak run: a microphone
+                # gone while the speaker runs killed the daemon within minutes of reopen
+                # attempts). A PCM that alsa-lib cannot open is missing: PortAudio is spared.
+                if not alsa_pcm_opens(device, self.kind):
+                    raise DeviceError(f"{device.name!r} cannot be opened (gone or busy)")
                 stream, rate, channels = self._open_stream(pa, device, generation)
                 self._last_callback = time.monotonic()
                 stream.start_stream()
