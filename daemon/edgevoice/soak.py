@@ -44,7 +44,8 @@ A fault is *recovered* when a turn that started after it was served. Criteria (t
 status is 1 when one fails): every turn served, every fault recovered, tool outputs as
 expected, no unhandled exception (no traceback in the log, the daemon's ``errors`` counter 0),
 RSS growth at most :data:`MAX_RSS_GROWTH_MB` from after the warm-up turns to the end, no file
-descriptor growth over the same span, a clean exit on SIGTERM, and no time bound hit.
+descriptor growth over the same span (both measured at a quiet moment, where ``edgevoice
+status --json`` is also run and must answer), a clean exit on SIGTERM, no time bound hit.
 
 Guarantees: every loop here is bounded (turns by count, waits by timeouts, the whole run by
 ``max_minutes``, after which it stops by itself, says so and fails); everything listens on
@@ -603,6 +604,7 @@ class Report:
     faults: list[Fault] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # what went wrong, first ones
     tool_checks_failed: list[str] = field(default_factory=list)
+    status_cli_failed: list[str] = field(default_factory=list)
     unhandled_exceptions: int = 0
     daemon_errors: int = 0
     error_lines: dict[str, int] = field(default_factory=dict)
@@ -646,6 +648,7 @@ class Report:
             "turns_failed": (self.turns_failed, "==", 0),
             "faults_unrecovered": (len(self.unrecovered()), "==", 0),
             "tool_checks_failed": (len(self.tool_checks_failed), "==", 0),
+            "status_cli_failed": (len(self.status_cli_failed), "==", 0),
             "unhandled_exceptions": (self.unhandled_exceptions + self.daemon_errors, "==", 0),
             "rss_growth_mb": (rss_growth, "<=", MAX_RSS_GROWTH_MB),
             "fd_growth": (fd_growth, "<=", 0),
@@ -673,6 +676,7 @@ class Report:
             "recoveries": sum(1 for f in self.faults if f.recovered),
             "recoveries_by_kind": self.recovery_counts(), "unrecovered": self.unrecovered(),
             "tool_checks_failed": self.tool_checks_failed,
+            "status_cli_failed": self.status_cli_failed,
             "unhandled_exceptions": self.unhandled_exceptions,
             "daemon_errors": self.daemon_errors, "error_lines": self.error_lines,
             "traceback_samples": self.traceback_samples,
@@ -735,7 +739,7 @@ class Report:
             lines.append("  not recovered: " + ", ".join(self.unrecovered()[:20]))
         for sample in self.traceback_samples:
             lines.append("  traceback:\n      " + sample.replace("\n", "\n      "))
-        for what in self.failures[:10] + self.tool_checks_failed[:10]:
+        for what in self.failures[:10] + self.tool_checks_failed[:10] + self.status_cli_failed:
             lines.append(f"  FAILED: {what}")
         if self.time_bound_hit:
             lines.append("  stopped by the time bound (--max-minutes) before all turns ran")
@@ -798,6 +802,7 @@ class Soak:
         self._deadline = 0.0
         self._started = 0.0
         self._mic_fresh = 0.0  # time.monotonic() when the microphone last (re)opened
+        self._env: dict[str, str] = {}  # the daemon's environment
 
     def say(self, text: str) -> None:
         if self.out is not None:
@@ -838,10 +843,7 @@ class Soak:
             self.report.wall_s = time.monotonic() - started
             usage = resource.getrusage(resource.RUSAGE_SELF)
             self.report.soak_cpu_s = usage.ru_utime + usage.ru_stime
-            if self.opts.log is None:
-                shutil.rmtree(self.root, ignore_errors=True)
-            else:
-                shutil.rmtree(self.root / "rig", ignore_errors=True)
+            shutil.rmtree(self.root, ignore_errors=True)  # --log keeps the log elsewhere
         return self.report
 
     def _write_config(self, *, invalid: bool = False) -> None:
@@ -866,6 +868,7 @@ class Soak:
             "PYTHONPATH": os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH"))
                                           if p),
         })
+        self._env = env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgevoice", "run", "--config", str(self.config)],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -973,6 +976,25 @@ class Soak:
         self.report.rss_kib["max"] = max(rss, self.report.rss_kib.get("max", 0))
         self.report.fds["max"] = max(fds, self.report.fds.get("max", 0))
 
+    async def status_cli(self) -> None:
+        """``edgevoice status --json`` as a subprocess, as a person would run it: it must
+        answer with this daemon's snapshot. A failure is recorded (criterion
+        ``status_cli_failed``)."""
+        env = {k: v for k, v in self._env.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        try:
+            out = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "edgevoice", "status", "--json",
+                                 "--socket", str(self.status_socket)],
+                env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            snap = json.loads(out.stdout) if out.returncode == 0 else None
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            out, snap = None, None
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            problem = f"exit {out.returncode}: {out.stderr.strip()[-300:]}"
+        if not isinstance(snap, dict) or snap.get("pid") != self.proc.pid:
+            self.report.status_cli_failed.append(f"edgevoice status --json: {problem}")
+
     async def quiet_measure(self, name: str) -> None:
         """RSS and descriptors at a quiet moment, the same kind each time: the conversation
         over, the link closed (idle disconnect), no tool or reload running, the microphone
@@ -982,6 +1004,7 @@ class Soak:
         await self._settle_reload()
         await self.wait_status(lambda: self.state() == "idle" and self.link_state() == "idle"
                                and self.device("microphone") == "ok", 15, "a quiet daemon")
+        await self.status_cli()
         await asyncio.sleep(0.3)
         fds = []
         for _ in range(5):
