@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets as _random
 import tempfile
 import time
@@ -29,6 +30,7 @@ from typing import Any, TextIO
 
 from edgevoice.app import Daemon, data_path
 from edgevoice.audio.convert import read_wav, resample, write_wav
+from edgevoice.audio.devices import pa_lock
 from edgevoice.audio.virtual import EchoPath, FifoSink, FifoSource, alsa_env, environment
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
@@ -109,16 +111,35 @@ class Rig:
         self._env.enter_context(environment(alsa_env(self.alsa_config)))
         return self
 
-    def alsa_text(self, *, microphone: bool = True) -> str:
-        """The rig's ALSA config; without ``microphone`` the microphone's PCM is left out (an
+    def alsa_text(self, *, microphone: bool = True, speaker: bool = True) -> str:
+        """The rig's ALSA config; without ``microphone`` / ``speaker`` that PCM is left out (an
         unplugged device: opening it fails until the full config is written back)."""
         text = data_path("demo-asound.conf").read_text()
         text = text.replace("@MIC@", str(self.mic.path)).replace("@SPEAKER@",
                                                                  str(self.speaker.path))
-        if not microphone:
-            text = "\n".join(line for line in text.splitlines()
-                             if not line.startswith("pcm.edgevoice_mic ")) + "\n"
-        return text
+        gone = [f"pcm.{name} " for name, present in (("edgevoice_mic", microphone),
+                                                     ("edgevoice_speaker", speaker))
+                if not present]
+        return "\n".join(line for line in text.splitlines()
+                         if not line.startswith(tuple(gone))) + "\n"
+
+    def set_devices(self, *, microphone: bool = True, speaker: bool = True) -> None:
+        """Unplug (False) or plug back (True) the microphone / speaker: the ALSA config is
+        rewritten and renamed into place (a new inode: ALSA reads it again at the next open).
+        Done under the device layer's lock, as a real device appears at once: a reopen in
+        this process must not try some formats against the old config and the rest against
+        the new one."""
+        tmp = self.alsa_config.with_name(self.alsa_config.name + ".new")
+        tmp.write_text(self.alsa_text(microphone=microphone, speaker=speaker))
+        with pa_lock():
+            os.replace(tmp, self.alsa_config)
+
+    def mute_microphone(self) -> None:
+        """The microphone delivers nothing at all, as a hung device, until ``mic.resume()``.
+        Blocks 0.1 s: a chunk taken before the pause is written within one period."""
+        self.mic.pause()
+        time.sleep(0.1)
+        self.mic.discard_queued()
 
     def __exit__(self, *exc: object) -> None:
         self.mic.close()

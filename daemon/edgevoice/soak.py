@@ -1076,17 +1076,15 @@ class Soak:
         """Unplug the microphone (its pacer stalls, its PCM leaves the ALSA config), wait
         until the daemon says it is missing, plug it back, wait until it is open again."""
         rig = self.rig
-        rig.mic.pause()
-        await asyncio.sleep(0.1)  # a chunk taken before the pause is written within a period
-        _drain_fifo(rig.mic.path)
-        write_atomically(rig.alsa_config, rig.alsa_text(microphone=False))
+        await asyncio.to_thread(rig.mute_microphone)
+        rig.set_devices(microphone=False)
         self.fault("microphone vanished")
         try:
             await self.wait_status(lambda: self.device("microphone") == "missing", 15,
                                    "the microphone reported missing", period=0.1)
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))  # reopen attempts fail meanwhile
         finally:
-            write_atomically(rig.alsa_config, rig.alsa_text())
+            rig.set_devices()
             rig.mic.resume()
         await self.wait_status(lambda: self.device("microphone") == "ok", 15,
                                "the microphone back", period=0.05)
@@ -1311,20 +1309,6 @@ def _clock() -> str:
     """Local wall-clock time as the daemon's stderr log writes it (HH:MM:SS.mmm)."""
     now = time.time()
     return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-
-
-def _drain_fifo(path: Path) -> None:
-    """Empty what the microphone's pacer already queued (a paused mic delivers nothing)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        for _ in range(64):  # a pipe buffer is at most a few of these reads
-            try:
-                if not os.read(fd, 65536):
-                    break
-            except BlockingIOError:
-                break
-    finally:
-        os.close(fd)
 
 
 async def run_soak(opts: SoakOptions, out: TextIO | None = None) -> Report:

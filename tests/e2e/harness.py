@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +98,20 @@ class Harness:
                         if e["item_id"] == item_id)
 
 
+def reply_prefix_ms(reply: bytes, heard: bytes) -> int:
+    """The longest prefix of ``reply`` (ms) whose audio is in ``heard``, in order (exact
+    silence, which the playback inserts for a late packet, is ignored)."""
+    heard = nonzero(heard)
+    lo, hi = 0, len(reply) // MS24
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if nonzero(reply[: mid * MS24]) in heard:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def said(h: Harness) -> list[str]:
     """What the assistant said so far (the transcripts that came with its audio)."""
     return [e.fields["text"] for e in h.entries("assistant said")]
@@ -140,24 +153,6 @@ START_TIMEOUT = 30.0  # process start-up, model loading and opening the devices
 MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
                 "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
                 "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
-
-
-def mute(rig: Rig) -> None:
-    """Make the virtual microphone deliver nothing at all, as a hung device: pause its pacer
-    and empty the FIFO of the silence the pacer already queued (up to a pipe buffer, about
-    128 ms, which would be enough to count as a delivering microphone)."""
-    rig.mic.pause()
-    time.sleep(0.1)  # a chunk taken before the pause is written within one 20 ms period
-    fd = os.open(rig.mic.path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                if not os.read(fd, 65536):
-                    break
-            except BlockingIOError:
-                break
-    finally:
-        os.close(fd)
 
 
 class DaemonExited(AssertionError):
@@ -267,7 +262,7 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False, extra: st
     try:
         with Rig(root / "rig") as rig:
             if mic_paused:
-                mute(rig)
+                rig.mute_microphone()
             config = root / "edgevoice.toml"
             status_socket = root / "status.sock"
             defaults: dict[str, Any] = {"extra": extra, "follow_up_s": follow_up_s}

@@ -15,7 +15,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import LONG_REPLY, MS16, MS24, Harness, nonzero, onset, running, silence, wake_word
+from harness import (
+    LONG_REPLY,
+    MS16,
+    MS24,
+    Harness,
+    nonzero,
+    onset,
+    reply_prefix_ms,
+    running,
+    silence,
+    wake_word,
+)
 
 from edgevoice.audio.virtual import EchoPath
 from edgevoice.conversation.core import State
@@ -36,13 +47,7 @@ async def check_truncate_against_speaker(h: Harness) -> int:
     speaker = nonzero(h.rig.speaker_pcm())
     assert h.entries("reply done")[0].fields["status"] == "cancelled"
     if nonzero(reply[: end_ms * MS24]) not in speaker:
-        lo, hi = 0, end_ms
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if nonzero(reply[: mid * MS24]) in speaker:
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = reply_prefix_ms(reply[: end_ms * MS24], speaker)
         raise AssertionError(f"truncate {end_ms} ms, but only {lo} ms of the reply are in the "
                              f"speaker output; stats {h.daemon.playback.stats}")
     more = reply[: (end_ms + 60) * MS24]

@@ -21,19 +21,17 @@ from harness import (
     MS16,
     MS24,
     Harness,
-    mute,
-    nonzero,
     onset,
+    reply_prefix_ms,
     running,
     silence,
     wake_word,
 )
 
-from edgevoice.app import data_path
-from edgevoice.audio.devices import DeviceState, pa_lock
+from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.virtual import FifoSink
 from edgevoice.conversation.core import State
-from edgevoice.demo import SPEAKER_RATE, Rig
+from edgevoice.demo import SPEAKER_RATE
 from edgevoice.service.status import status_line
 from support import espeak, until
 
@@ -45,43 +43,8 @@ DEVICES = {"reopen_backoff_s": [0.2]}
 WAKE = wake_word()[: -int(0.8 * 16000) * 2]
 
 
-def set_devices(rig: Rig, *, mic: bool = True, speaker: bool = True) -> None:
-    """Rewrite the rig's ALSA config with or without the microphone / speaker PCM. Renamed
-    into place (a new inode): ALSA reads it again at the next open, so a reopen fails while a
-    PCM is gone and succeeds once it is back — as with a USB device. Done under the device
-    layer's lock, as a real device appears at once: a reopen attempt must not try its first
-    formats against the old config and the rest against the new one (it would settle for a
-    worse format than the device's usual one)."""
-    text = (data_path("demo-asound.conf").read_text()
-            .replace("@MIC@", str(rig.mic.path)).replace("@SPEAKER@", str(rig.speaker.path)))
-    gone = [name for name, present in (("edgevoice_mic", mic), ("edgevoice_speaker", speaker))
-            if not present]
-    lines = [ln for ln in text.splitlines()
-             if not any(ln.startswith(f"pcm.{name} ") for name in gone)]
-    assert len(lines) == len(text.splitlines()) - len(gone), "a PCM line was not found"
-    conf = rig.directory / "asound.conf"
-    tmp = conf.with_name(conf.name + ".new")
-    tmp.write_text("\n".join(lines) + "\n")
-    with pa_lock():
-        os.replace(tmp, conf)
-
-
 def status(h: Harness) -> str:
     return status_line(h.daemon.snapshot())
-
-
-def reply_prefix_ms(reply: bytes, heard: bytes) -> int:
-    """The longest prefix of ``reply`` (ms) whose audio is in ``heard``, in order (exact
-    silence, which the playback inserts for a late packet, is ignored)."""
-    heard = nonzero(heard)
-    lo, hi = 0, len(reply) // MS24
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if nonzero(reply[: mid * MS24]) in heard:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes_back(tmp_path):
@@ -93,8 +56,8 @@ async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes
         n = h.say(WAKE + question[:cut])
         await h.event("wake", timeout=15)
         await until(lambda: h.rig.mic.written >= n, 10, "the request up to the cut")
-        set_devices(h.rig, mic=False)
-        await asyncio.to_thread(mute, h.rig)  # the stream stalls: no callback any more
+        h.rig.set_devices(microphone=False)
+        await asyncio.to_thread(h.rig.mute_microphone)  # the stream stalls: no callback any more
 
         lost = await h.event("microphone lost", timeout=5)
         assert lost.fields["state"] == "listening", h.dump()
@@ -117,7 +80,7 @@ async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes
         assert h.daemon.core.state is State.IDLE
 
         # Back: the wake word works again and the next turn is answered.
-        set_devices(h.rig)
+        h.rig.set_devices()
         h.rig.mic.resume()
         await h.event("microphone back", timeout=5)
         await until(lambda: status(h) == "listening for 'hey jarvis'", 2, "listening status")
@@ -137,7 +100,7 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
         h.say(WAKE + espeak("tell me about the weather") + silence(1.5))
         first = await h.event("first reply audio", timeout=20)
         await asyncio.sleep(1.5)
-        set_devices(h.rig, speaker=False)
+        h.rig.set_devices(speaker=False)
         heard = h.rig.speaker.close(drain=0)  # unplugged: the stream's next write fails
 
         lost = await h.event("speaker lost", timeout=5)
@@ -171,7 +134,7 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
 
         # Back: the next reply plays.
         h.rig.speaker = FifoSink(h.rig.speaker.path, SPEAKER_RATE)  # the reader first
-        set_devices(h.rig)
+        h.rig.set_devices()
         await h.event("speaker back", timeout=5)
         assert status(h) == "listening for 'hey jarvis'"
         h.say(WAKE + espeak("are you back") + silence(1.5))

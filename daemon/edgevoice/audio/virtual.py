@@ -251,6 +251,16 @@ class FifoSource:
             self._paused = False
             self._cond.notify_all()
 
+    def discard_queued(self) -> None:
+        """Empty the FIFO of what was already written but not read yet (with :meth:`pause`: a
+        device that delivers nothing at all, not even the pipe's ~128 ms of silence)."""
+        for _ in range(64):  # a pipe buffer is a few of these reads at most
+            try:
+                if not os.read(self._fd, 65536):
+                    return
+            except BlockingIOError:
+                return
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
