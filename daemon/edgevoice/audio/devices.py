@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ctypes
 import enum
+import functools
 import logging
 import os
 import re
@@ -100,9 +101,10 @@ def quiet_native_logs() -> None:
     def _jack(msg: bytes) -> None:
         _native_log.log(_NATIVE_LEVEL, "jack: %s", msg)
 
-    with contextlib.suppress(OSError, AttributeError):
+    alsa = _libasound()
+    if alsa is not None:
         handler = alsa_handler_t(_alsa)
-        ctypes.CDLL("libasound.so.2").snd_lib_error_set_handler(handler)
+        alsa.snd_lib_error_set_handler(handler)
         _quiet_refs.append(handler)
     with contextlib.suppress(OSError, AttributeError):
         jack = ctypes.CDLL("libjack.so.0")
@@ -116,25 +118,26 @@ def quiet_native_logs() -> None:
 
 _HW_IN_NAME = re.compile(r"\((hw:[^()]+)\)$")  # "USB Audio: - (hw:1,0)" → "hw:1,0"
 _SND_PCM_NONBLOCK = 1
-_libasound: list[Any] = []  # [CDLL] or [None] once looked up
+
+
+@functools.cache
+def _libasound() -> ctypes.CDLL | None:
+    """alsa-lib, with the prototypes used here; None where it cannot be loaded."""
+    try:
+        lib = ctypes.CDLL("libasound.so.2")
+        lib.snd_pcm_open.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
+                                     ctypes.c_int, ctypes.c_int]
+        lib.snd_pcm_close.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return lib
 
 
 def alsa_pcm_opens(device: DeviceInfo, kind: Kind) -> bool:
     """Whether alsa-lib can open the ALSA PCM behind ``device`` in ``kind``'s direction now
     (non-blocking, closed at once). True when it cannot be asked: not an ALSA device, or no
     libasound. Call it under :func:`pa_lock`, off the event loop (it opens the PCM)."""
-    if device.host_api != "ALSA":
-        return True
-    if not _libasound:
-        try:
-            lib = ctypes.CDLL("libasound.so.2")
-            lib.snd_pcm_open.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
-                                         ctypes.c_int, ctypes.c_int]
-            lib.snd_pcm_close.argtypes = [ctypes.c_void_p]
-            _libasound.append(lib)
-        except (OSError, AttributeError):
-            _libasound.append(None)
-    lib = _libasound[0]
+    lib = _libasound() if device.host_api == "ALSA" else None
     if lib is None:
         return True
     match = _HW_IN_NAME.search(device.name)
