@@ -17,6 +17,7 @@ import pytest
 
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.audio.virtual import VirtualAlsa
+from edgevoice.util import stop_process
 
 
 @cache
@@ -140,11 +141,3 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

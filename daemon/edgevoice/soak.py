@@ -83,7 +83,7 @@ import edgevoice
 from edgevoice.app import data_path
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.demo import MIC_RATE, Rig
-from edgevoice.service.notify import NotifyListener
+from edgevoice.service.notify import MANAGER_VARS, NotifyListener
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 
@@ -856,10 +856,7 @@ class Soak:
             invalid=invalid))
 
     def _start_daemon(self, key: str) -> None:
-        manager = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                   "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
-                   "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
-        env = {k: v for k, v in os.environ.items() if k not in manager}
+        env = {k: v for k, v in os.environ.items() if k not in MANAGER_VARS}
         package_root = str(Path(edgevoice.__file__).resolve().parent.parent)
         env.update({
             "NOTIFY_SOCKET": str(self.notify.path),
@@ -980,7 +977,7 @@ class Soak:
         """``edgevoice status --json`` as a subprocess, as a person would run it: it must
         answer with this daemon's snapshot. A failure is recorded (criterion
         ``status_cli_failed``)."""
-        env = {k: v for k, v in self._env.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        env = {k: v for k, v in self._env.items() if k not in MANAGER_VARS}
         try:
             out = await asyncio.to_thread(
                 subprocess.run, [sys.executable, "-m", "edgevoice", "status", "--json",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 from pydantic import AfterValidator
@@ -25,3 +26,14 @@ def between(lo: float, hi: float) -> AfterValidator:
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and not isinstance(x, bool) else str(x)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: the child is gone (and reaped) on return."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

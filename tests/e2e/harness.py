@@ -34,7 +34,7 @@ from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import Telemetry
 from edgevoice.demo import Rig, running_daemon
-from edgevoice.service.notify import NotifyListener
+from edgevoice.service.notify import MANAGER_VARS, NotifyListener
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 from support import stop_process, until
@@ -149,10 +149,6 @@ def nonzero(pcm: bytes) -> bytes:
 LISTENING = "listening for 'hey jarvis'"
 WATCHDOG_USEC = 400_000  # systemd's WatchDogSec=0.4: the daemon pings every 0.2 s
 START_TIMEOUT = 30.0  # process start-up, model loading and opening the devices
-#: Variables of a service manager that must not leak into the child from the test's own env.
-MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
-                "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
 
 
 class DaemonExited(AssertionError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,32 +28,16 @@ from typing import Any
 
 from edgevoice.demo import Rig
 from edgevoice.secrets import ENV_API_KEY
-from edgevoice.service.notify import NotifyListener
+from edgevoice.service.notify import MANAGER_VARS, NotifyListener
+from edgevoice.util import stop_process
 from edgevoice.voicelive.simulator import Simulator
 
 READY_TIMEOUT_S = 60.0  # a small board loading the models from an SD card is slow
-#: Variables of a service manager that must not reach the child from this process's own
-#: environment (the child gets its own NOTIFY_SOCKET).
-MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
-                "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
-
 
 def _config(endpoint: str, status_socket: Path) -> str:
     return (f'[audio]\ninput_device = "edgevoice_mic"\noutput_device = "edgevoice_speaker"\n'
             f'[voicelive]\nendpoint = "{endpoint}"\n'
             f'[service]\nlog_target = "stderr"\nstatus_socket = "{status_socket}"\n')
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s: the child is always gone when this returns."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _one_start(root: Path, endpoint: str, key: str) -> float:
@@ -83,7 +66,7 @@ async def _one_start(root: Path, endpoint: str, key: str) -> float:
                         await asyncio.sleep(0.005)
                     ready_at = notify.messages[index][0]
                 finally:
-                    await asyncio.to_thread(_stop, proc)
+                    await asyncio.to_thread(stop_process, proc, 10.0)
     finally:
         notify.close()
     return (ready_at - spawned) * 1000

@@ -200,6 +200,13 @@ class Notifier:
             await asyncio.sleep(period)
 
 
+#: Variables a service manager sets for its service: a child started as a service (tests, the
+#: benchmark, the soak) must not inherit the starter's own.
+MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
+                "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
+
+
 class NotifyListener:
     """The service manager's end of ``$NOTIFY_SOCKET``, for tests, the benchmark and the soak:
     a thread records every datagram as ``(time.monotonic() of arrival, {KEY: VALUE})``.
