@@ -84,6 +84,7 @@ from edgevoice.app import data_path
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.demo import MIC_RATE, Rig
 from edgevoice.service.notify import MANAGER_VARS, NotifyListener
+from edgevoice.service.status import StatusUnavailable, query_status
 from edgevoice.voicelive.script import Script
 from edgevoice.voicelive.simulator import Simulator
 
@@ -557,25 +558,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def query(path: Path, timeout: float = 3.0) -> dict[str, Any]:
-    """The status snapshot over the status socket (what ``edgevoice status --json`` reads):
-    one request line, one JSON line back."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(os.fspath(path))
-        try:
-            writer.write(b"status\n")
-            await writer.drain()
-            data = await reader.read(1 << 20)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-    snap = json.loads(data)
-    if not isinstance(snap, dict):
-        raise ValueError(f"status is not an object: {data[:200]!r}")
-    return snap
-
-
 # ----------------------------------------------------------------------------- the report
 
 
@@ -912,8 +894,8 @@ class Soak:
         if self.proc.poll() is not None:
             raise TurnFailed(f"the daemon exited with {self.proc.returncode}")
         try:
-            snap = await query(self.status_socket)
-        except (OSError, TimeoutError, ValueError) as exc:
+            snap = await asyncio.to_thread(query_status, self.status_socket)
+        except StatusUnavailable as exc:
             raise TurnFailed(f"status query failed: {type(exc).__name__}: {exc}") from None
         errors = snap.get("errors")
         if isinstance(errors, int):
