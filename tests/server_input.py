@@ -26,9 +26,9 @@ import numpy as np
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 
-from edgevoice.voicelive.events import SERVER_EVENT_TYPES
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.wire.events import SERVER_EVENT_TYPES
 
 Frame = str | bytes
 Event = dict[str, Any]

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgevoice.audio.convert import read_wav, resample
-from edgevoice.audio.virtual import VirtualAlsa
-from edgevoice.util import stop_process
+from edgevoice.devkit.virtual import VirtualAlsa
 
 
 @cache
@@ -141,3 +141,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: the child is gone (and reaped) on return."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -46,7 +46,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgevoice.demo import run_demo
+    from edgevoice.devkit.demo import run_demo
 
     config, _ = _load(args)
     setup_logging("debug" if args.verbose else "warning")
@@ -61,9 +61,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edgevoice.app import serve
     from edgevoice.audio.devices import quiet_native_logs
-    from edgevoice.voicelive.auth import Auth, make_auth
+    from edgevoice.link.auth import Auth, make_auth
+    from edgevoice.service.serve import serve
 
     config, path = _load(args)
     setup_logging("debug" if args.verbose else config.service.log_level,
@@ -82,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config, config_path=path, auth_for=auth_for))
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from edgevoice.voicelive.script import Script
-    from edgevoice.voicelive.simulator import Simulator
+    from edgevoice.devkit.simulator import Simulator
+    from edgevoice.devkit.simulator.script import Script
 
     setup_logging("debug" if args.verbose else "info")
     try:

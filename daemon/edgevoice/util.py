@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pydantic import AfterValidator
@@ -28,12 +29,6 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and not isinstance(x, bool) else str(x)
 
 
-def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s``: the child is gone (and reaped) on return."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def data_path(name: str) -> Path:
+    """A file bundled in the package's ``data/`` folder (earcons, the demo's recording)."""
+    return Path(str(resources.files("edgevoice") / "data" / name))

@@ -1,6 +1,6 @@
 """The harnesses of the end-to-end tests: the whole daemon, all real.
 
-- :func:`running` runs the :class:`~edgevoice.app.Daemon` in-process on the virtual sound card
+- :func:`running` runs the :class:`~edgevoice.daemon.Daemon` in-process on the virtual sound card
   (ALSA ``file`` PCMs on FIFOs paced in real time) against the loopback simulator on
   127.0.0.1, and yields a :class:`Harness` with the timeline of what the daemon did.
 - :func:`service` runs ``edgevoice run`` as a child process on the same rig, with a notify
@@ -28,15 +28,15 @@ from typing import Any, cast
 
 import numpy as np
 
-from edgevoice.app import Daemon
 from edgevoice.audio.convert import read_wav
-from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import Telemetry
-from edgevoice.demo import Rig, running_daemon
+from edgevoice.daemon import Daemon
+from edgevoice.devkit.demo import Rig, running_daemon
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.devkit.virtual import EchoPath
 from edgevoice.service.notify import MANAGER_VARS, NotifyListener
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
 from support import stop_process, until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"

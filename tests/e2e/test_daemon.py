@@ -28,11 +28,11 @@ from harness import (
     wake_word,
 )
 
-from edgevoice.audio.virtual import EchoPath
 from edgevoice.conversation.core import State
-from edgevoice.demo import Rig
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.devkit.demo import Rig
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.devkit.virtual import EchoPath
 from support import PulseServer, espeak, stop_process, until, wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -29,9 +29,9 @@ from harness import (
 )
 
 from edgevoice.audio.devices import DeviceState
-from edgevoice.audio.virtual import FifoSink
 from edgevoice.conversation.core import State
-from edgevoice.demo import SPEAKER_RATE
+from edgevoice.devkit.demo import SPEAKER_RATE
+from edgevoice.devkit.virtual import FifoSink
 from edgevoice.service.status import status_line
 from support import espeak, until
 

@@ -42,15 +42,15 @@ import pytest
 import pytest_asyncio
 from harness import MS16, onset, silence, wake_word
 
-from edgevoice.app import Daemon
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
-from edgevoice.demo import Rig, running_daemon
+from edgevoice.daemon import Daemon
+from edgevoice.devkit.demo import Rig, running_daemon
+from edgevoice.devkit.simulator import ConnectionRecord, Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.link.client import LinkState
 from edgevoice.secrets import Secret
 from edgevoice.service.status import status_line
-from edgevoice.voicelive.link import LinkState
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import ConnectionRecord, Simulator
 from support import espeak, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]

@@ -25,7 +25,7 @@ import pytest
 from harness import Harness, nonzero, running, silence, wake_word
 from hypothesis import HealthCheck, Phase, given, settings
 
-from edgevoice.app import MAX_TURNS_KEPT, Daemon
+from edgevoice.daemon import MAX_TURNS_KEPT, Daemon
 from server_input import Event, Frame, bad_frames, describe, error_records, record_frames
 from support import espeak, until
 

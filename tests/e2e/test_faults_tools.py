@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from harness import Harness, hear, running, said, silence, wake_word
 
-from edgevoice.app import Daemon
 from edgevoice.conversation.core import State
+from edgevoice.daemon import Daemon
 from support import alive, espeak, until
 
 pytestmark = pytest.mark.timeout(60)

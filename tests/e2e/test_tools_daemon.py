@@ -18,7 +18,7 @@ import pytest
 from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.conversation.core import State
-from edgevoice.voicelive.backoff import Backoff
+from edgevoice.link.backoff import Backoff
 from support import espeak, until
 
 pytestmark = pytest.mark.timeout(120)

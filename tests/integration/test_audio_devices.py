@@ -17,7 +17,7 @@ from edgevoice.audio.devices import (
     enumerate_devices,
     select_device,
 )
-from edgevoice.audio.virtual import VirtualAlsa
+from edgevoice.devkit.virtual import VirtualAlsa
 from support import use_alsa as use
 
 

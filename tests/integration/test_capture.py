@@ -11,7 +11,7 @@ import pytest
 
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
 from edgevoice.audio.devices import DeviceError, DeviceState
-from edgevoice.audio.virtual import FifoSink, FifoSource, VirtualAlsa
+from edgevoice.devkit.virtual import FifoSink, FifoSource, VirtualAlsa
 from support import until
 from support import use_alsa as use
 

@@ -15,10 +15,10 @@ from azure.core.credentials import AccessToken
 from websockets.asyncio.server import ServerConnection, serve
 
 from edgevoice.config import Config, VoiceLiveConfig
-from edgevoice.secrets import Secret
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.auth import ApiKeyAuth, EntraAuth
-from edgevoice.voicelive.link import (
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.link.auth import ApiKeyAuth, EntraAuth
+from edgevoice.link.client import (
     LinkDown,
     LinkState,
     LinkUp,
@@ -26,8 +26,8 @@ from edgevoice.voicelive.link import (
     TurnAbandoned,
     VoiceLiveLink,
 )
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.secrets import Secret
+from edgevoice.wire import events as ev
 
 KEY = "test-key-0123456789"
 RATE = 16000

@@ -21,7 +21,7 @@ import pytest
 from edgevoice.audio.convert import Resampler, decode, encode, wire_rate
 from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
-from edgevoice.audio.virtual import FifoSink, VirtualAlsa
+from edgevoice.devkit.virtual import FifoSink, VirtualAlsa
 from support import until
 from support import use_alsa as use
 

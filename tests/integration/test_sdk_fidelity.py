@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
 from support import espeak
 
 voicelive = pytest.importorskip("azure.ai.voicelive.aio")

@@ -19,8 +19,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from edgevoice.audio import g711
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
 from support import espeak
 
 API = "/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime"

@@ -9,10 +9,10 @@ from typing import TypeVar
 import pytest
 
 from edgevoice.config import Config, VoiceLiveConfig
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.link.auth import ApiKeyAuth
+from edgevoice.link.client import LinkDown, LinkUp, VoiceLiveLink
 from edgevoice.secrets import Secret
-from edgevoice.voicelive.auth import ApiKeyAuth
-from edgevoice.voicelive.link import LinkDown, LinkUp, VoiceLiveLink
-from edgevoice.voicelive.simulator import Simulator
 
 pytestmark = pytest.mark.timeout(30)
 

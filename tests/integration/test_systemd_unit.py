@@ -354,7 +354,7 @@ print("WORKLOAD DONE", flush=True)
 
 
 def test_the_stack_runs_inside_the_units_seccomp_sandbox(tmp_path: Path, speech) -> None:
-    from edgevoice.audio.virtual import VirtualAlsa
+    from edgevoice.devkit.virtual import VirtualAlsa
 
     libseccomp = ctypes.util.find_library("seccomp")
     if libseccomp is None:

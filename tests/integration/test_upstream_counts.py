@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from edgevoice.app import data_path
 from edgevoice.audio.convert import read_wav
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
-from edgevoice.demo import running_daemon
-from edgevoice.voicelive.script import Script
+from edgevoice.devkit.demo import running_daemon
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.util import data_path
 from support import espeak, until
 
 pytestmark = pytest.mark.timeout(60)

@@ -29,9 +29,9 @@ from edgevoice.conversation.core import (
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen.vad import UpstreamGate
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.link import LinkDown, LinkUp
+from edgevoice.wire import events as ev
 
 WAKE = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
 FRAME = 640  # 20 ms at 16 kHz

@@ -1,4 +1,4 @@
-"""Tests of the typed Voice Live events (edgevoice.voicelive.events)."""
+"""Tests of the typed Voice Live events (edgevoice.wire.events)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.session import (
+from edgevoice.wire import events as ev
+from edgevoice.wire.session import (
     AzureSemanticVad,
     AzureStandardVoice,
     FunctionTool,

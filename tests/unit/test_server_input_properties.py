@@ -4,7 +4,7 @@ and the next valid turn is served as usual (property-based, hypothesis).
 The input is derived from real events (recorded from the loopback simulator, see
 ``tests/server_input.py``): mutated events, valid events in the wrong order, damaged frames
 and frames that are not event objects. It goes through the real parser, the real
-:class:`~edgevoice.voicelive.link.VoiceLiveLink` reader (fed the frames a socket would
+:class:`~edgevoice.link.client.VoiceLiveLink` reader (fed the frames a socket would
 deliver) and the real sans-I/O :class:`~edgevoice.conversation.core.Core`, in each of its
 states. The daemon's side of the actions is played by :class:`Daemonish`: it answers tool
 calls at once and reports a stop, as the daemon does.
@@ -38,11 +38,11 @@ from edgevoice.conversation.core import (
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.link.auth import ApiKeyAuth
+from edgevoice.link.client import VoiceLiveLink
 from edgevoice.listen.vad import UpstreamGate
 from edgevoice.secrets import Secret
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.auth import ApiKeyAuth
-from edgevoice.voicelive.link import VoiceLiveLink
+from edgevoice.wire import events as ev
 from server_input import (
     Event,
     Frame,

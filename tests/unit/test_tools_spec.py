@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from edgevoice.config import ConfigError, load_config, parse_config
+from edgevoice.config.tools import placeholders, render, whole_placeholder
 from edgevoice.tools import ToolSpec, declared
-from edgevoice.tools.spec import placeholders, render, whole_placeholder
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from edgevoice.config import VoiceLiveConfig
-from edgevoice.voicelive.link import build_url, redact_url
+from edgevoice.link.client import build_url, redact_url
 
 
 def parts(url: str) -> tuple[str, str, str, dict[str, str]]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.wake import Clip, Corpus, load_corpus
 from edgevoice.audio.convert import read_wav
 from edgevoice.listen import WakeGate, WakeModelError, WakeWordDetector, WakeWordSpec
-from edgevoice.listen.bench import Clip, Corpus, load_corpus
 from edgevoice.listen.wake import BUILTIN_MODELS, CHUNK_SAMPLES, FEATURE_LAG_SAMPLES
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wake"

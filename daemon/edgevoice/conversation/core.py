@@ -42,9 +42,9 @@ from typing import Any
 
 from edgevoice.audio.convert import level_dbfs
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.link.protocol import LinkDown, LinkUp, ServiceError, TurnAbandoned
 from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.link import LinkDown, LinkUp, ServiceError, TurnAbandoned
+from edgevoice.wire import events as ev
 
 log = logging.getLogger("edgevoice.conversation")
 

@@ -74,6 +74,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from edgevoice import __version__
+from edgevoice.config import SUN_PATH_MAX
 
 log = logging.getLogger("edgevoice.service")
 
@@ -81,7 +82,6 @@ SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o750
 MAX_REQUEST = 1024
 MAX_REPLY = 4 * 1024 * 1024
-SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 
 Snapshot = Mapping[str, Any]
 

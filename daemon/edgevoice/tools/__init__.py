@@ -1,6 +1,6 @@
 """Tools: the model's function calls turned into declared, validated hardware actions.
 
-A tool is declared in ``[[tools]]`` (:class:`~edgevoice.tools.spec.ToolSpec`): a name, a
+A tool is declared in ``[[tools]]`` (:class:`~edgevoice.config.tools.ToolSpec`): a name, a
 description, a JSON Schema of its parameters and one action — ``command`` (an argv, no
 shell), ``gpio`` (gpiozero), ``mqtt`` (aiomqtt) or ``builtin`` (``set_volume``,
 ``stop_conversation``, ``get_time``) — with ``timeout_s``, ``rate_limit`` and ``confirm``.
@@ -51,7 +51,7 @@ Audit: every call is logged on ``edgevoice.tools`` with the fields ``tool``, ``c
 Never logged: the command's environment, the MQTT password.
 """
 
-from edgevoice.tools.spec import ToolSpec, check_tool_set, declared
+from edgevoice.config.tools import ToolSpec, check_tool_set, declared
 from edgevoice.tools.toolbox import ToolBox, failed, ok
 
 __all__ = ["ToolBox", "ToolSpec", "check_tool_set", "declared", "failed", "ok"]

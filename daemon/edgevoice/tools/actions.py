@@ -23,7 +23,7 @@ from typing import Any
 import aiomqtt
 from gpiozero import DigitalInputDevice, DigitalOutputDevice, PWMOutputDevice
 
-from edgevoice.tools.spec import (
+from edgevoice.config.tools import (
     CommandAction,
     GpioAction,
     MqttAction,
@@ -158,7 +158,7 @@ class GpioPins:
     if any tool sets its PWM value (it also does on/off/toggle/pulse), else an output or an
     input device. ``pin_factory`` None means gpiozero's default (the Pi's GPIO).
 
-    ``actions`` must pass :func:`~edgevoice.tools.spec.check_tool_set` (no pin is both an
+    ``actions`` must pass :func:`~edgevoice.config.tools.check_tool_set` (no pin is both an
     input and an output); :meth:`run` takes only these actions."""
 
     def __init__(self, actions: list[GpioAction], pin_factory: Any = None) -> None:

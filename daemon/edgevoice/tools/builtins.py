@@ -15,9 +15,9 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from edgevoice.config.tools import MixerSettings
 from edgevoice.ducking.alsa import amixer_failure
 from edgevoice.tools.actions import ToolFailure, kill_group
-from edgevoice.tools.spec import MixerSettings
 
 _PERCENT = re.compile(r"\[(\d+)%\]")
 

@@ -21,10 +21,10 @@ from jsonschema import ValidationError
 from jsonschema.exceptions import relevance
 from jsonschema.validators import validator_for
 
+from edgevoice.config.tools import ToolSpec, check_tool_set
 from edgevoice.tools import builtins
 from edgevoice.tools.actions import GpioPins, ToolFailure, run_command, run_mqtt
 from edgevoice.tools.confirm import Confirmations, Decision
-from edgevoice.tools.spec import ToolSpec, check_tool_set
 from edgevoice.tools.store import INTERRUPTED, CallStore
 
 log = logging.getLogger("edgevoice.tools")

@@ -25,10 +25,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgevoice.service.status import SUN_PATH_MAX
-from edgevoice.tools.spec import ToolSpec, check_tool_set, declared
+from edgevoice.config.tools import ToolSpec, check_tool_set, declared
 from edgevoice.util import between
-from edgevoice.voicelive.session import (
+from edgevoice.wire.session import (
     AzureSemanticVad,
     EchoCancellation,
     EndOfUtteranceDetection,
@@ -325,6 +324,7 @@ class ToolConfig(ToolSpec):
 
 
 DEFAULT_STATUS_SOCKET = "/run/edgevoice/status.sock"
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 
 
 class ServiceConfig(Strict):

@@ -15,7 +15,7 @@ tolerant reader): ``820``, ``820.0`` and ``"820"`` are all the integer 820, but 
 a number or ``5`` for a string is malformed.
 
 Client events (daemon → service) are strict models (unknown fields and type coercions are
-errors, like the session config of :mod:`edgevoice.voicelive.session`); ``to_json()`` gives
+errors, like the session config of :mod:`edgevoice.wire.session`); ``to_json()`` gives
 the exact wire text. Class names are the CamelCase of the wire ``type`` (``response.audio.delta``
 → :class:`ResponseAudioDelta`), except ``error`` → :class:`ErrorEvent` and ``warning`` →
 :class:`WarningEvent`, which would otherwise shadow builtins.
@@ -40,7 +40,7 @@ from pydantic import (
     ValidationError,
 )
 
-from edgevoice.voicelive.session import (
+from edgevoice.wire.session import (
     FunctionTool,
     OutputAudioFormat,
     RequestSession,

@@ -18,7 +18,7 @@ What it does:
 * responses with the full event lifecycle: audio (espeak-ng, or a tone) in ~100 ms deltas at the
   session's output format, transcripts, text-only replies, function calls; ``response.cancel``
   and server-VAD barge-in (``turn_detected``) with optional ``auto_truncate``;
-* a :class:`~edgevoice.voicelive.script.Script` chooses replies per turn and injects faults.
+* a :class:`~edgevoice.devkit.simulator.script.Script` chooses replies per turn and injects faults.
 
 Guarantees: binds 127.0.0.1 by default; every server event has a unique ``event_id``; every
 ``error`` caused by a client event echoes its ``event_id`` in ``error.event_id``; a misbehaving
@@ -66,7 +66,7 @@ from edgevoice.audio.convert import (
     resample,
     wire_rate,
 )
-from edgevoice.voicelive.script import Call, ConnectionFault, Script, ScriptedError, Turn
+from edgevoice.devkit.simulator.script import Call, ConnectionFault, Script, ScriptedError, Turn
 
 log = logging.getLogger(__name__)
 

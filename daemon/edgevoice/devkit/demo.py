@@ -1,6 +1,6 @@
 """``edgevoice demo``: the whole daemon on a virtual sound card, talking to the simulator.
 
-It runs the same :class:`~edgevoice.app.Daemon` as ``edgevoice run``, on the embedded defaults,
+It runs the same :class:`~edgevoice.daemon.Daemon` as ``edgevoice run``, on the embedded defaults,
 with two differences only: the sound card is virtual (the bundled ALSA config
 ``data/demo-asound.conf``: ``file``-plugin PCMs on FIFOs paced in real time, see
 :class:`Rig`) and, without ``--endpoint``, Voice Live is the loopback simulator in-process
@@ -28,16 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgevoice.app import Daemon, data_path
 from edgevoice.audio.convert import read_wav, resample, write_wav
 from edgevoice.audio.devices import pa_lock
-from edgevoice.audio.virtual import EchoPath, FifoSink, FifoSource, alsa_env, environment
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
+from edgevoice.daemon import Daemon
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.devkit.virtual import EchoPath, FifoSink, FifoSource, alsa_env, environment
+from edgevoice.link.auth import make_auth
 from edgevoice.secrets import Secret
-from edgevoice.voicelive.auth import make_auth
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.util import data_path
 
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
@@ -66,7 +67,7 @@ class Rig:
     """A virtual microphone and speaker from the bundled ALSA config, paced in real time.
 
     Entering creates the FIFOs and their pacers (before any ``PyAudio()``, see
-    :mod:`edgevoice.audio.virtual`) and points ALSA at the config; leaving closes them and
+    :mod:`edgevoice.devkit.virtual`) and points ALSA at the config; leaving closes them and
     restores the environment. ``mic.feed(pcm)`` plays 16 kHz audio into the microphone
     (silence otherwise); ``speaker_pcm()`` is what the speaker played (24 kHz). With
     ``echo``, the speaker's output also comes back into the microphone (a room).

@@ -2,7 +2,7 @@
 
 A script says what the simulated assistant replies, turn by turn, and which faults to inject.
 Turns and connection entries are consumed in order across *all* connections of one
-:class:`~edgevoice.voicelive.simulator.Simulator`, so a reconnecting client continues where it
+:class:`~edgevoice.devkit.simulator.Simulator`, so a reconnecting client continues where it
 left off. Every fault fires once. Example (every key optional)::
 
     default_say = "I have nothing scripted to say."   # reply when the turns run out

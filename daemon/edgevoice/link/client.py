@@ -13,7 +13,7 @@ What it guarantees to the caller (the conversation core):
   answer to a cancel is flagged benign.
 - **Session first.** After the socket opens the link waits for ``session.created``, sends
   ``session.update`` from the configured session, waits for ``session.updated``, replays the
-  conversation so far (see :mod:`edgevoice.voicelive.context`), and only then streams audio.
+  conversation so far (see :mod:`edgevoice.link.context`), and only then streams audio.
 - **Reconnects by itself** with jittered exponential backoff (reset after a stable minute),
   honouring ``Retry-After`` on HTTP 429, and a long back-off with one clear log line on HTTP
   401/403. Keepalive pings detect a dead peer. The connection is recycled before the service's
@@ -34,15 +34,13 @@ import asyncio
 import base64
 import contextlib
 import email.utils
-import enum
 import logging
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -51,17 +49,26 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from edgevoice import __version__
 from edgevoice.audio.convert import bytes_per_second
 from edgevoice.config import VoiceLiveConfig, is_loopback_host
-from edgevoice.voicelive import events as ev
-from edgevoice.voicelive.auth import Auth, AuthError
-from edgevoice.voicelive.backoff import Backoff
-from edgevoice.voicelive.context import ConversationLog
-from edgevoice.voicelive.session import RequestSession
+from edgevoice.link.auth import Auth, AuthError
+from edgevoice.link.backoff import Backoff
+from edgevoice.link.context import ConversationLog
+from edgevoice.link.protocol import (
+    Inbound,
+    LinkDown,
+    LinkState,
+    LinkUp,
+    ServiceError,
+    TurnAbandoned,
+    build_url,
+    redact_url,
+)
+from edgevoice.wire import events as ev
+from edgevoice.wire.session import RequestSession
 
 log = logging.getLogger("edgevoice.voicelive")
 
 _E = TypeVar("_E", bound=ev.ClientEvent)
 
-REALTIME_PATH = "/voice-live/realtime"
 BENIGN_ERRORS = ("no active response",)
 #: Client events that carry the current user turn: written ones stay unacked (kept for a
 #: resend) until the service commits or clears the input buffer.
@@ -71,98 +78,6 @@ TURN_AUDIO_EVENTS = ("input_audio_buffer.append", "input_audio_buffer.commit")
 #: session goes with the next connect's ``session.update``.
 VOID_AFTER_DISCONNECT = frozenset({"conversation.item.create", "response.cancel",
                                    "conversation.item.truncate", "session.update"})
-
-
-class LinkState(enum.Enum):
-    IDLE = "idle"  # not wanted: no connection
-    CONNECTING = "connecting"
-    CONFIGURING = "configuring"  # socket open, session not ready yet
-    READY = "ready"
-    BACKOFF = "backoff"
-    AUTH_FAILED = "auth_failed"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class LinkUp:
-    """The session is ready (after session.updated and the context replay). ``reconnected``
-    is False only for the first ready session of this link."""
-
-    reconnected: bool
-
-
-@dataclass(frozen=True)
-class LinkDown:
-    """The connection ended or could not be made; ``retry_in`` is None when not retrying."""
-
-    reason: str
-    retry_in: float | None
-    t: float
-
-
-@dataclass(frozen=True)
-class TurnAbandoned:
-    """The current user turn's audio could not be kept (link down too long): it was dropped
-    as a whole. ``dropped_ms`` says how much audio that was."""
-
-    reason: str
-    dropped_ms: float
-    t: float
-
-
-@dataclass(frozen=True)
-class ServiceError:
-    """An ``error`` event, with the type of the client event that caused it (if known)."""
-
-    event: ev.ErrorEvent
-    caused_by: str | None
-    benign: bool
-
-    @property
-    def message(self) -> str:
-        return self.event.error.message
-
-
-LinkEvent = LinkUp | LinkDown | TurnAbandoned | ServiceError
-Inbound = ev.ServerEvent | LinkEvent
-
-
-def build_url(cfg: VoiceLiveConfig, agent_token: str | None = None) -> str:
-    """``wss://host/…/voice-live/realtime?api-version=…&model=…`` from the config.
-
-    ``https``/``http`` endpoints become ``wss``/``ws``; the realtime path is appended to any
-    path already there (as the official SDK does); agent sessions get agent parameters
-    instead of ``model``; ``extra_query`` comes last and may override nothing secret."""
-    parts = urlsplit(cfg.endpoint)
-    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/")
-    if not path.endswith(REALTIME_PATH):
-        path += REALTIME_PATH
-    query: dict[str, str] = {"api-version": cfg.api_version}
-    if cfg.agent is not None:
-        if cfg.agent.id:
-            query["agent-id"] = cfg.agent.id
-        else:
-            query["agent-name"] = cfg.agent.name or ""
-        query["agent-project-name"] = cfg.agent.project_name
-        if cfg.agent.version:
-            query["agent-version"] = cfg.agent.version
-        if agent_token:
-            query["agent-access-token"] = agent_token
-    elif cfg.model:
-        query["model"] = cfg.model
-    query.update(cfg.extra_query)
-    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
-
-
-def redact_url(url: str) -> str:
-    """The URL with any credential-bearing query value masked, for logs."""
-    parts = urlsplit(url)
-    kept = []
-    for pair in parts.query.split("&"):
-        key = pair.split("=", 1)[0]
-        kept.append(f"{key}=***" if key in ("agent-access-token", "api-key") else pair)
-    return urlunsplit(parts._replace(query="&".join(kept)))
 
 
 def _b64_len(data: str) -> int:

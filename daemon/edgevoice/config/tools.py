@@ -15,7 +15,8 @@ checked here, so that ``edgevoice check-config`` catches it:
 Templates use Python's format syntax without conversions or format specs: ``{name}`` is a
 placeholder, ``{{`` and ``}}`` are literal braces, any other brace is an error.
 
-This module imports nothing of :mod:`edgevoice.config` (the config imports it).
+Part of the config schema (:mod:`edgevoice.config` imports it); the tools package runs what it
+describes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edgevoice.voicelive.session import FunctionTool, Strict
+from edgevoice.wire.session import FunctionTool, Strict
 
 # --------------------------------------------------------------------------- templates
 

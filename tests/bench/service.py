@@ -4,7 +4,7 @@
 naming a datagram socket this process listens on
 (:class:`~edgevoice.service.notify.NotifyListener`), a config file, the API key in
 ``$VOICELIVE_API_KEY``. The config names the PCMs of the demo's virtual sound card (the bundled
-ALSA config: ``file`` PCMs on FIFOs paced in real time, :class:`~edgevoice.demo.Rig`) and a
+ALSA config: ``file`` PCMs on FIFOs paced in real time, :class:`~edgevoice.devkit.demo.Rig`) and a
 loopback simulator as the endpoint, with a status socket of its own. ``startup_ms`` is the
 time from just before the process is spawned to the arrival of its ``READY=1`` datagram,
 which the daemon sends once the microphone delivers and the wake word listens: the
@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgevoice.demo import Rig
+from edgevoice.devkit.demo import Rig
+from edgevoice.devkit.simulator import Simulator
 from edgevoice.secrets import ENV_API_KEY
 from edgevoice.service.notify import MANAGER_VARS, NotifyListener
-from edgevoice.util import stop_process
-from edgevoice.voicelive.simulator import Simulator
+from support import stop_process
 
 READY_TIMEOUT_S = 60.0  # a small board loading the models from an SD card is slow
 

@@ -124,7 +124,7 @@ class VirtualAlsa:
 
     def render(self) -> str:
         """The config text."""
-        lines = ["# written by edgevoice.audio.virtual"]
+        lines = ["# written by edgevoice.devkit.virtual"]
         for pcm in self._pcms.values():
             out = pcm.outfile if pcm.outfile is not None else "/dev/null"
             body = f'type file slave.pcm "null" file {_quote(out)} format "raw"'

@@ -1,7 +1,7 @@
 """Benchmark of the whole daemon in conversation: the ``conversation`` section of
 ``scripts/bench``.
 
-The real :class:`~edgevoice.app.Daemon` runs on the demo's virtual sound card (FIFO-paced ALSA
+The real :class:`~edgevoice.daemon.Daemon` runs on the demo's virtual sound card (FIFO-paced ALSA
 ``file`` PCMs: the microphone and the speaker run at the device clock, in real time) against
 the loopback simulator (replies paced in real time). Figures:
 
@@ -24,7 +24,7 @@ default configuration: a wake word, a hesitation, a question with a pause inside
 follow-up question after the reply; after the follow-up window, the wake word and a request
 again. The daemon counts, per turn, the audio bytes it sent upstream and those it would have
 sent without the local VAD gate (every captured frame from the end of the wake word until the
-reply's ``response.done``: :class:`~edgevoice.app.TurnFigures`), so both figures come from the
+reply's ``response.done``: :class:`~edgevoice.daemon.TurnFigures`), so both figures come from the
 same audio. ``upstream.bytes_ratio`` is sent ÷ ungated over the dialog;
 ``upstream.uncounted_bytes`` is what the simulator received beyond what the daemon counted
 (0, else the count is wrong). The simulator streams replies in real time, so ``response.done``
@@ -46,14 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from edgevoice.app import Daemon, data_path
 from edgevoice.audio.convert import read_wav, resample
-from edgevoice.audio.virtual import EchoPath
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
-from edgevoice.demo import Rig, running_daemon
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.daemon import Daemon
+from edgevoice.devkit.demo import Rig, running_daemon
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
+from edgevoice.devkit.virtual import EchoPath
+from edgevoice.util import data_path
 
 TARGETS: list[tuple[str, str, float]] = [
     ("bargein.latency_ms_p50", "<=", 150.0),

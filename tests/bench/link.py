@@ -1,17 +1,17 @@
 """Benchmark of the Voice Live link's reconnect: the ``reconnect`` section of ``scripts/bench``.
 
-A :class:`~edgevoice.voicelive.link.VoiceLiveLink` on the default configuration (backoff
+A :class:`~edgevoice.link.client.VoiceLiveLink` on the default configuration (backoff
 schedule starting at 0.25 s, ±50 % jitter) talks to the loopback simulator on 127.0.0.1. Once
 its session is ready, the simulator aborts the TCP connection (a server-side drop: the client
 sees 1006, as when the service or the network goes away) and the time until the link's next
-:class:`~edgevoice.voicelive.link.LinkUp` is taken: noticing the drop, the backoff delay,
+:class:`~edgevoice.link.client.LinkUp` is taken: noticing the drop, the backoff delay,
 connecting, ``session.created`` → ``session.update`` → ``session.updated`` and the context
 replay. Every trial uses a fresh link, so every drop is an isolated one (the backoff's first
 step); drops within ``stable_after_s`` of each other back off further, by design. Figures:
 
 * ``reconnect_ms_p50`` / ``_p95`` / ``_max`` — drop → session ready again, over ``trials``.
 * ``reconnect.backoff_ms_p50`` — the part of it that was the drawn backoff delay
-  (:attr:`~edgevoice.voicelive.link.LinkDown.retry_in`); ``reconnect.handshake_ms_p50`` —
+  (:attr:`~edgevoice.link.client.LinkDown.retry_in`); ``reconnect.handshake_ms_p50`` —
   the rest, per trial (noticing the drop, connecting and configuring the session).
 """
 
@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgevoice.config import Config
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.link.auth import make_auth
+from edgevoice.link.client import LinkDown, LinkUp, VoiceLiveLink
 from edgevoice.secrets import Secret
-from edgevoice.voicelive.auth import make_auth
-from edgevoice.voicelive.link import LinkDown, LinkUp, VoiceLiveLink
-from edgevoice.voicelive.simulator import Simulator
 
 _T = TypeVar("_T")
 TIMEOUT_S = 10.0  # per awaited event: the default backoff's first step is at most 0.375 s

@@ -4,7 +4,7 @@ with random faults, checking every turn and the daemon's health at the end.
 What runs, all real: ``edgevoice run --config FILE`` as a child process (so its memory and
 file descriptors are the daemon's alone), on the demo's virtual sound card (:class:`Rig`:
 ALSA ``file`` PCMs on FIFOs) whose two device clocks run at ``speed`` times real time, against
-the loopback :class:`~edgevoice.voicelive.simulator.Simulator` on 127.0.0.1 (replies sent as
+the loopback :class:`~edgevoice.devkit.simulator.Simulator` on 127.0.0.1 (replies sent as
 fast as they are made). This process is the service manager (a notify socket), the user (it
 speaks the bundled recordings into the microphone), the room (it unplugs the microphone) and
 the network (the simulator's script drops connections and refuses upgrades; bad frames are
@@ -32,7 +32,7 @@ Faults (seeded, about one every four turns; the kinds are counted as they really
 - the script's turn drops (``after-session-updated``, ``mid-user-audio``, ``mid-audio``,
   ``after-function-call``, ``after-response-done``) and connection faults (HTTP 429 with
   ``Retry-After``, HTTP 500, ``silent``, ``no_pong``, ``before-session-created``), counted
-  from the simulator's :attr:`~edgevoice.voicelive.simulator.Simulator.fired` record;
+  from the simulator's :attr:`~edgevoice.devkit.simulator.Simulator.fired` record;
 - bad server frames (:meth:`Simulator.inject`: malformed, unknown, stale, deeply nested,
   non-UTF-8) and an oversized frame (above ``max_message_mib``: the connection is closed);
 - tool faults: declared ``command`` tools that hang past their timeout, crash (exit status or
@@ -80,13 +80,13 @@ from typing import Any, TextIO
 import numpy as np
 
 import edgevoice
-from edgevoice.app import data_path
 from edgevoice.audio.convert import read_wav, resample
-from edgevoice.demo import MIC_RATE, Rig
+from edgevoice.devkit.demo import MIC_RATE, Rig
+from edgevoice.devkit.simulator import Simulator
+from edgevoice.devkit.simulator.script import Script
 from edgevoice.service.notify import MANAGER_VARS, NotifyListener
 from edgevoice.service.status import StatusUnavailable, query_status
-from edgevoice.voicelive.script import Script
-from edgevoice.voicelive.simulator import Simulator
+from edgevoice.util import data_path
 
 #: Both device clocks run this many times faster than real time by default: the highest
 #: speed at which the daemon kept up on a 2-core x86_64 machine shared with other work (no

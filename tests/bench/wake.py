@@ -304,10 +304,11 @@ def pipeline_rss_mb(fixtures_dir: Path) -> float:
     bench models, upstream VAD gate) and runs it on the wake corpus: what the daemon's
     listening part costs, without the bench's own audio buffers and reference models."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    root = Path(__file__).resolve().parents[2]
+    paths = [str(root / "daemon"), str(root / "tests"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     out = subprocess.run(
-        [sys.executable, "-m", "edgevoice.listen.bench", "rss", str(fixtures_dir)],
+        [sys.executable, "-m", "bench.wake", "rss", str(fixtures_dir)],
         check=True,
         capture_output=True,
         text=True,
@@ -351,4 +352,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "rss":
         _rss_child(Path(sys.argv[2]))
     else:
-        sys.exit("usage: python -m edgevoice.listen.bench rss FIXTURES_DIR")
+        sys.exit("usage: python -m bench.wake rss FIXTURES_DIR")

@@ -1,0 +1,6 @@
+"""The loopback Voice Live simulator (``edgevoice simulator``): a WebSocket server on 127.0.0.1
+that speaks the 2025-10-01 protocol, driven by a :class:`~.script.Script`."""
+
+from edgevoice.devkit.simulator.server import AttemptRecord, ConnectionRecord, Simulator
+
+__all__ = ["AttemptRecord", "ConnectionRecord", "Simulator"]

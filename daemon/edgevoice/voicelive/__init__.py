@@ -1,1 +1,0 @@
-"""Azure AI Voice Live: typed events, session config, connection, loopback simulator."""
