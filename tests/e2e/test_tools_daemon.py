@@ -280,7 +280,7 @@ async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_noth
     # The service transcribes asynchronously: here the transcript of the user's first turn
     # ("yes, and open the left window", said before the model asked) arrives 3.5 s late,
     # after the user has started speaking again. It must still count as said before.
-    from edgevoice.voicelive import simulator as simmod
+    from edgevoice.devkit.simulator import server as simmod
 
     send = simmod._Session.send
 
