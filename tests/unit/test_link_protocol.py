@@ -51,7 +51,7 @@ def types(frames: list[dict[str, Any]]) -> list[str]:
 def handshake(p: VoiceLiveProtocol, now: float = 0.0) -> list[Any]:
     """Open a connection and run the handshake; returns the events it delivered (the last
     one is the LinkUp)."""
-    p.connection_opened(now)
+    p.connection_opened()
     p.receive_text(frame("session.created", session=SESSION), now)
     assert types(written(p)) == ["session.update"]
     p.receive_text(frame("session.updated", session=SESSION), now)
@@ -101,7 +101,7 @@ def test_handshake_order_session_first_then_replay_then_the_outbox() -> None:
     p = make()
     p.append_audio(CHUNK, 0.0)  # queued before there is any connection
     assert p.data_to_send() == []
-    p.connection_opened(1.0)
+    p.connection_opened()
     assert p.awaiting == "session.created" and p.data_to_send() == []
     p.receive_text(frame("session.created", session=SESSION), 1.1)
     out = p.data_to_send()
@@ -126,7 +126,7 @@ def test_a_refused_session_update_is_reported_and_the_session_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     p = make()
-    p.connection_opened(0.0)
+    p.connection_opened()
     p.receive_text(frame("session.created", session=SESSION), 0.0)
     update_id = written(p)[0]["event_id"]
     p.receive_text(error("voice not available in this region", update_id), 0.1)
@@ -137,7 +137,7 @@ def test_a_refused_session_update_is_reported_and_the_session_goes_on(
     assert "refused the session settings: voice not available" in caplog.text
     # An error that names another event does not end the handshake.
     q = make()
-    q.connection_opened(0.0)
+    q.connection_opened()
     q.receive_text(frame("session.created", session=SESSION), 0.0)
     q.receive_text(error("something else", "evc_999"), 0.1)
     assert q.awaiting == "session.updated" and not q.ready

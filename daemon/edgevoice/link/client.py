@@ -333,7 +333,7 @@ class VoiceLiveLink:
         self._close_sent = False
         self._write_error = None
         self._set_state(LinkState.CONFIGURING, "Voice Live: configuring the session")
-        self.protocol.connection_opened(self.clock())
+        self.protocol.connection_opened()
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._reader(ws), name="voicelive-reader")
         writer = loop.create_task(self._writer(ws), name="voicelive-writer")

@@ -133,8 +133,9 @@ class VoiceLiveProtocol:
     Inputs: :meth:`connection_opened` and :meth:`connection_closed` around each connection,
     :meth:`receive_text` for every text frame read, :meth:`send` / :meth:`append_audio` for
     the caller's client events, :meth:`set_wanted` and :meth:`tick` (every half second or so)
-    for the close decisions. Every input that can produce something takes ``now`` (the
-    caller's clock, in seconds). Outputs, collected after any input: :meth:`data_to_send`
+    for the close decisions. Inputs that can deliver a timed event or whose outcome depends
+    on time take ``now`` (the caller's clock, in seconds); nothing here reads a clock.
+    Outputs, collected after any input: :meth:`data_to_send`
     (frames to write in order), :meth:`events_received` (server and link events for the
     caller, in order) and :attr:`close_reason` (the protocol wants this connection closed).
 
@@ -264,7 +265,7 @@ class VoiceLiveProtocol:
 
     # ------------------------------------------------------------------ connection
 
-    def connection_opened(self, now: float) -> None:
+    def connection_opened(self) -> None:
         """A new connection is open: wait for ``session.created``."""
         self._connected = True
         self._ready = False
