@@ -167,11 +167,11 @@ async def test_a_response_that_never_ends_stops_holding_the_link_once_cancelled(
         await sim.inject(['{"type": "response.created", "event_id": "x1", '
                           '"response": {"id": "resp_stray", "status": "in_progress"}}'])
         await caller.until(lambda e: isinstance(e, ev.ResponseCreated))
-        assert not link._quiet()  # held: no idle close, no recycle
+        assert not link.protocol.quiet  # held: no idle close, no recycle
         link.send(ev.ResponseCancel())  # the service has no active response: benign
         err = await caller.until(lambda e: isinstance(e, ServiceError))
         assert err.benign and err.caused_by == "response.cancel"
-        assert link._quiet()
+        assert link.protocol.quiet
         await link.close()
 
 

@@ -19,8 +19,12 @@ Guarantees:
   barge-in or a follow-up, for the speech that started the new turn).
 - Every chunk the upstream VAD gate selects from the end of the wake word on is sent once, in
   order; the link buffers it while connecting.
-- A ``call_id`` produces one :class:`RunTool`, ever; outputs go back as
-  ``function_call_output`` items followed by exactly one ``response.create`` per response.
+- A ``call_id`` delivered once produces one :class:`RunTool` (the link delivers each
+  ``call_id`` once); outputs go back as ``function_call_output`` items followed by exactly
+  one ``response.create`` per response.
+- Responses are taken as the link delivers them: a ``response.done`` ends the reply in
+  progress and audio is that reply's (the link owns the response lifecycle and drops events
+  of any other response).
 - Duck is emitted on wake, Unduck when the conversation ends (follow-up over, error) and from
   :meth:`Core.shutdown`; both are idempotent on the caller's side.
 - Device faults are transitions too. A microphone lost while LISTENING never leaves the turn
@@ -210,7 +214,6 @@ class Core:
         self._playing_item: str | None = None
         self._drained = True
         self._calls: dict[str, ev.ResponseFunctionCallArgumentsDone] = {}
-        self._ran: set[str] = set()
         self._awaiting_outputs: set[str] = set()
         self._first_delta_seen = False
         self._heard_speech = False
@@ -540,7 +543,7 @@ class Core:
                 self._voiced_ms = 0.0
                 self._pending_chunks = []
         elif isinstance(event, ev.ResponseAudioDelta):
-            if self.state is State.RESPONDING and event.response_id == self._response_id:
+            if self.state is State.RESPONDING:
                 try:
                     data = event.audio_bytes()
                 except ev.MalformedEvent as exc:
@@ -560,8 +563,7 @@ class Core:
         elif isinstance(event, ev.ResponseAudioTranscriptDone):
             out.append(Telemetry("assistant said", t, {"text": event.transcript}))
         elif isinstance(event, ev.ResponseFunctionCallArgumentsDone):
-            if event.call_id not in self._ran:
-                self._calls[event.call_id] = event
+            self._calls[event.call_id] = event
         elif isinstance(event, ev.ResponseDone):
             self._on_response_done(event, t, out)
         return out
@@ -585,8 +587,8 @@ class Core:
     # ------------------------------------------------------------------ internals
 
     def _on_response_done(self, event: ev.ResponseDone, t: float, out: list[Action]) -> None:
-        if event.response.id != self._response_id:
-            return  # a late done of a cancelled response
+        if self._response_id is None:
+            return  # the conversation gave up on it (service_timeout_s)
         self._response_done = True
         self._response_id = None
         out.append(Telemetry("reply done", t, {"status": event.response.status}))
@@ -595,10 +597,9 @@ class Core:
             self._to_follow_up(t, out)
 
     def _run_calls(self, t: float, out: list[Action]) -> None:
-        calls = [c for c in self._calls.values() if c.call_id not in self._ran]
+        calls = list(self._calls.values())
         self._calls.clear()
         for call in calls:
-            self._ran.add(call.call_id)
             self._awaiting_outputs.add(call.call_id)
             out.append(RunTool(call.call_id, call.name, call.arguments))
             out.append(Telemetry("tool call", t, {"name": call.name, "call_id": call.call_id}))

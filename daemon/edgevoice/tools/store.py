@@ -1,11 +1,13 @@
 """Outputs by ``call_id``: what makes a call run at most once.
 
 :class:`CallStore` keeps the output of the last ``size`` call ids in memory and, when given a
-file, on disk as well. A call that starts an action is recorded *before* the action runs
-(``started``), so a restart in the middle never runs it again: after a restart such a call
-answers :data:`INTERRUPTED` instead. The file is replaced atomically (temporary file, fsync,
-rename, fsync of the directory); a missing file is an empty store, an unreadable one is
-logged and set aside as ``NAME.bad`` so that the daemon still starts.
+file, on disk as well; :meth:`CallStore.claim` lets one caller run a call id and gives the
+others its output, also while it still runs. A call that starts an action is recorded
+*before* the action runs (``started``), so a restart in the middle never runs it again:
+after a restart such a call answers :data:`INTERRUPTED` instead. The file is replaced
+atomically (temporary file, fsync, rename, fsync of the directory); a missing file is an
+empty store, an unreadable one is logged and set aside as ``NAME.bad`` so that the daemon
+still starts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _VERSION = 1
 
 
 class CallStore:
-    """Bounded map ``call_id -> output`` (``None``: started, not finished)."""
+    """Bounded map ``call_id -> output`` (``None``: started, not finished), and the claimed
+    calls of this process that still run (one entry per call id in flight)."""
 
     def __init__(self, size: int = 256, path: Path | None = None) -> None:
         if size < 1:
@@ -37,6 +40,7 @@ class CallStore:
         self.size = size
         self.path = path
         self._calls: OrderedDict[str, str | None] = OrderedDict()
+        self._running: dict[str, asyncio.Future[str]] = {}
         self._lock = asyncio.Lock()
         if path is not None:
             self._load(path)
@@ -48,6 +52,24 @@ class CallStore:
             return None
         output = self._calls[call_id]
         return INTERRUPTED if output is None else output
+
+    async def claim(self, call_id: str) -> str | None:
+        """Take ``call_id`` to run it: None when it is new — the caller runs it and must
+        :meth:`settle` it once, whatever happens. Otherwise the output of the call that took
+        it first: stored (:data:`INTERRUPTED` for one cut short by a restart), or awaited
+        while that call still runs (cancelling this wait leaves that call alone)."""
+        running = self._running.get(call_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        stored = self.get(call_id)
+        if stored is None:  # taken before any await: two claims cannot both get None
+            self._running[call_id] = asyncio.get_running_loop().create_future()
+        return stored
+
+    def settle(self, call_id: str, output: str) -> None:
+        """The run of a claimed ``call_id`` ended with ``output``: the calls waiting in
+        :meth:`claim` get it (record it with :meth:`finished` or :meth:`remember`)."""
+        self._running.pop(call_id).set_result(output)
 
     async def started(self, call_id: str) -> None:
         """Record that ``call_id``'s action is about to run (on disk before returning)."""

@@ -97,7 +97,6 @@ class ToolBox:
             self._validators[t.name] = cls(t.parameters, format_checker=cls.FORMAT_CHECKER)
         self._gpio = GpioPins([t.gpio for t in tools if t.gpio is not None], pin_factory)
         self._store = CallStore(remember, state_dir / STATE_FILE if state_dir else None)
-        self._running: dict[str, asyncio.Future[str]] = {}
         self._runs: dict[str, deque[float]] = {}
         self._confirm = Confirmations()
         self._confirm_wait_s = confirm_wait_s
@@ -124,15 +123,10 @@ class ToolBox:
         ``call_id`` runs at most once: a repeated or concurrent call with the same id returns
         the first one's output without running anything."""
         t0 = time.monotonic()
-        if call_id in self._running:  # the same call id again while it runs: share its end
-            stored: str | None = await asyncio.shield(self._running[call_id])
-        else:
-            stored = self._store.get(call_id)
+        stored = await self._store.claim(call_id)
         if stored is not None:
             self._audit(call_id, name, _Result(stored, "duplicate"), t0)
             return stored
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._running[call_id] = future
         result = _Result(INTERRUPTED, "interrupted")
         try:
             result = await self._handle(call_id, name, arguments)
@@ -147,8 +141,7 @@ class ToolBox:
             result = _Result(failed(f"internal error: {type(exc).__name__}"), "error",
                              error=str(exc))
         finally:
-            del self._running[call_id]
-            future.set_result(result.output)
+            self._store.settle(call_id, result.output)
             self._audit(call_id, name, result, t0)
         await self._finished(call_id, result.output)
         return result.output
