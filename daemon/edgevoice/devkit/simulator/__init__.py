@@ -1,5 +1,9 @@
 """The loopback Voice Live simulator (``edgevoice simulator``): a WebSocket server on 127.0.0.1
-that speaks the 2025-10-01 protocol, driven by a :class:`~.script.Script`."""
+that speaks the 2025-10-01 protocol, driven by a :class:`~.script.Script`.
+
+Modules: :mod:`.server` (listener, handshake, faults, records), :mod:`.connection` (the
+protocol of one connection), :mod:`.session` (the session object and ``session.update``),
+:mod:`.speech` (reply voice and VAD), :mod:`.script` (the script format)."""
 
 from edgevoice.devkit.simulator.server import AttemptRecord, ConnectionRecord, Simulator
 
