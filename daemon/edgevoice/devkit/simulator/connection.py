@@ -22,6 +22,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from edgevoice.audio.convert import OUTPUT_FORMAT_RATES, decode, encode, wire_rate
+from edgevoice.devkit.simulator.protocol import check_client_event
 from edgevoice.devkit.simulator.script import Call, ConnectionFault
 from edgevoice.devkit.simulator.session import (
     ProtocolError,
@@ -53,6 +54,7 @@ class Active:
     """The response in progress on a connection."""
 
     id: str
+    cause: str | None = None  # the client event that asked for it (None: the server's VAD)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
@@ -194,12 +196,15 @@ class Connection:
         code: str | None = None,
         param: str | None = None,
         event_id: str | None = None,
+        cause: str | None = None,
+        scripted: bool = False,
     ) -> None:
-        await self.send({
-            "type": "error",
-            "error": {"type": type_, "code": code, "message": message, "param": param,
-                      "event_id": event_id},
-        })
+        """Send an ``error`` event and record it with ``cause`` (the type of the client
+        event it answers) and ``scripted`` (the script's own error, not the client's)."""
+        error = {"type": type_, "code": code, "message": message, "param": param,
+                 "event_id": event_id}
+        await self.send({"type": "error", "error": error})
+        self.rec.add_error(copy.deepcopy(error), cause, scripted)
 
     def record_received(self, message: str | bytes) -> dict[str, Any] | None:
         try:
@@ -220,27 +225,37 @@ class Connection:
             return
         raw_id = event.get("event_id")
         event_id = raw_id if isinstance(raw_id, str) else None
-        etype = event.get("type")
-        handler = self.handlers.get(etype) if isinstance(etype, str) else None
+        raw_type = event.get("type")
+        etype = raw_type if isinstance(raw_type, str) else None
+        handler = self.handlers.get(etype) if etype is not None else None
         if handler is None:
             await self.error(
-                f"Invalid value: {etype!r}. Unsupported or unknown client event type.",
+                f"Invalid value: {raw_type!r}. Unsupported or unknown client event type.",
                 param="type",
                 code="invalid_value",
                 event_id=event_id,
+                cause=etype,
             )
             return
+        if self.sim.strict:
+            problems = check_client_event(event)
+            if problems:
+                first = problems[0]
+                await self.error(first.message, param=first.param, code=first.code,
+                                 event_id=event_id, cause=etype)
+                return
         try:
             await handler(event, event_id)
         except ProtocolError as exc:
-            await self.error(exc.message, param=exc.param, code=exc.code, event_id=event_id)
+            await self.error(exc.message, param=exc.param, code=exc.code, event_id=event_id,
+                             cause=etype)
         except (ConnectionClosed, Dropped, asyncio.CancelledError):
             raise
         except Exception:
             # A simulator bug must not end the session: report it like the service would.
             log.exception("simulator failed on %s", etype)
             await self.error("The server had an error while processing your request.",
-                             type_="server_error", event_id=event_id)
+                             type_="server_error", event_id=event_id, cause=etype)
 
     # -- conversation store ------------------------------------------------------------------
 
@@ -619,7 +634,8 @@ class Connection:
         follow_up = trigger == "client" and self.tool_outputs_pending
         self.tool_outputs_pending = False
         plan = self.sim._plan(follow_up)
-        active = Active(id=self.sim._new_id("resp"))
+        active = Active(id=self.sim._new_id("resp"),
+                        cause="response.create" if trigger == "client" else None)
         self.active = active
         active.task = asyncio.create_task(self.respond(active, plan, params, event_id))
 
@@ -640,7 +656,7 @@ class Connection:
         if plan.error is not None:
             self.active = None
             await self.error(plan.error.message, type_=plan.error.type, code=plan.error.code,
-                             event_id=event_id)
+                             event_id=event_id, cause=active.cause, scripted=True)
             return
         await active.pause(plan.delay_ms / 1000)
         modalities = params.get("modalities") or self.config["modalities"]

@@ -79,6 +79,18 @@ class AttemptRecord:
     status: int
 
 
+@dataclass(frozen=True)
+class SentError:
+    """An ``error`` event the simulator sent. ``cause`` is the type of the client event it
+    answers (None for none: a frame that is not a JSON object, a response that the server's
+    VAD started); ``scripted`` marks the script's own ``error`` turns, which say nothing
+    about the client."""
+
+    error: dict[str, Any]  # the event's "error": type, code, message, param, event_id
+    cause: str | None
+    scripted: bool = False
+
+
 @dataclass
 class ConnectionRecord:
     """Everything that happened on one accepted connection (values of credentials redacted)."""
@@ -90,6 +102,8 @@ class ConnectionRecord:
     received_events: list[dict[str, Any]] = field(default_factory=list)
     sent_events: list[dict[str, Any]] = field(default_factory=list)
     appended_audio: bytearray = field(default_factory=bytearray)
+    #: Every ``error`` event sent on this connection, in order.
+    errors: list[SentError] = field(default_factory=list)
     closed: bool = False
     #: Bytes of audio payload kept in the event lists so far (see :meth:`add`).
     payload_bytes: int = 0
@@ -105,6 +119,10 @@ class ConnectionRecord:
             else:
                 self.payload_bytes += len(payload)
         events.append(event)
+
+    def add_error(self, error: dict[str, Any], cause: str | None, scripted: bool) -> None:
+        """Record an ``error`` event that was sent (see :class:`SentError`)."""
+        self.errors.append(SentError(error, cause, scripted))
 
     @property
     def header_names(self) -> list[str]:
@@ -142,7 +160,14 @@ class Simulator:
     """Loopback Voice Live server. Use as ``async with Simulator(...) as sim:``.
 
     ``pace`` 0 sends reply audio as fast as possible, ``k > 0`` at k times real time.
-    ``api_key``/``accept_token`` enable authentication (HTTP 401 otherwise)."""
+    ``api_key``/``accept_token`` enable authentication (HTTP 401 otherwise).
+
+    ``strict`` checks every client event against the protocol's field tables
+    (:mod:`.protocol`) before handling it: an unknown key at any depth, a value of the wrong
+    JSON type or outside its enumeration, or a missing required key is answered with an
+    ``error`` (``invalid_request_error``, ``param`` the key path, ``event_id`` the event's)
+    and the event is not applied. Without it unknown keys are tolerated, as a newer service
+    would tolerate them, and only the values the simulator uses are checked."""
 
     def __init__(
         self,
@@ -155,6 +180,7 @@ class Simulator:
         pace: float = 0.0,
         tts: bool = True,
         vad_threshold_dbfs: float = -45.0,
+        strict: bool = False,
     ) -> None:
         if pace < 0:
             raise ValueError("pace must be >= 0")
@@ -164,6 +190,7 @@ class Simulator:
         self.accept_token = accept_token
         self.pace = pace
         self.vad_threshold_dbfs = vad_threshold_dbfs
+        self.strict = strict
         self.connections: list[ConnectionRecord] = []
         self.attempts: list[AttemptRecord] = []
         self._requested_port = port
@@ -258,6 +285,11 @@ class Simulator:
     def sent(self, type_: str) -> list[dict[str, Any]]:
         """Server events of ``type_`` over every connection, in order."""
         return [e for c in self.connections for e in c.sent(type_)]
+
+    @property
+    def errors(self) -> list[SentError]:
+        """Every ``error`` event sent, over every connection, in order."""
+        return [e for c in self.connections for e in c.errors]
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` is true; re-checked on every recorded change."""
