@@ -6,6 +6,6 @@ protocol of one connection), :mod:`.session` (the session object and ``session.u
 :mod:`.protocol` (the client events' field tables, strict mode), :mod:`.speech` (reply voice
 and VAD), :mod:`.script` (the script format)."""
 
-from edgevoice.devkit.simulator.server import AttemptRecord, ConnectionRecord, Simulator
+from edgevoice.devkit.simulator.server import AttemptRecord, ConnectionRecord, SentError, Simulator
 
-__all__ = ["AttemptRecord", "ConnectionRecord", "Simulator"]
+__all__ = ["AttemptRecord", "ConnectionRecord", "SentError", "Simulator"]
