@@ -18,7 +18,9 @@ What it does:
 * responses with the full event lifecycle: audio (espeak-ng, or a tone) in ~100 ms deltas at the
   session's output format, transcripts, text-only replies, function calls; ``response.cancel``
   and server-VAD barge-in (``turn_detected``) with optional ``auto_truncate``;
-* a :class:`~edgevoice.devkit.simulator.script.Script` chooses replies per turn and injects faults.
+* a :class:`~edgevoice.devkit.simulator.script.Script` chooses replies per turn and injects faults;
+* in strict mode, every client event is first checked against the protocol's field tables
+  (:mod:`.protocol`): anything they do not allow is an ``error``, not applied.
 
 This module is the server: the listener, the handshake (path, credentials, scripted HTTP
 faults), the per-connection faults, the script's progress shared by all connections and the
@@ -29,7 +31,8 @@ Guarantees: binds 127.0.0.1 by default; every server event has a unique ``event_
 ``error`` caused by a client event echoes its ``event_id`` in ``error.event_id``; a misbehaving
 client only ever gets ``error`` events (the connection stays open); :meth:`Simulator.close`
 stops the server and every per-connection task. Everything sent and received is recorded in
-:attr:`Simulator.connections` for tests, which can await events instead of sleeping.
+:attr:`Simulator.connections` for tests, which can await events instead of sleeping; so is
+every ``error`` sent (:class:`SentError`), with the client event it answers.
 """
 
 from __future__ import annotations
