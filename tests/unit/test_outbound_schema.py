@@ -239,6 +239,9 @@ def config_sessions() -> list[tuple[str, Config]]:
     return configs
 
 
+CONFIG_SESSIONS = config_sessions()
+
+
 def frame(event: ev.ClientEvent) -> Any:
     """The event as the service receives it: the link's exact text, decoded."""
     return json.loads(event.to_json())
@@ -263,7 +266,7 @@ def test_every_example_event_matches_the_protocol(name: str, event: ev.ClientEve
     assert check_client_event(frame(event)) == []
 
 
-@pytest.mark.parametrize(("name", "cfg"), config_sessions(), ids=[n for n, _ in config_sessions()])
+@pytest.mark.parametrize(("name", "cfg"), CONFIG_SESSIONS, ids=[n for n, _ in CONFIG_SESSIONS])
 def test_the_session_update_built_from_a_config_matches_the_protocol(name: str,
                                                                      cfg: Config) -> None:
     event = ev.SessionUpdate(session=cfg.request_session(), event_id="evc_1")
