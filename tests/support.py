@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from edgevoice.audio.convert import read_wav, resample
+from edgevoice.devkit.simulator import SentError, Simulator
 from edgevoice.devkit.virtual import VirtualAlsa
+from edgevoice.link.client import BENIGN_ERRORS
 
 
 @cache
@@ -150,3 +152,21 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def client_errors(sim: Simulator) -> list[SentError]:
+    """The ``error`` events the simulator sent because of something the client did wrong:
+    not the script's own errors, and not the race the link itself treats as benign (a
+    ``response.cancel`` that arrives after the response ended: "no active response")."""
+    def benign(e: SentError) -> bool:
+        message = str(e.error.get("message", "")).lower()
+        return e.cause == "response.cancel" and any(text in message for text in BENIGN_ERRORS)
+
+    return [e for e in sim.errors if not e.scripted and not benign(e)]
+
+
+def assert_no_client_errors(sim: Simulator, context: str = "") -> None:
+    """Fail with every offending error (and the client event it answers) if there is one."""
+    errors = client_errors(sim)
+    assert not errors, "the simulator answered client events with errors:\n" + "\n".join(
+        f"  {e.cause}: {e.error}" for e in errors) + (f"\n{context}" if context else "")

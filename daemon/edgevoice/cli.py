@@ -95,7 +95,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         sim = Simulator(host=args.host, port=args.port, script=script, api_key=key,
-                        pace=args.pace, tts=not args.no_tts)
+                        pace=args.pace, tts=not args.no_tts, strict=args.strict)
         await sim.start()
         print(f"Voice Live simulator listening on {sim.url}/voice-live/realtime"
               + (" (api-key required)" if key else ""), flush=True)
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pace", type=float, default=1.0,
                    help="reply audio speed, times real time (0: as fast as possible)")
     p.add_argument("--no-tts", action="store_true", help="tones instead of espeak-ng speech")
+    p.add_argument("--strict", action="store_true",
+                   help="answer unknown fields (at any depth) and wrongly typed values in "
+                        "client events with an error, instead of ignoring them")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_simulator)
     return parser

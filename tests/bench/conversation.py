@@ -157,7 +157,7 @@ async def _with_daemon(script: dict[str, Any], body: Callable[[_Session], Any], 
     with tempfile.TemporaryDirectory(prefix="edgevoice-bench-") as tmp:
         async with running_daemon(Config.model_validate(sections), Path(tmp),
                                   script=Script.from_dict(script), echo=echo,
-                                  on_telemetry=timeline.append) as run:
+                                  on_telemetry=timeline.append, strict=True) as run:
             return await body(_Session(run.rig, run.daemon, timeline, run.simulator))
 
 

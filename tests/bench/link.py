@@ -68,7 +68,7 @@ async def _trial(simulator: Simulator, cfg: Config, key: Secret) -> tuple[float,
 
 async def _reconnects(trials: int) -> dict[str, Any]:
     key = secrets.token_urlsafe(16)
-    async with Simulator(api_key=key) as simulator:
+    async with Simulator(api_key=key, strict=True) as simulator:
         cfg = Config.model_validate({"voicelive": {"endpoint": simulator.url}})
         totals: list[float] = []
         handshakes: list[float] = []

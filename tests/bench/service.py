@@ -75,7 +75,7 @@ async def _one_start(root: Path, endpoint: str, key: str) -> float:
 async def _starts(runs: int) -> dict[str, Any]:
     key = secrets.token_urlsafe(16)
     times: list[float] = []
-    async with Simulator(api_key=key) as simulator:
+    async with Simulator(api_key=key, strict=True) as simulator:
         for i in range(runs):
             # Not in a deep temporary path: unix socket paths must stay under 108 bytes.
             with tempfile.TemporaryDirectory(prefix=f"ev-start{i}-", dir="/tmp") as tmp:

@@ -5,6 +5,10 @@
   127.0.0.1, and yields a :class:`Harness` with the timeline of what the daemon did.
 - :func:`service` runs ``edgevoice run`` as a child process on the same rig, with a notify
   socket and a status socket, and yields a :class:`Service`.
+
+Both run the simulator in strict mode (every client event checked against the protocol's
+field tables) and fail the test when it answered any client event with an error other than
+the benign "no active response" to a cancel.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.devkit.virtual import EchoPath
 from edgevoice.service.notify import MANAGER_VARS, NotifyListener
-from support import stop_process, until
+from support import assert_no_client_errors, stop_process, until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
 MS16 = 32  # bytes per ms at 16 kHz PCM16
@@ -131,10 +135,12 @@ async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | No
     timeline: list[Telemetry] = []
     async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
                               script=Script.from_dict(script), echo=echo,
-                              on_telemetry=timeline.append) as run:
+                              on_telemetry=timeline.append, strict=True) as run:
         assert run.simulator is not None
-        yield Harness(run.simulator, run.rig, run.daemon, timeline)
+        harness = Harness(run.simulator, run.rig, run.daemon, timeline)
+        yield harness
     assert run.daemon.errors == 0
+    assert_no_client_errors(run.simulator, harness.dump())
 
 
 def nonzero(pcm: bytes) -> bytes:
@@ -252,7 +258,7 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False, extra: st
     # Not tmp_path: unix socket paths must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="ev-svc-", dir="/tmp"))
     key = secrets.token_urlsafe(16)
-    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0)
+    sim = Simulator(script=Script.from_dict(script), api_key=key, pace=1.0, strict=True)
     await sim.start()
     notify = NotifyListener(root / "notify")
     try:
@@ -281,8 +287,10 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False, extra: st
             # The status command must not see the daemon's service-manager variables.
             cli_env = {k: v for k, v in env.items() if k not in MANAGER_VARS}
             try:
-                yield Service(proc, notify, sim, rig, config, status_socket, cli_env, lines,
+                svc = Service(proc, notify, sim, rig, config, status_socket, cli_env, lines,
                               defaults)
+                yield svc
+                assert_no_client_errors(sim, svc.explain())
             finally:
                 stop_process(proc)
                 reader.join(2)

@@ -33,7 +33,7 @@ from edgevoice.devkit.demo import Rig
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.devkit.virtual import EchoPath
-from support import PulseServer, espeak, stop_process, until, wait_for
+from support import PulseServer, assert_no_client_errors, espeak, stop_process, until, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -209,7 +209,7 @@ def test_ducking_is_restored_when_the_daemon_gets_sigterm(tmp_path, pulse, playe
 
     async def main() -> int:
         sim = Simulator(script=Script.from_dict({"turn": [{"say": LONG_REPLY}]}),
-                        api_key=key, pace=1.0)
+                        api_key=key, pace=1.0, strict=True)
         await sim.start()
         conf = tmp_path / "edgevoice.toml"
         # The devices by name: with PULSE_SERVER set, ALSA's "default" may be PulseAudio's.
@@ -249,6 +249,7 @@ def test_ducking_is_restored_when_the_daemon_gets_sigterm(tmp_path, pulse, playe
                     stop_process(child)
                 reader.join(2)
                 assert not any("Traceback" in ln for ln in lines), "".join(lines)
+                assert_no_client_errors(sim, "".join(lines))
                 return code
         finally:
             await sim.close()

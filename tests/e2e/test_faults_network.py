@@ -51,7 +51,7 @@ from edgevoice.devkit.simulator.script import Script
 from edgevoice.link.client import LinkState
 from edgevoice.secrets import Secret
 from edgevoice.service.status import status_line
-from support import espeak, until
+from support import assert_no_client_errors, espeak, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -202,7 +202,7 @@ class Shared:
         await self.idle()
         await self.sim.close()
         self.sim = Simulator(port=self.port, script=Script.from_dict(script), api_key=KEY,
-                             pace=1.0)
+                             pace=1.0, strict=True)
         if start:
             await self.sim.start()
         watch = Watch(self.daemon, self.sim)
@@ -313,6 +313,7 @@ class Case:
 
     def check_no_errors(self) -> None:
         assert self.shared.daemon.errors == self.errors
+        assert_no_client_errors(self.sim, self.dump())
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -338,7 +339,8 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
     timeline: list[Telemetry] = []
     warmup = {"turn": [{"user": "hello", "say": "Hi."}]}
     async with running_daemon(cfg, tmp / "rig", script=Script.from_dict(warmup),
-                              api_key=Secret(KEY), on_telemetry=timeline.append) as run:
+                              api_key=Secret(KEY), on_telemetry=timeline.append,
+                              strict=True) as run:
         assert run.simulator is not None
         s = Shared(run.daemon, run.rig, run.simulator, timeline, tmp, run.simulator.port)
         # An earlier turn, so that the first case has a conversation to keep.
@@ -346,6 +348,7 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
         case.ask("hello there", trim=False)
         await case.said("Hi.")
         await case.finish(("user", "hello"), ("assistant", "Hi."))
+        assert_no_client_errors(s.sim, case.dump())
         try:
             yield s
         finally:

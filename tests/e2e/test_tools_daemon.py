@@ -280,9 +280,9 @@ async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_noth
     # The service transcribes asynchronously: here the transcript of the user's first turn
     # ("yes, and open the left window", said before the model asked) arrives 3.5 s late,
     # after the user has started speaking again. It must still count as said before.
-    from edgevoice.devkit.simulator import server as simmod
+    from edgevoice.devkit.simulator import connection as simmod
 
-    send = simmod._Session.send
+    send = simmod.Connection.send
 
     async def late_yes(self: Any, event: dict[str, Any]) -> None:
         if (event.get("type") == "conversation.item.input_audio_transcription.completed"
@@ -294,7 +294,7 @@ async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_noth
             return
         await send(self, event)
 
-    monkeypatch.setattr(simmod._Session, "send", late_yes)
+    monkeypatch.setattr(simmod.Connection, "send", late_yes)
     window = {"name": "open_window", "arguments": {"side": "left"}}
     script = {"turn": [
         {"user": "yes, and open the left window", "calls": [window], "after_tools": "Should I?"},

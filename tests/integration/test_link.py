@@ -28,6 +28,7 @@ from edgevoice.link.client import (
 )
 from edgevoice.secrets import Secret
 from edgevoice.wire import events as ev
+from support import assert_no_client_errors, client_errors
 
 KEY = "test-key-0123456789"
 RATE = 16000
@@ -87,7 +88,7 @@ def send_speech(link: VoiceLiveLink, pcm: bytes, silence_s: float = 1.0) -> None
 
 async def test_full_turn_session_first_then_audio(speech: Callable[..., bytes]) -> None:
     script = Script.from_dict({"turn": [{"user": "what time is it", "say": "It is noon."}]})
-    async with Simulator(script=script, api_key=KEY) as sim:
+    async with Simulator(script=script, api_key=KEY, strict=True) as sim:
         link = make_link(sim.url)
         caller = Caller(link)
         send_speech(link, speech("what time is it"))  # queued before the link is even up
@@ -110,6 +111,7 @@ async def test_full_turn_session_first_then_audio(speech: Callable[..., bytes]) 
         assert caller.of(LinkUp)[0].reconnected is False
         # The audio the simulator got is exactly what was appended, in order.
         assert sim.connections[0].appended_audio[: 6400] == speech("what time is it")[:6400]
+        assert_no_client_errors(sim)
 
 
 async def test_function_call_round_trip(speech: Callable[..., bytes]) -> None:
@@ -120,7 +122,7 @@ async def test_function_call_round_trip(speech: Callable[..., bytes]) -> None:
                   {"name": "set_fan", "arguments": {"on": True}}],
         "after_tools": "The window is open and the fan is on.",
     }]})
-    async with Simulator(script=script, api_key=KEY) as sim:
+    async with Simulator(script=script, api_key=KEY, strict=True) as sim:
         link = make_link(sim.url)
         caller = Caller(link)
         link.start()
@@ -137,10 +139,11 @@ async def test_function_call_round_trip(speech: Callable[..., bytes]) -> None:
         assert len(outputs) == 2 and all(isinstance(o["item"]["output"], str) for o in outputs)
         assert caller.of(ev.ResponseAudioTranscriptDone)[-1].transcript == \
             "The window is open and the fan is on."
+        assert_no_client_errors(sim)
 
 
 async def test_error_events_carry_the_causing_event() -> None:
-    async with Simulator(api_key=KEY) as sim:
+    async with Simulator(api_key=KEY, strict=True) as sim:
         link = make_link(sim.url)
         caller = Caller(link)
         link.start()
@@ -155,10 +158,11 @@ async def test_error_events_carry_the_causing_event() -> None:
         assert err.event.error.event_id == cancel_id and err.benign
         assert link.state is LinkState.READY  # errors do not end the session
         await link.close()
+        assert [e.cause for e in client_errors(sim)] == ["input_audio_buffer.commit"]
 
 
 async def test_a_response_that_never_ends_stops_holding_the_link_once_cancelled() -> None:
-    async with Simulator(api_key=KEY) as sim:
+    async with Simulator(api_key=KEY, strict=True) as sim:
         link = make_link(sim.url)
         caller = Caller(link)
         link.start()
@@ -198,7 +202,8 @@ DROP_SCRIPTS: dict[str, dict[str, Any]] = {
 async def test_drop_reconnect_replay(point: str, speech: Callable[..., bytes]) -> None:
     """A drop at each protocol point: the link reconnects, sends session.update again,
     replays the context, loses no user audio and runs no tool twice."""
-    async with Simulator(script=Script.from_dict(DROP_SCRIPTS[point]), api_key=KEY) as sim:
+    async with Simulator(script=Script.from_dict(DROP_SCRIPTS[point]), api_key=KEY,
+                         strict=True) as sim:
         link = make_link(sim.url)
         caller = Caller(link)
         link.start()
@@ -238,11 +243,12 @@ async def test_drop_reconnect_replay(point: str, speech: Callable[..., bytes]) -
         if point in ("before-session-created", "after-session-updated", "mid-user-audio"):
             # The whole utterance reached the server that answered it, from its first sample.
             assert last.appended_audio[: len(hello)] == hello
+        assert_no_client_errors(sim)
 
 
 async def test_auth_failure_backs_off_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="edgevoice")
-    async with Simulator(api_key=KEY) as sim:
+    async with Simulator(api_key=KEY, strict=True) as sim:
         link = make_link(sim.url, key="wrong-key-zzzz", auth_failure_backoff_s=0.4)
         caller = Caller(link)
         t0 = time.monotonic()
@@ -263,7 +269,7 @@ async def test_auth_failure_backs_off_with_one_log_line(caplog: pytest.LogCaptur
 
 async def test_429_honours_retry_after() -> None:
     script = Script.from_dict({"connection": [{"http_status": 429, "retry_after": 1}]})
-    async with Simulator(script=script, api_key=KEY) as sim:
+    async with Simulator(script=script, api_key=KEY, strict=True) as sim:
         link = make_link(sim.url)
         t0 = time.monotonic()
         link.start()
@@ -327,7 +333,7 @@ async def test_entra_token_fetched_again_on_reconnect() -> None:
         return token in cred.issued
 
     script = Script.from_dict({"connection": [{"drop": "before-session-created"}]})
-    async with Simulator(script=script, accept_token=accept) as sim:
+    async with Simulator(script=script, accept_token=accept, strict=True) as sim:
         auth = EntraAuth("https://ai.azure.com/.default", credential=cred)
         link = VoiceLiveLink(vl_config(sim.url, auth="entra"), Config().request_session(), auth)
         link.start()
@@ -339,7 +345,7 @@ async def test_entra_token_fetched_again_on_reconnect() -> None:
 
 async def test_expiring_token_is_never_sent() -> None:
     cred = CountingCredential(lifetime_s=5)
-    async with Simulator(accept_token=lambda t: True) as sim:
+    async with Simulator(accept_token=lambda t: True, strict=True) as sim:
         auth = EntraAuth("https://ai.azure.com/.default", credential=cred)
         link = VoiceLiveLink(vl_config(sim.url, auth="entra"), Config().request_session(), auth)
         caller = Caller(link)
@@ -352,7 +358,7 @@ async def test_expiring_token_is_never_sent() -> None:
 
 async def test_audio_while_down_is_sent_after_connect(speech: Callable[..., bytes]) -> None:
     """The server is not there yet; audio captured meanwhile reaches it once it is."""
-    sim = Simulator(api_key=KEY)
+    sim = Simulator(api_key=KEY, strict=True)
     await sim.start()
     port = sim.port
     await sim.close()
@@ -362,7 +368,7 @@ async def test_audio_while_down_is_sent_after_connect(speech: Callable[..., byte
     await caller.until(lambda e: isinstance(e, LinkDown))
     pcm = speech("are you there")
     send_speech(link, pcm)
-    sim = Simulator(api_key=KEY, port=port)
+    sim = Simulator(api_key=KEY, port=port, strict=True)
     await sim.start()
     try:
         await caller.response_done()
@@ -370,6 +376,7 @@ async def test_audio_while_down_is_sent_after_connect(speech: Callable[..., byte
         await link.close()
         await sim.close()
     assert sim.connections[0].appended_audio[: len(pcm)] == pcm
+    assert_no_client_errors(sim)
 
 
 async def test_turn_abandoned_when_offline_buffer_overflows() -> None:
@@ -386,7 +393,7 @@ async def test_turn_abandoned_when_offline_buffer_overflows() -> None:
 
 async def test_session_recycled_only_when_quiet(speech: Callable[..., bytes]) -> None:
     script = Script.from_dict({"turn": [{"user": "tell me", "say": "A slow answer for you."}]})
-    async with Simulator(script=script, api_key=KEY, pace=4.0) as sim:
+    async with Simulator(script=script, api_key=KEY, pace=4.0, strict=True) as sim:
         link = make_link(sim.url, session_max_s=0.3)
         caller = Caller(link)
         link.start()
@@ -406,6 +413,7 @@ async def test_session_recycled_only_when_quiet(speech: Callable[..., bytes]) ->
         assert first.sent("response.done"), "recycled before the reply was complete"
         assert link.stats["recycles"] >= 1
         assert not [e for e in caller.seen if isinstance(e, LinkDown)]
+        assert_no_client_errors(sim)
 
 
 async def test_refused_session_update_is_reported_not_retried(

@@ -16,7 +16,7 @@ from edgevoice.conversation import core as c
 from edgevoice.devkit.demo import running_daemon
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.util import data_path
-from support import espeak, until
+from support import assert_no_client_errors, espeak, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,8 +36,8 @@ async def test_upstream_and_ungated_bytes_per_turn_are_exact(tmp_path: Path) -> 
     cfg = Config.model_validate({"conversation": {"follow_up_s": 6.0}})
     script = Script.from_dict({"turn": [{"say": "Okay."}, {"say": "Fine."}]})
     async with running_daemon(cfg, tmp_path / "rig", script=script,
-                              on_telemetry=lambda e: record.append(("telemetry", e.name))
-                              ) as run:
+                              on_telemetry=lambda e: record.append(("telemetry", e.name)),
+                              strict=True) as run:
         daemon, sim, mic = run.daemon, run.simulator, run.rig.mic
         assert sim is not None
         frame_t = [0.0]
@@ -84,6 +84,7 @@ async def test_upstream_and_ungated_bytes_per_turn_are_exact(tmp_path: Path) -> 
                              >= first.upstream_bytes + second.upstream_bytes, timeout=2)
         assert len(sim.appended_audio) == first.upstream_bytes + second.upstream_bytes
         assert second.upstream_bytes > 0
+        assert_no_client_errors(sim)
 
     # Ungated: the audio sent from before the turn's first frame, then every frame the
     # microphone delivered from that frame until the reply was done — and nothing after.

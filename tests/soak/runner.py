@@ -799,7 +799,7 @@ class Soak:
         self._deadline = end - STOP_RESERVE_S - MEASURE_RESERVE_S
         script = Script.from_dict(make_script(self.rng, self.opts.turns), source="soak")
         key = secrets.token_urlsafe(16)
-        self.sim = Simulator(script=script, api_key=key, pace=0.0)
+        self.sim = Simulator(script=script, api_key=key, pace=0.0, strict=True)
         self.tally = Tally(self.sim)
         await self.sim.start()
         self.notify = NotifyListener(self.root / "notify")

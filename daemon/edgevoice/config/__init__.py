@@ -202,6 +202,10 @@ class TurnDetectionConfig(Strict):
             for key in ("speech_duration_ms", "remove_filler_words", "languages"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} needs an azure_semantic_vad type")
+        if self.type == "azure_semantic_vad_en" and self.languages is not None:
+            raise ValueError("languages needs azure_semantic_vad or "
+                             "azure_semantic_vad_multilingual (azure_semantic_vad_en is English "
+                             "only)")
         return self
 
 

@@ -4,7 +4,8 @@ It runs the same :class:`~edgevoice.daemon.Daemon` as ``edgevoice run``, on the 
 with two differences only: the sound card is virtual (the bundled ALSA config
 ``data/demo-asound.conf``: ``file``-plugin PCMs on FIFOs paced in real time, see
 :class:`Rig`) and, without ``--endpoint``, Voice Live is the loopback simulator in-process
-(127.0.0.1, a random port and API key) with the matching script ``data/demo-script.toml``.
+(127.0.0.1, a random port and API key, strict mode) with the matching script
+``data/demo-script.toml``.
 
 The microphone plays the demo recording (:data:`RECORDING`): "hey jarvis", a question, a pause
 long enough for the reply and the follow-up window, "hey jarvis" again, a request that makes
@@ -201,15 +202,17 @@ async def running_daemon(
     echo: EchoPath | None = None,
     on_telemetry: Callable[[c.Telemetry], None] | None = None,
     ready_timeout_s: float = 20.0,
+    strict: bool = False,
 ) -> AsyncIterator[Running]:
     """The :class:`Daemon` on a :class:`Rig` in ``directory``, listening when the block starts
     (raises TimeoutError otherwise), stopped and closed when it ends. With ``script`` it talks
     to an in-process simulator on 127.0.0.1 (its endpoint replaces the configured one; the API
-    key is ``api_key`` or a random one); else to ``cfg.voicelive`` with ``api_key``."""
+    key is ``api_key`` or a random one; ``strict`` is the simulator's strict mode); else to
+    ``cfg.voicelive`` with ``api_key``."""
     simulator: Simulator | None = None
     if script is not None:
         api_key = api_key or Secret(_random.token_urlsafe(24))
-        simulator = Simulator(script=script, api_key=api_key.reveal(), pace=1.0)
+        simulator = Simulator(script=script, api_key=api_key.reveal(), pace=1.0, strict=strict)
         await simulator.start()
         vl = cfg.voicelive.model_copy(update={"endpoint": simulator.url})
         cfg = cfg.model_copy(update={"voicelive": vl})
@@ -255,8 +258,9 @@ async def run_demo(
         cfg = cfg.model_copy(update={"voicelive": vl})
     pcm = recording_pcm()
     with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
+        # Strict: a field of ours that the protocol does not know shows as a service error.
         async with running_daemon(cfg, Path(tmp), script=script, api_key=api_key,
-                                  on_telemetry=timeline.telemetry) as run:
+                                  on_telemetry=timeline.telemetry, strict=True) as run:
             if run.simulator is not None:
                 timeline.mark("simulator", url=run.simulator.url)
             daemon = run.daemon

@@ -1060,7 +1060,8 @@ class ResponseCreateParams(Strict):
     cancel_previous: bool | None = None
     append_input_items: list[RequestItem] | None = None
     input_items: list[RequestItem] | None = None  # [] clears the context for this response
-    modalities: list[Literal["text", "audio", "animation", "avatar"]] | None = None
+    # Per response: text, audio, animation; avatar output is a session setting (§2.2).
+    modalities: list[Literal["text", "audio", "animation"]] | None = None
     instructions: str | None = None
     voice: Voice | None = None
     output_audio_format: OutputAudioFormat | None = None

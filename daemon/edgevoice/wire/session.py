@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from edgevoice.util import between
 
@@ -128,6 +128,14 @@ class AzureSemanticVad(_TurnDetectionBase):
     remove_filler_words: bool | None = None
     languages: list[str] | None = None
     end_of_utterance_detection: EndOfUtteranceDetection | None = None
+
+    @model_validator(mode="after")
+    def _languages(self) -> AzureSemanticVad:
+        # The English-only variant has no languages field on the wire (protocol doc §4.4).
+        if self.type == "azure_semantic_vad_en" and self.languages is not None:
+            raise ValueError("languages is not allowed with azure_semantic_vad_en (English "
+                             "only); use azure_semantic_vad_multilingual")
+        return self
 
 
 TurnDetection = Annotated[ServerVad | AzureSemanticVad, Field(discriminator="type")]

@@ -1,0 +1,144 @@
+"""The simulator's audio: the reply voice (espeak-ng speech, or a tone) and the energy VAD
+that finds the user's speech in the appended audio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevoice.audio.convert import read_wav, resample
+
+log = logging.getLogger(__name__)
+
+#: VAD analysis frame.
+FRAME_MS = 10
+
+
+class Tts:
+    """espeak-ng speech (or a 440 Hz tone) as PCM16 mono, cached per (text, rate)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and shutil.which("espeak-ng") is not None
+        self._cache: dict[tuple[str, int], bytes] = {}
+        self._dir: Path | None = None
+        self._seq = itertools.count()
+
+    async def pcm(self, text: str, rate: int) -> bytes:
+        key = (text, rate)
+        if key not in self._cache:
+            native = await self._synthesize(text)
+            if native is None:
+                self._cache[key] = tone(text, rate)
+            else:
+                data, native_rate = native
+                self._cache[key] = resample(data, native_rate, rate)
+        return self._cache[key]
+
+    async def _synthesize(self, text: str) -> tuple[bytes, int] | None:
+        if not self.enabled:
+            return None
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="edgevoice-sim-"))
+        out = self._dir / f"tts-{next(self._seq)}.wav"
+        try:
+            # Text via stdin so a leading "-" is never parsed as an option; the subprocess
+            # keeps the event loop free while espeak-ng runs.
+            proc = await asyncio.create_subprocess_exec(
+                "espeak-ng", "-v", "en-us", "-w", str(out), "--stdin",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.wait_for(proc.communicate(text.encode("utf-8")), 10)
+            except (TimeoutError, asyncio.CancelledError):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
+            if proc.returncode != 0:
+                return None
+            data, rate = read_wav(out)
+            return (data, rate) if data else None
+        except (OSError, ValueError, EOFError, TimeoutError) as exc:
+            log.warning("espeak-ng failed (%s); using a tone", exc)
+            return None
+        finally:
+            out.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def tone(text: str, rate: int) -> bytes:
+    """440 Hz at -10 dBFS, ~65 ms per character (0.3–20 s), 10 ms fades against clicks."""
+    seconds = min(max(len(text) * 0.065, 0.3), 20.0)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    wave = 0.316 * np.sin(2 * np.pi * 440.0 * t)
+    fade = min(n // 2, rate // 100)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave[:fade] *= ramp
+        wave[-fade:] *= ramp[::-1]
+    return (wave * 32767).astype("<i2").tobytes()
+
+
+@dataclass
+class Vad:
+    """Frame-level state of the energy VAD; times are ms on the input timeline."""
+
+    speaking: bool = False
+    run_start: float | None = None
+    run_ms: float = 0.0
+    gap_ms: float = 0.0
+    last_speech_end: float = 0.0
+    onset: float = 0.0
+    item_id: str | None = None
+
+    def reset(self) -> None:
+        self.speaking = False
+        self._end_run()
+        self.item_id = None
+
+    def _end_run(self) -> None:
+        """Forget the current run of voiced frames: the next onset is confirmed afresh."""
+        self.run_start, self.run_ms, self.gap_ms = None, 0.0, 0.0
+
+    def step(self, speech: bool, t: float, min_speech_ms: float, silence_ms: float) -> str | None:
+        """Feed one frame starting at ``t``; returns "start", "stop" or None."""
+        end = t + FRAME_MS
+        if not self.speaking:
+            if speech:
+                if self.run_start is None:
+                    self.run_start = t
+                self.run_ms += FRAME_MS
+                self.gap_ms = 0.0
+                if self.run_ms >= min_speech_ms:
+                    self.speaking = True
+                    self.onset = self.run_start
+                    self.last_speech_end = end
+                    return "start"
+            elif self.run_start is not None:
+                # Tolerate short dips (stop consonants) while confirming an onset.
+                self.gap_ms += FRAME_MS
+                if self.gap_ms > 40:
+                    self._end_run()
+            return None
+        if speech:
+            self.last_speech_end = end
+        elif end - self.last_speech_end >= silence_ms:
+            self.speaking = False
+            self._end_run()
+            return "stop"
+        return None
