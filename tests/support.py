@@ -19,7 +19,7 @@ import pytest
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.devkit.simulator import SentError, Simulator
 from edgevoice.devkit.virtual import VirtualAlsa
-from edgevoice.link.client import BENIGN_ERRORS
+from edgevoice.link.protocol import BENIGN_ERRORS
 
 
 @cache
