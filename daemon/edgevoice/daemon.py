@@ -50,6 +50,7 @@ from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.telemetry import TelemetryName as Tn
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
@@ -424,23 +425,23 @@ class Daemon:
             turn.first_delta_to_device_ms = (t - got) * 1000
             if self._speech_end_at is not None and turn.first_audio_ms is None:
                 turn.first_audio_ms = (t - self._speech_end_at) * 1000
-            self._telemetry(c.Telemetry("first audio at speaker", t, {
+            self._telemetry(c.Telemetry(Tn.FIRST_AUDIO_AT_SPEAKER, t, {
                 "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)}))
 
-    def _ungated_window(self, name: str) -> None:
+    def _ungated_window(self, name: Tn) -> None:
         """Opens and closes the ungated count of the current turn (see :class:`TurnFigures`)
         on the core's timeline. Called while the core's actions are carried out, so
         ``core.state`` is the state after the input that produced ``name``."""
         state = self.core.state
-        if name in ("wake", "follow-up speech") or (name == "barge-in"
-                                                     and state is c.State.LISTENING):
+        if name in (Tn.WAKE, Tn.FOLLOW_UP_SPEECH) or (name is Tn.BARGE_IN
+                                                      and state is c.State.LISTENING):
             if not self._ungated_open:  # else every frame so far is counted already
                 self._ungated_open, self._ungated_from = True, None
-        elif name == "tool call" and state is not c.State.IDLE:
+        elif name is Tn.TOOL_CALL and state is not c.State.IDLE:
             # Comes right after the "reply done" of the response that called it: the turn
             # goes on until the reply that follows the tool outputs is done.
             self._ungated_open = True
-        elif name == "idle" or (name == "reply done" and state is not c.State.LISTENING):
+        elif name is Tn.IDLE or (name is Tn.REPLY_DONE and state is not c.State.LISTENING):
             # A "reply done" in LISTENING is the cancelled reply of a barge-in: the turn goes on.
             self._ungated_open = False
 
@@ -456,15 +457,15 @@ class Daemon:
             turn.ungated_bytes += self._upstream.wire_bytes(len(a.pcm))
 
     def _telemetry(self, entry: c.Telemetry) -> None:
-        if entry.name in ("speech end (server)", "end of utterance (local)"):
+        if entry.name in (Tn.SPEECH_END_SERVER, Tn.END_OF_UTTERANCE_LOCAL):
             self._speech_end_at = self.clock()
-        if entry.name == "wake" or entry.name == "follow-up speech":
+        if entry.name in (Tn.WAKE, Tn.FOLLOW_UP_SPEECH):
             self.turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
                                           wake_word=entry.fields.get("word")))
-            self._wake_at = self.clock() if entry.name == "wake" else None
-        elif entry.name == "barge-in" and self.turns:
+            self._wake_at = self.clock() if entry.name is Tn.WAKE else None
+        elif entry.name is Tn.BARGE_IN and self.turns:
             self.turns[-1].bargein = str(entry.fields.get("by"))
-        elif entry.name == "tool call" and self.turns:
+        elif entry.name is Tn.TOOL_CALL and self.turns:
             self.turns[-1].tools.append(str(entry.fields.get("name")))
         self._ungated_window(entry.name)
         details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
