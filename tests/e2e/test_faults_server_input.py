@@ -155,7 +155,7 @@ async def converse(tmp_path: Path, recorded: list[Event],
         # Deltas of items that never play leave nothing behind without bound (the daemon once
         # kept a first-delta time per item id until the item played: forever for these).
         await send_batch(h, task, len(batches), unknown_items(live, 3 * MAX_TURNS_KEPT), errors)
-        assert len(h.daemon._delta_at) <= MAX_TURNS_KEPT
+        assert h.daemon.metrics.awaiting_first_audio <= MAX_TURNS_KEPT
 
         # The next spoken question is answered, audibly: a reply that the service started
         # after it committed the question plays at the speaker.
