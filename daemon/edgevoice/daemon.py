@@ -16,9 +16,9 @@ Guarantees:
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
   core is told at once (microphone: the turn is committed or ended, the wake word starts
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
-- Telemetry entries (the timeline of :mod:`edgevoice.conversation.core`) go to the logger and
-  to ``on_telemetry``; the last turns' latency figures and upstream byte counts
-  (:class:`TurnFigures`) are kept (bounded) for status output and the benchmark.
+- Telemetry entries (the timeline of :mod:`edgevoice.conversation.telemetry`) go to the
+  logger, to :class:`~edgevoice.metrics.Metrics` (the last turns' latency figures and upstream
+  byte counts, bounded, for status output and the benchmark) and to ``on_telemetry``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen import setup
+from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
 from edgevoice.tools import ToolBox
 from edgevoice.util import data_path
 from edgevoice.wire import events as ev
@@ -63,7 +63,6 @@ log = logging.getLogger("edgevoice.daemon")
 
 TICK_S = 0.1
 EARCON_RATE = 24000
-MAX_TURNS_KEPT = 20
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -127,39 +126,13 @@ class _Upstream:
         return pcm_bytes * self._wire_per_second // (2 * SAMPLE_RATE)
 
 
-@dataclass
-class TurnFigures:
-    """Latency figures of one turn (ms) and its upstream audio (bytes), for status output and
-    the benchmark.
-
-    ``upstream_bytes``: audio bytes of this turn handed to the link, in the session's input
-    format — exactly what the service receives for the turn when the link stays up (a resend
-    after a reconnect is not counted again). ``ungated_bytes``: what streaming every captured
-    frame would have sent instead, in the same format: all audio from the turn's first streamed
-    sample (the end of the wake word; for follow-up speech or a barge-in after the reply was
-    done, the start of its prefix padding) until the ``response.done`` of its reply (the last
-    one, when tools were called). A barge-in before that belongs to the turn it interrupts, as
-    its other figures do. So ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving
-    on the same audio."""
-
-    turn: int
-    started: float
-    wake_to_send_ms: float | None = None
-    first_delta_to_device_ms: float | None = None
-    first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
-    wake_word: str | None = None
-    bargein: str | None = None
-    tools: list[str] = field(default_factory=list)
-    upstream_bytes: int = 0
-    ungated_bytes: int = 0
-
-
 class Daemon:
     """The assembled daemon. Construct, then ``await run(stop)``; see the module docstring.
 
     ``auth``: how to reach Voice Live (the caller owns and closes it). The declared tools
     (``[[tools]]``) run in a :class:`~edgevoice.tools.ToolBox` keeping its exactly-once record
     in ``state_dir``. ``on_telemetry`` gets every timeline entry (the demo prints them).
+    ``metrics`` keeps the figures (``turns`` and ``tool_calls`` are its, for short).
     """
 
     def __init__(
@@ -191,7 +164,6 @@ class Daemon:
         self._upstream = _Upstream(session.input_audio_format or "pcm16",
                                    session.input_audio_sampling_rate or 16000)
         self.link = VoiceLiveLink(cfg.voicelive, session, auth, clock=clock)
-        self.link.on_audio_written = self._on_audio_written
         audio = cfg.audio
         self.capture = Capture(on_frame=self._on_frame, device=audio.input_device,
                                frame_ms=audio.frame_ms, rate=audio.input_rate or None,
@@ -205,28 +177,31 @@ class Daemon:
                                  on_first_audio=self._on_first_audio,
                                  on_state=self._on_speaker_state)
         self.ducker: Ducker = make_ducker(cfg.ducking.backend, **cfg.ducking.options())
-        self.turns: deque[TurnFigures] = deque(maxlen=MAX_TURNS_KEPT)
+        capture = self.capture
+        self.metrics = Metrics(self.core, frames=lambda: capture.frames,
+                               frame_bytes=capture.frame_bytes,
+                               wire_bytes=self._upstream.wire_bytes, clock=clock)
+        self.link.on_audio_written = self.metrics.on_audio_written
         self.errors = 0
-        # The ungated count of the current turn (TurnFigures.ungated_bytes): open from the
-        # turn's first streamed audio to its reply's response.done. _ungated_from is the stream
-        # time of the first frame counted since it opened: audio sent from before that frame
-        # (the catch-up at the turn's start) was captured before the count began.
-        self._ungated_open = False
-        self._ungated_from: float | None = None
-        self._frame_t: float | None = None  # the frame being handled, if any
         self._missing: set[str] = set()  # roles of the devices reported missing to the core
         self._tasks: set[asyncio.Task[Any]] = set()
         self._duck_queue: asyncio.Queue[bool] = asyncio.Queue()
-        self._wake_at: float | None = None
-        self._delta_at: dict[str, float] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._earcons = 0
         self._started_wall = time.time()
         self._state_since = time.time()
         self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
-        self._speech_end_at: float | None = None
         self._last_tick = clock()
-        self.tool_calls: deque[dict[str, Any]] = deque(maxlen=MAX_TURNS_KEPT)
+
+    @property
+    def turns(self) -> deque[TurnFigures]:
+        """The last turns' figures, oldest first (:attr:`Metrics.turns`)."""
+        return self.metrics.turns
+
+    @property
+    def tool_calls(self) -> deque[dict[str, Any]]:
+        """The last tool calls, oldest first (:attr:`Metrics.tool_calls`)."""
+        return self.metrics.tool_calls
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -279,30 +254,30 @@ class Daemon:
             self.errors += 1
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop still runs its 100 ms timer. (A missing
+        microphone is not a hang: its supervisor reopens it, and a restart would not help.)"""
+        return self.clock() - self._last_tick < 5.0
+
     # ------------------------------------------------------------------ inputs
 
     def _on_frame(self, frame: bytes, t: float) -> None:
+        """The hot path: once per microphone frame (every 20 ms by default)."""
         if not self.ready.is_set():  # the first frame: the microphone delivers
             log.info("listening for %s", ", ".join(self.wake.detector.names))
             self.ready.set()
-        self._frame_t = t
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
             for det in self.wake.process(frame, t):
                 self._do(self.core.on_wake(det.name, det.score, det.t_audio,
-                                           word_end=det.t_end_estimate))
-            self._do(self.core.on_frame(frame, t))
+                                           word_end=det.t_end_estimate), t)
+            self._do(self.core.on_frame(frame, t), t)
         except Exception:
             self.errors += 1
             log.exception("error while handling a microphone frame at %.3f", t)
-        finally:
-            self._frame_t = None
-        # After the frame's actions: a turn that started in this frame counts it whole.
-        if self._ungated_open and self.turns:
-            self.turns[-1].ungated_bytes += self._upstream.wire_bytes(len(frame))
-            if self._ungated_from is None:
-                self._ungated_from = t
+        if self.metrics.needs_frame_time:  # once per turn, after the frame's actions
+            self.metrics.frame_time(t)
 
     # A device's supervisor calls these on the loop, once per state change; "missing" comes
     # right after the stream failed, before anything the failure woke (a playback drain).
@@ -325,39 +300,42 @@ class Daemon:
             self._missing.discard("speaker")
             self._do(self.core.on_speaker_back(self.clock()))
 
+    def _on_first_audio(self, item_id: str, t: float) -> None:
+        entry = self.metrics.on_first_audio(item_id, t)
+        if entry is not None:
+            self._telemetry(entry)
+
     async def _pump_events(self) -> None:
         while True:
             event = await self.link.events.get()
             try:
-                if isinstance(event, ev.ResponseAudioDelta):
-                    self._delta_at.setdefault(event.item_id, self.clock())
-                    # Bounded: deltas of items that never play (a cancelled reply's, or bad
-                    # server input) would otherwise stay here forever.
-                    while len(self._delta_at) > MAX_TURNS_KEPT:
-                        del self._delta_at[next(iter(self._delta_at))]
-                elif isinstance(event, ev.InputAudioBufferSpeechStarted
-                                | ev.InputAudioBufferCommitted):
-                    self._item_started.setdefault(event.item_id, self.clock())
-                    while len(self._item_started) > MAX_TURNS_KEPT:
-                        self._item_started.popitem(last=False)
-                elif (isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted)
-                        and self.toolbox is not None):
-                    # What the user said (the service's transcription of the microphone) is
-                    # the only thing that can confirm a confirm = true tool, and only for a
-                    # turn that began after the question: its time is that of its own item
-                    # (transcripts arrive late, out of step with newer speech).
-                    began = self._item_started.get(event.item_id)
-                    if began is not None:
-                        self.toolbox.user_said(event.transcript, began)
-                    else:
-                        log.debug("transcript of unknown item %s not used for confirmation",
-                                  event.item_id)
-                self._do(self.core.on_event(event, self.clock()))
-                if isinstance(event, LinkUp | LinkDown):
-                    log.info("%s", self.link.status_text)
+                self._on_event(event)
             except Exception:
                 self.errors += 1
                 log.exception("error while handling %s", getattr(event, "type", event))
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, ev.ResponseAudioDelta):
+            self.metrics.on_reply_delta(event.item_id)
+        elif isinstance(event, ev.InputAudioBufferSpeechStarted | ev.InputAudioBufferCommitted):
+            self._item_started.setdefault(event.item_id, self.clock())
+            while len(self._item_started) > MAX_TURNS_KEPT:
+                self._item_started.popitem(last=False)
+        elif (isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted)
+                and self.toolbox is not None):
+            # What the user said (the service's transcription of the microphone) is the only
+            # thing that can confirm a confirm = true tool, and only for a turn that began
+            # after the question: its time is that of its own item (transcripts arrive late,
+            # out of step with newer speech).
+            began = self._item_started.get(event.item_id)
+            if began is not None:
+                self.toolbox.user_said(event.transcript, began)
+            else:
+                log.debug("transcript of unknown item %s not used for confirmation",
+                          event.item_id)
+        self._do(self.core.on_event(event, self.clock()))
+        if isinstance(event, LinkUp | LinkDown):
+            log.info("%s", self.link.status_text)
 
     async def _tick(self) -> None:
         while True:
@@ -385,15 +363,7 @@ class Daemon:
             log.exception("tool %s failed", action.name)
             output = json.dumps({"ok": False, "error": f"{action.name} failed: {exc}"})
         ms = (self.clock() - started) * 1000
-        try:
-            result = json.loads(output)
-            ok = bool(result.get("ok")) if isinstance(result, dict) else True
-            error = result.get("error") if isinstance(result, dict) else None
-        except ValueError:
-            ok, error = True, None
-        self.tool_calls.append({"turn": self.core.turn, "name": action.name,
-                                "call_id": action.call_id, "ok": ok, "ms": round(ms, 1),
-                                "at": time.time(), "error": error})
+        self.metrics.on_tool_done(action, output, ms)
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
@@ -405,91 +375,23 @@ class Daemon:
     def _stop_conversation(self) -> None:
         self._do(self.core.end_conversation(self.clock()))
 
-    def healthy(self) -> bool:
-        """For the systemd watchdog: the loop still runs its 100 ms timer. (A missing
-        microphone is not a hang: its supervisor reopens it, and a restart would not help.)"""
-        return self.clock() - self._last_tick < 5.0
-
-    # ------------------------------------------------------------------ figures
-
-    def _on_audio_written(self, t: float) -> None:
-        if self._wake_at is not None and self.turns:
-            self.turns[-1].wake_to_send_ms = (t - self._wake_at) * 1000
-            self._wake_at = None
-
-    def _on_first_audio(self, item_id: str, t: float) -> None:
-        got = self._delta_at.pop(item_id, None)
-        if got is not None and self.turns:
-            turn = self.turns[-1]
-            turn.first_delta_to_device_ms = (t - got) * 1000
-            if self._speech_end_at is not None and turn.first_audio_ms is None:
-                turn.first_audio_ms = (t - self._speech_end_at) * 1000
-            self._telemetry(c.Telemetry("first audio at speaker", t, {
-                "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)}))
-
-    def _ungated_window(self, name: str) -> None:
-        """Opens and closes the ungated count of the current turn (see :class:`TurnFigures`)
-        on the core's timeline. Called while the core's actions are carried out, so
-        ``core.state`` is the state after the input that produced ``name``."""
-        state = self.core.state
-        if name in ("wake", "follow-up speech") or (name == "barge-in"
-                                                     and state is c.State.LISTENING):
-            if not self._ungated_open:  # else every frame so far is counted already
-                self._ungated_open, self._ungated_from = True, None
-        elif name == "tool call" and state is not c.State.IDLE:
-            # Comes right after the "reply done" of the response that called it: the turn
-            # goes on until the reply that follows the tool outputs is done.
-            self._ungated_open = True
-        elif name == "idle" or (name == "reply done" and state is not c.State.LISTENING):
-            # A "reply done" in LISTENING is the cancelled reply of a barge-in: the turn goes on.
-            self._ungated_open = False
-
-    def _count_upstream(self, a: c.SendAudio, sent: int) -> None:
-        if not self.turns:
-            return
-        turn = self.turns[-1]
-        turn.upstream_bytes += sent
-        # Audio from before the first frame counted since the window opened was captured
-        # before the count began (the wake word's tail, a prefix padding): count it here.
-        first = self._ungated_from if self._ungated_from is not None else self._frame_t
-        if self._ungated_open and (first is None or a.t < first):
-            turn.ungated_bytes += self._upstream.wire_bytes(len(a.pcm))
-
-    def _telemetry(self, entry: c.Telemetry) -> None:
-        if entry.name in ("speech end (server)", "end of utterance (local)"):
-            self._speech_end_at = self.clock()
-        if entry.name == "wake" or entry.name == "follow-up speech":
-            self.turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
-                                          wake_word=entry.fields.get("word")))
-            self._wake_at = self.clock() if entry.name == "wake" else None
-        elif entry.name == "barge-in" and self.turns:
-            self.turns[-1].bargein = str(entry.fields.get("by"))
-        elif entry.name == "tool call" and self.turns:
-            self.turns[-1].tools.append(str(entry.fields.get("name")))
-        self._ungated_window(entry.name)
-        details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
-        log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
-        if self.on_telemetry is not None:
-            try:
-                self.on_telemetry(entry)
-            except Exception:
-                log.exception("telemetry hook failed")
-
     # ------------------------------------------------------------------ actions
+    # ``frame_t``: the stream time of the microphone frame whose input produced the actions,
+    # None outside a frame (the metrics count frames from it).
 
-    def _do(self, actions: list[c.Action]) -> None:
+    def _do(self, actions: list[c.Action], frame_t: float | None = None) -> None:
         for action in actions:
             try:
-                self._act(action)
+                self._act(action, frame_t)
             except Exception:
                 self.errors += 1
                 log.exception("error while carrying out %s", type(action).__name__)
 
-    def _act(self, a: c.Action) -> None:
+    def _act(self, a: c.Action, frame_t: float | None) -> None:
         if isinstance(a, c.SendAudio):
             wire = self._upstream(a.pcm)
             self.link.append_audio(wire)
-            self._count_upstream(a, len(wire))
+            self.metrics.on_upstream(a, len(wire), frame_t)
         elif isinstance(a, c.SendEvent):
             self.link.send(a.event)
         elif isinstance(a, c.Play):
@@ -503,29 +405,45 @@ class Daemon:
         elif isinstance(a, c.ResumePlayback):
             self.playback.resume()
         elif isinstance(a, c.StopPlayback):
-            if self.playback.state is DeviceState.OK:  # a lost speaker was flushed already
-                self.playback.stop()
-            if self._drain_task is not None:
-                self._drain_task.cancel()
-            played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
-            self._do(self.core.on_playback_stopped(a.item_id, played, self.clock()))
+            self._stop_playback(a, frame_t)
         elif isinstance(a, c.Duck | c.Unduck):
             self._duck_queue.put_nowait(isinstance(a, c.Duck))
         elif isinstance(a, c.RunTool):
             self._spawn(self._tool(a), f"tool {a.name}")
         elif isinstance(a, c.Earcon):
-            if self.earcon:
-                self._earcons += 1
-                item = f"earcon_{self._earcons}"
-                self.playback.feed(item, self.earcon, "pcm16")
-                self.playback.finish(item)
+            self._earcon()
         elif isinstance(a, c.Connect):
             self.link.set_wanted(a.wanted)
         elif isinstance(a, c.Telemetry):
-            self._telemetry(a)
+            self._telemetry(a, frame_t)
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
+
+    def _stop_playback(self, a: c.StopPlayback, frame_t: float | None) -> None:
+        if self.playback.state is DeviceState.OK:  # a lost speaker was flushed already
+            self.playback.stop()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
+        self._do(self.core.on_playback_stopped(a.item_id, played, self.clock()), frame_t)
+
+    def _earcon(self) -> None:
+        if self.earcon:
+            self._earcons += 1
+            item = f"earcon_{self._earcons}"
+            self.playback.feed(item, self.earcon, "pcm16")
+            self.playback.finish(item)
+
+    def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
+        self.metrics.on_telemetry(entry, frame_t)
+        details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
+        if self.on_telemetry is not None:
+            try:
+                self.on_telemetry(entry)
+            except Exception:
+                log.exception("telemetry hook failed")
 
     # ------------------------------------------------------------------ status
 
@@ -534,7 +452,6 @@ class Daemon:
         retry_in = None
         if self.link.retry_at is not None:
             retry_in = max(0.0, self.link.retry_at - self.clock())
-        wall = time.time() - self.clock()  # monotonic → epoch
         return {
             "state": self.core.state.value,
             "since": self._state_since,
@@ -548,13 +465,6 @@ class Daemon:
                 "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
                             "state": self.playback.state.value}},
             "wake_words": list(self.wake.detector.names),
-            "turns": [{"turn": t.turn, "started": t.started + wall, "wake_word": t.wake_word,
-                       "wake_to_send_ms": t.wake_to_send_ms,
-                       "first_audio_ms": t.first_audio_ms,
-                       "first_delta_to_device_ms": t.first_delta_to_device_ms,
-                       "bargein": t.bargein is not None, "tools": list(t.tools),
-                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes}
-                      for t in self.turns],
-            "tool_calls": list(self.tool_calls),
+            **self.metrics.status(),
             "errors": self.errors,
         }

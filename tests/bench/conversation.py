@@ -48,7 +48,8 @@ import numpy as np
 
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.config import Config
-from edgevoice.conversation.core import State, Telemetry
+from edgevoice.conversation.core import State
+from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 from edgevoice.daemon import Daemon
 from edgevoice.devkit.demo import Rig, running_daemon
 from edgevoice.devkit.simulator import Simulator
@@ -125,10 +126,10 @@ class _Session:
 
         daemon.capture.on_frame = frame
 
-    def count(self, name: str) -> int:
+    def count(self, name: TelemetryName) -> int:
         return sum(1 for e in self.timeline if e.name == name)
 
-    async def wait(self, name: str, count: int, timeout: float = 30.0) -> None:
+    async def wait(self, name: TelemetryName, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while self.count(name) < count:
             if time.monotonic() > deadline:
@@ -169,12 +170,12 @@ async def _bargein_and_wake(trials: int, warm_trials: int) -> dict[str, Any]:
         s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
         latencies: list[float] = []
         for i in range(trials):
-            await s.wait("first reply audio", i + 1)
+            await s.wait(TelemetryName.FIRST_REPLY_AUDIO, i + 1)
             await asyncio.sleep(1.0)
             first_stop = len(s.daemon.playback.stop_latencies)
             pauses = len(s.pauses)
             s.interrupt(stop + _silence(0.8))
-            await s.wait("barge-in", i + 1)
+            await s.wait(TelemetryName.BARGE_IN, i + 1)
             while (len(s.daemon.playback.stop_latencies) <= first_stop
                    or len(s.onsets) <= i):
                 await asyncio.sleep(0.01)
@@ -186,11 +187,11 @@ async def _bargein_and_wake(trials: int, warm_trials: int) -> dict[str, Any]:
             await s.idle()
             before = len(s.daemon.turns)
             s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
-            await s.wait("wake", s.count("wake") + 1)
+            await s.wait(TelemetryName.WAKE, s.count(TelemetryName.WAKE) + 1)
             while len(s.daemon.turns) <= before or s.daemon.turns[-1].wake_to_send_ms is None:
                 await asyncio.sleep(0.01)
             warm.append(s.daemon.turns[-1].wake_to_send_ms or float("nan"))
-            await s.wait("reply done", s.count("reply done") + 1)
+            await s.wait(TelemetryName.REPLY_DONE, s.count(TelemetryName.REPLY_DONE) + 1)
         deltas = [t.first_delta_to_device_ms for t in s.daemon.turns
                   if t.first_delta_to_device_ms is not None]
         return {
@@ -216,12 +217,12 @@ async def _echo_only(trials: int) -> dict[str, Any]:
         for i in range(trials):
             await s.idle()
             s.rig.mic.feed(_silence(1.0) + wake + question + _silence(1.0))
-            await s.wait("reply done", i + 1, timeout=40)
+            await s.wait(TelemetryName.REPLY_DONE, i + 1, timeout=40)
         await s.idle()
         return {"bargein.echo_trials": trials,
-                "bargein.false_triggers": s.count("barge-in"),
-                "bargein.false_pauses": s.count("speaker paused"),
-                "bargein.false_wakes": s.count("wake") - trials}
+                "bargein.false_triggers": s.count(TelemetryName.BARGE_IN),
+                "bargein.false_pauses": s.count(TelemetryName.SPEAKER_PAUSED),
+                "bargein.false_wakes": s.count(TelemetryName.WAKE) - trials}
 
     return await _with_daemon({"default_say": MEDIUM}, body,
                               echo=EchoPath(gain_db=-6.0, delay_ms=60),
@@ -285,7 +286,7 @@ async def _upstream_dialog() -> dict[str, Any]:
             # A follow-up once the reply has played; the others once the window is over.
             await s.reach(State.FOLLOW_UP if i == 1 else State.IDLE, timeout=40)
             s.rig.mic.feed(pcm)
-            await s.wait("reply done", i + 1, timeout=40)
+            await s.wait(TelemetryName.REPLY_DONE, i + 1, timeout=40)
         turns = list(s.daemon.turns)
         if len(turns) != len(said) or s.daemon.errors:
             seen = ", ".join(e.name for e in s.timeline)

@@ -35,6 +35,7 @@ import numpy as np
 from edgevoice.audio.convert import read_wav
 from edgevoice.config import Config
 from edgevoice.conversation.core import Telemetry
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import Daemon
 from edgevoice.devkit.demo import Rig, running_daemon
 from edgevoice.devkit.simulator import Simulator
@@ -74,17 +75,17 @@ class Harness:
     daemon: Daemon
     timeline: list[Telemetry]
 
-    def names(self) -> list[str]:
+    def names(self) -> list[TelemetryName]:
         return [e.name for e in self.timeline]
 
-    def entries(self, name: str) -> list[Telemetry]:
+    def entries(self, name: TelemetryName) -> list[Telemetry]:
         return [e for e in self.timeline if e.name == name]
 
-    async def event(self, name: str, count: int = 1, timeout: float = 20.0) -> Telemetry:
+    async def event(self, name: TelemetryName, count: int = 1, timeout: float = 20.0) -> Telemetry:
         try:
             await until(lambda: len(self.entries(name)) >= count, timeout, what=name)
         except AssertionError as exc:
-            raise AssertionError(f"no {name!r} (#{count}) in:\n{self.dump()}") from exc
+            raise AssertionError(f"no '{name}' (#{count}) in:\n{self.dump()}") from exc
         return self.entries(name)[count - 1]
 
     def dump(self) -> str:
@@ -118,7 +119,7 @@ def reply_prefix_ms(reply: bytes, heard: bytes) -> int:
 
 def said(h: Harness) -> list[str]:
     """What the assistant said so far (the transcripts that came with its audio)."""
-    return [e.fields["text"] for e in h.entries("assistant said")]
+    return [e.fields["text"] for e in h.entries(TelemetryName.ASSISTANT_SAID)]
 
 
 async def hear(h: Harness, text: str, timeout: float = 30.0) -> None:

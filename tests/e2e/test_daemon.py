@@ -29,6 +29,7 @@ from harness import (
 )
 
 from edgevoice.conversation.core import State
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.devkit.demo import Rig
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
@@ -45,7 +46,7 @@ async def check_truncate_against_speaker(h: Harness) -> int:
     end_ms = truncate["audio_end_ms"]
     reply = h.reply_audio(truncate["item_id"])
     speaker = nonzero(h.rig.speaker_pcm())
-    assert h.entries("reply done")[0].fields["status"] == "cancelled"
+    assert h.entries(TelemetryName.REPLY_DONE)[0].fields["status"] == "cancelled"
     if nonzero(reply[: end_ms * MS24]) not in speaker:
         lo = reply_prefix_ms(reply[: end_ms * MS24], speaker)
         raise AssertionError(f"truncate {end_ms} ms, but only {lo} ms of the reply are in the "
@@ -69,17 +70,17 @@ async def test_wake_question_reply_then_follow_up_and_nothing_sent_while_idle(tm
 
         h.say(wake_word() + silence(0.3) + espeak("what's the weather like today")
               + silence(1.5))
-        await h.event("reply done", timeout=25)
+        await h.event(TelemetryName.REPLY_DONE, timeout=25)
         await until(lambda: h.daemon.core.state is State.FOLLOW_UP, what="follow-up")
         speaker = np.frombuffer(h.rig.speaker_pcm(), "<i2")
         assert np.count_nonzero(np.abs(speaker) > 300) > 24000 * 0.5  # the spoken reply
 
         # Follow-up: a question without the wake word continues the conversation.
         h.say(espeak("and what about tomorrow") + silence(1.5))
-        await h.event("follow-up speech", timeout=10)
-        await h.event("reply done", count=2, timeout=25)
-        assert h.names().count("wake") == 1
-        assert [e.fields["text"] for e in h.entries("assistant said")] == [
+        await h.event(TelemetryName.FOLLOW_UP_SPEECH, timeout=10)
+        await h.event(TelemetryName.REPLY_DONE, count=2, timeout=25)
+        assert h.names().count(TelemetryName.WAKE) == 1
+        assert [e.fields["text"] for e in h.entries(TelemetryName.ASSISTANT_SAID)] == [
             "Sunny and warm.", "Rain tomorrow."]
         assert len(h.sim.received("response.create")) == 0  # server VAD made both responses
         assert h.daemon.turns[-1].first_delta_to_device_ms is not None
@@ -90,10 +91,10 @@ async def test_first_word_reaches_the_service_intact_on_a_cold_connection(tmp_pa
     async with running(tmp_path, {"turn": [{"say": "Okay."}]}) as h:
         assert h.sim.connection_count == 0  # cold: nothing connected before the wake word
         h.say(wake_word() + question + silence(1.5))  # no pause after the wake word
-        wake = await h.event("wake")
-        ready = await h.event("session ready")
+        wake = await h.event(TelemetryName.WAKE)
+        ready = await h.event(TelemetryName.SESSION_READY)
         assert ready.t > wake.t  # the connection was made after the wake word
-        await h.event("reply done", timeout=25)
+        await h.event(TelemetryName.REPLY_DONE, timeout=25)
         sent = h.sim.appended_audio
         start = onset(question)
         # Byte-exact: from 100 ms before the first word to its end, nothing lost or altered
@@ -109,10 +110,10 @@ async def test_barge_in_by_local_speech_stops_cancels_and_truncates_what_was_pla
     script = {"turn": [{"say": LONG_REPLY}, {"say": "Okay."}]}
     async with running(tmp_path, script) as h:
         h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
-        await h.event("first reply audio", timeout=25)
+        await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=25)
         await asyncio.sleep(2.0)
         h.say(espeak("no wait, stop, I have another question") + silence(1.5))
-        barge = await h.event("barge-in")
+        barge = await h.event(TelemetryName.BARGE_IN)
         assert barge.fields["by"] == "local speech"
         await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
         types = [e["type"] for e in h.sim.connections[0].received_events]
@@ -120,8 +121,8 @@ async def test_barge_in_by_local_speech_stops_cancels_and_truncates_what_was_pla
         end_ms = await check_truncate_against_speaker(h)
         assert 1500 < end_ms < 6000
         # The interruption is the next turn: streamed and answered.
-        await h.event("reply done", count=2, timeout=25)
-        assert h.entries("assistant said")[-1].fields["text"] == "Okay."
+        await h.event(TelemetryName.REPLY_DONE, count=2, timeout=25)
+        assert h.entries(TelemetryName.ASSISTANT_SAID)[-1].fields["text"] == "Okay."
 
 
 async def test_barge_in_by_server_speech_started(tmp_path):
@@ -129,7 +130,7 @@ async def test_barge_in_by_server_speech_started(tmp_path):
     async with running(tmp_path, script, bargein={"local_vad": False},
                        conversation={"listen_timeout_s": 2.0}) as h:
         h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
-        barge = await h.event("barge-in", timeout=30)
+        barge = await h.event(TelemetryName.BARGE_IN, timeout=30)
         assert barge.fields["by"] == "server speech"
         await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
         end_ms = await check_truncate_against_speaker(h)
@@ -141,10 +142,10 @@ async def test_stop_word_silences_the_reply_without_the_cloud_deciding(tmp_path)
     async with running(tmp_path, script, bargein={"local_vad": False, "server_vad": False,
                                                   "wake_word": "stop"}) as h:
         h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
-        await h.event("first reply audio", timeout=25)
+        await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=25)
         await asyncio.sleep(1.5)
         h.say(wake_word())
-        barge = await h.event("barge-in")
+        barge = await h.event(TelemetryName.BARGE_IN)
         assert barge.fields["by"] == "stop word"
         assert h.daemon.core.state is State.FOLLOW_UP  # stopped, not a new question
         await until(lambda: h.sim.received("conversation.item.truncate"), what="truncate")
@@ -168,12 +169,12 @@ async def test_echo_of_the_reply_neither_barges_in_nor_wakes(tmp_path):
         # the server's silence_duration_ms it would be a turn of its own (see the README).
         h.say(wake_word()[: -int(0.8 * 16000) * 2] + espeak("what is your name")
               + silence(1.5))
-        await h.event("reply done", timeout=30)
-        await h.event("idle", timeout=15)
+        await h.event(TelemetryName.REPLY_DONE, timeout=30)
+        await h.event(TelemetryName.IDLE, timeout=15)
         names = h.names()
-        assert "barge-in" not in names and "speaker paused" not in names, h.dump()
-        assert names.count("wake") == 1 and "follow-up speech" not in names, names
-        assert h.entries("reply done")[0].fields["status"] == "completed"
+        assert TelemetryName.BARGE_IN not in names and TelemetryName.SPEAKER_PAUSED not in names, h.dump()
+        assert names.count(TelemetryName.WAKE) == 1 and TelemetryName.FOLLOW_UP_SPEECH not in names, names
+        assert h.entries(TelemetryName.REPLY_DONE)[0].fields["status"] == "completed"
         # The echo was really there: the microphone heard the reply at a speech level.
         mic_echo = np.frombuffer(b"".join(taken), "<i2").astype(np.float32)
         assert np.abs(mic_echo).max() > 3000
@@ -195,10 +196,10 @@ async def test_ducking_lowers_other_audio_during_the_conversation_and_restores_i
     async with running(tmp_path, {"turn": [{"say": "Sunny and warm."}]},
                        **pulse_config(pulse)) as h:
         h.say(wake_word() + espeak("what's the weather like") + silence(1.5))
-        await h.event("wake")
+        await h.event(TelemetryName.WAKE)
         await until(lambda: pulse.volume("music") != (50000, 30000), what="ducked")
         assert all(a < b for a, b in zip(pulse.volume("music"), (50000, 30000), strict=True))
-        await h.event("idle", timeout=30)
+        await h.event(TelemetryName.IDLE, timeout=30)
         await until(lambda: pulse.volume("music") == (50000, 30000), what="restored")
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevoice.conversation.telemetry import TelemetryName
+
 
 def test_demo_runs_the_daemon_through_every_kind_of_turn(tmp_path: Path) -> None:
     out = tmp_path / "reply.wav"
@@ -25,23 +27,23 @@ def test_demo_runs_the_daemon_through_every_kind_of_turn(tmp_path: Path) -> None
     assert times == sorted(times)
 
     # Two wake words; the first turn answered, then idle, then the second conversation.
-    assert names.count("wake") == 2, names
-    first_idle = names.index("idle")
-    assert names.index("wake") < names.index("first reply audio") < first_idle
-    assert first_idle < len(names) - 1 - names[::-1].index("wake")
+    assert names.count(TelemetryName.WAKE) == 2, names
+    first_idle = names.index(TelemetryName.IDLE)
+    assert names.index(TelemetryName.WAKE) < names.index(TelemetryName.FIRST_REPLY_AUDIO) < first_idle
+    assert first_idle < len(names) - 1 - names[::-1].index(TelemetryName.WAKE)
     # The request calls the tool; without a declared tool the model gets an error output and
     # speaks on (the reply after the tool output is what the user interrupts).
-    call = entries[names.index("tool call")]
+    call = entries[names.index(TelemetryName.TOOL_CALL)]
     assert call["name"] == "set_light"
-    barge = entries[names.index("barge-in")]
+    barge = entries[names.index(TelemetryName.BARGE_IN)]
     assert barge["by"] == "local speech" and barge["t_ms"] > call["t_ms"]
-    truncate = entries[names.index("truncate")]
+    truncate = entries[names.index(TelemetryName.TRUNCATE)]
     assert truncate["audio_end_ms"] > 500
-    assert "service error" not in names, [e for e in entries if e["event"] == "service error"]
+    assert TelemetryName.SERVICE_ERROR not in names, [e for e in entries if e["event"] == TelemetryName.SERVICE_ERROR]
     # The interruption is the user's next turn, answered; the demo ends idle.
-    said = [e["text"] for e in entries if e["event"] == "user said"]
+    said = [e["text"] for e in entries if e["event"] == TelemetryName.USER_SAID]
     assert len(said) == 3 and "Stop" in said[-1]
-    assert names[-2:] == ["idle", "wrote"] or names[-1] == "wrote" and "idle" in names[-3:]
+    assert names[-2:] == [TelemetryName.IDLE, "wrote"] or names[-1] == "wrote" and TelemetryName.IDLE in names[-3:]
 
     with wave.open(str(out)) as w:
         assert w.getframerate() == 24000 and w.getnchannels() == 1

@@ -30,6 +30,7 @@ from harness import (
 
 from edgevoice.audio.devices import DeviceState
 from edgevoice.conversation.core import State
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.devkit.demo import SPEAKER_RATE
 from edgevoice.devkit.virtual import FifoSink
 from edgevoice.service.status import status_line
@@ -54,12 +55,12 @@ async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes
         question = espeak("please switch on the lights in the kitchen and then")
         cut = onset(question) + 900 * MS16  # the user is in mid-sentence when it vanishes
         n = h.say(WAKE + question[:cut])
-        await h.event("wake", timeout=15)
+        await h.event(TelemetryName.WAKE, timeout=15)
         await until(lambda: h.rig.mic.written >= n, 10, "the request up to the cut")
         h.rig.set_devices(microphone=False)
         await asyncio.to_thread(h.rig.mute_microphone)  # the stream stalls: no callback any more
 
-        lost = await h.event("microphone lost", timeout=5)
+        lost = await h.event(TelemetryName.MICROPHONE_LOST, timeout=5)
         assert lost.fields["state"] == "listening", h.dump()
         assert h.daemon.capture.state is DeviceState.MISSING
         assert h.daemon.snapshot()["devices"]["microphone"]["state"] == "missing"
@@ -72,24 +73,24 @@ async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes
         assert len(h.sim.received("input_audio_buffer.commit")) == 1
 
         # The turn is answered although the microphone is still gone; nothing hangs.
-        await h.event("reply done", timeout=15)
-        assert h.entries("assistant said")[0].fields["text"] == "I heard you."
+        await h.event(TelemetryName.REPLY_DONE, timeout=15)
+        assert h.entries(TelemetryName.ASSISTANT_SAID)[0].fields["text"] == "I heard you."
         assert h.daemon.capture.state is DeviceState.MISSING
         assert status(h) == "microphone missing"
-        await h.event("idle", timeout=10)
+        await h.event(TelemetryName.IDLE, timeout=10)
         assert h.daemon.core.state is State.IDLE
 
         # Back: the wake word works again and the next turn is answered.
         h.rig.set_devices()
         h.rig.mic.resume()
-        await h.event("microphone back", timeout=5)
+        await h.event(TelemetryName.MICROPHONE_BACK, timeout=5)
         await until(lambda: status(h) == "listening for 'hey jarvis'", 2, "listening status")
         h.say(WAKE + espeak("are you there") + silence(1.5))
-        await h.event("wake", count=2, timeout=15)
-        await h.event("reply done", count=2, timeout=15)
-        assert h.entries("assistant said")[1].fields["text"] == "Welcome back."
+        await h.event(TelemetryName.WAKE, count=2, timeout=15)
+        await h.event(TelemetryName.REPLY_DONE, count=2, timeout=15)
+        assert h.entries(TelemetryName.ASSISTANT_SAID)[1].fields["text"] == "Welcome back."
         assert h.daemon.capture.stats.reopens == 1
-        assert h.names().count("microphone lost") == 1, h.dump()
+        assert h.names().count(TelemetryName.MICROPHONE_LOST) == 1, h.dump()
 
 
 async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it_comes_back(
@@ -98,15 +99,15 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
     async with running(tmp_path, script, audio=DEVICES,
                        conversation={"follow_up_s": 1.0}) as h:
         h.say(WAKE + espeak("tell me about the weather") + silence(1.5))
-        first = await h.event("first reply audio", timeout=20)
+        first = await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=20)
         await asyncio.sleep(1.5)
         h.rig.set_devices(speaker=False)
         heard = h.rig.speaker.close(drain=0)  # unplugged: the stream's next write fails
 
-        lost = await h.event("speaker lost", timeout=5)
+        lost = await h.event(TelemetryName.SPEAKER_LOST, timeout=5)
         assert lost.fields["state"] == "responding", h.dump()
         # No hang in RESPONDING: the reply is cancelled and the conversation ends.
-        idle = await h.event("idle", timeout=5)
+        idle = await h.event(TelemetryName.IDLE, timeout=5)
         assert idle.fields["why"] == "speaker lost"
         assert h.daemon.core.state is State.IDLE
         assert h.daemon.playback.state is DeviceState.MISSING
@@ -114,8 +115,8 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
         assert status(h) == "speaker missing"
         await until(lambda: h.sim.received("conversation.item.truncate"), 5, "truncate")
         assert h.sim.received("response.cancel")
-        await h.event("reply done", timeout=5)
-        assert h.entries("reply done")[0].fields["status"] == "cancelled"
+        await h.event(TelemetryName.REPLY_DONE, timeout=5)
+        assert h.entries(TelemetryName.REPLY_DONE)[0].fields["status"] == "cancelled"
 
         # The model is told what the user heard: what was handed to the device, which is
         # what reached the speaker plus at most what the device and its pipe held.
@@ -135,13 +136,13 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
         # Back: the next reply plays.
         h.rig.speaker = FifoSink(h.rig.speaker.path, SPEAKER_RATE)  # the reader first
         h.rig.set_devices()
-        await h.event("speaker back", timeout=5)
+        await h.event(TelemetryName.SPEAKER_BACK, timeout=5)
         assert status(h) == "listening for 'hey jarvis'"
         h.say(WAKE + espeak("are you back") + silence(1.5))
-        await h.event("reply done", count=2, timeout=20)
+        await h.event(TelemetryName.REPLY_DONE, count=2, timeout=20)
         await until(lambda: h.daemon.core.state is not State.RESPONDING, 10, "played out")
-        second = h.entries("first reply audio")[1].fields["item"]
-        assert h.entries("assistant said")[-1].fields["text"] == "Welcome back."
+        second = h.entries(TelemetryName.FIRST_REPLY_AUDIO)[1].fields["item"]
+        assert h.entries(TelemetryName.ASSISTANT_SAID)[-1].fields["text"] == "Welcome back."
         again = h.reply_audio(second)
         await until(lambda: reply_prefix_ms(again, h.rig.speaker_pcm()) >=
                     len(again) // MS24 - 100, 3, "the second reply at the speaker")

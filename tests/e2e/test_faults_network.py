@@ -44,6 +44,7 @@ from harness import MS16, onset, silence, wake_word
 
 from edgevoice.config import Config
 from edgevoice.conversation.core import State, Telemetry
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import Daemon
 from edgevoice.devkit.demo import Rig, running_daemon
 from edgevoice.devkit.simulator import ConnectionRecord, Simulator
@@ -223,7 +224,7 @@ class Case:
     question: bytes = b""
     t0: float = field(default_factory=time.monotonic)
 
-    def entries(self, name: str) -> list[Telemetry]:
+    def entries(self, name: TelemetryName) -> list[Telemetry]:
         return [e for e in self.shared.timeline[self.mark:] if e.name == name]
 
     def dump(self) -> str:
@@ -248,7 +249,7 @@ class Case:
         """Wait until the assistant said ``text`` (its transcript came with the audio)."""
         try:
             await until(lambda: any(e.fields["text"] == text
-                                    for e in self.entries("assistant said")),
+                                    for e in self.entries(TelemetryName.ASSISTANT_SAID)),
                         timeout, what=f"the reply {text!r}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.dump()}") from None
@@ -265,9 +266,9 @@ class Case:
         """1: the session was ready again (after the link went down) no sooner than
         ``wait_s`` after ``fault_t`` (the delay the daemon owed) and no later than that plus
         ``detect_s`` (noticing the fault) and the margin."""
-        down = self.entries("link down")
+        down = self.entries(TelemetryName.LINK_DOWN)
         assert down, f"the link never went down\n{self.dump()}"
-        ready = [e for e in self.entries("session ready") if e.t > max(fault_t, down[0].t)]
+        ready = [e for e in self.entries(TelemetryName.SESSION_READY) if e.t > max(fault_t, down[0].t)]
         assert ready, f"not ready again after the fault\n{self.dump()}"
         assert ready[0].fields["reconnected"] is True
         took = ready[0].t - fault_t
@@ -292,7 +293,7 @@ class Case:
         assert self.question[start:] in got, (
             f"the question is not whole on connection {committed_on} "
             f"({len(got)} bytes received)\n{self.dump()}")
-        assert not self.entries("turn abandoned")
+        assert not self.entries(TelemetryName.TURN_ABANDONED)
 
     def check_status(self, fault_t: float, state: str, reasons: str | tuple[str, ...],
                      retry_in: float) -> None:
@@ -414,7 +415,7 @@ async def test_fault_on_connecting_after_the_wake_word(shared: Shared, name: str
     else:
         fault_t, new = w.closed[0], 1
     assert case.sim.connection_count == new + 1
-    assert len(case.entries("link down")) == 1, case.dump()
+    assert len(case.entries(TelemetryName.LINK_DOWN)) == 1, case.dump()
     if spec.get("silent"):
         assert case.sim.connections[0].received_events == [], "sent before session.created"
 
@@ -432,13 +433,13 @@ async def test_refused_port_until_the_server_is_back(shared: Shared) -> None:
     user, say = "question while refused", "Noon."
     case = await shared.case({"turn": [{"user": user, "say": say}]}, start=False)
     case.ask()
-    await until(lambda: len(case.entries("link down")) >= 3, 10, what="three refusals")
+    await until(lambda: len(case.entries(TelemetryName.LINK_DOWN)) >= 3, 10, what="three refusals")
     back_t = time.monotonic()
     await case.sim.start()
     await case.said(say)
     await case.finish(("user", user), ("assistant", say))
 
-    downs = [e.t for e in case.entries("link down")]
+    downs = [e.t for e in case.entries(TelemetryName.LINK_DOWN)]
     gaps = [b - a for a, b in zip(downs, downs[1:], strict=False)]
     # Each retry after the configured delay, not at once and not later than it plus a try.
     assert all(BACKOFF_S - EARLY_S <= g <= BACKOFF_S + MARGIN_S for g in gaps), gaps
@@ -488,12 +489,12 @@ async def test_drop_during_a_turn(shared: Shared, point: str) -> None:
     await case.said(say)
     if drop.replied:
         # The reply was complete before the drop: wait for the link to be back anyway.
-        await until(lambda: len(case.entries("session ready")) >= 2, 10, what="a reconnect")
+        await until(lambda: len(case.entries(TelemetryName.SESSION_READY)) >= 2, 10, what="a reconnect")
     await case.finish(("user", user), ("assistant", say))
 
     fault_t = case.watch.closed[0]
     assert case.sim.connection_count == 2
-    assert len(case.entries("link down")) == 1, case.dump()
+    assert len(case.entries(TelemetryName.LINK_DOWN)) == 1, case.dump()
     case.check_recovered(fault_t, BACKOFF_S)
     # The turn so far goes with the conversation: the user's words once committed, the
     # reply once complete (a cut reply is asked for again, not replayed).
@@ -504,7 +505,7 @@ async def test_drop_during_a_turn(shared: Shared, point: str) -> None:
     assert shared.runs() == case.runs
     case.check_user_audio(committed_on=0 if drop.committed else 1)
     # The reply was spoken once in full, on whichever connection completed it.
-    assert [e.fields["text"] for e in case.entries("assistant said")] == [say]
+    assert [e.fields["text"] for e in case.entries(TelemetryName.ASSISTANT_SAID)] == [say]
     case.check_status(fault_t, "backoff", drop.reasons, BACKOFF_S)
     case.check_no_errors()
 
@@ -532,7 +533,7 @@ async def test_drop_between_a_function_call_and_its_output(shared: Shared) -> No
     case.check_context(case.sim.connections[1], *entries)
     assert [len(c.received("response.create")) for c in case.sim.connections] == [0, 1]
     assert shared.runs() == [*case.runs, ["open_window", "left"]]
-    assert len(case.entries("tool call")) == 1
+    assert len(case.entries(TelemetryName.TOOL_CALL)) == 1
     case.check_user_audio(committed_on=0)
     case.check_status(fault_t, "backoff", "connection lost (code 1006)", BACKOFF_S)
     case.check_no_errors()

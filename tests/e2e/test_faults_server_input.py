@@ -25,6 +25,7 @@ import pytest
 from harness import Harness, nonzero, running, silence, wake_word
 from hypothesis import HealthCheck, Phase, given, settings
 
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import MAX_TURNS_KEPT, Daemon
 from server_input import Event, Frame, bad_frames, describe, error_records, record_frames
 from support import espeak, until
@@ -84,7 +85,7 @@ async def send_batch(h: Harness, task: asyncio.Task[Any], n: int, batch: list[Fr
     assert sent == len(batch) + 1, f"the connection ended during {what}"
     try:
         await until(lambda: any(e.fields.get("text") == f"sentinel {n}"
-                                for e in h.entries("user said")), 10, what=f"sentinel {n}")
+                                for e in h.entries(TelemetryName.USER_SAID)), 10, what=f"sentinel {n}")
     except AssertionError as exc:
         raise AssertionError(f"{exc} after {what}\n{h.dump()}") from None
     assert not task.done(), f"the daemon stopped after {what}"
@@ -130,7 +131,7 @@ async def converse(tmp_path: Path, recorded: list[Event],
         task = daemon_task(h.daemon)
         h.say(wake_word() + silence(0.3) + espeak("what's the weather like today")
               + silence(1.5))
-        await h.event("first reply audio", timeout=25)
+        await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=25)
         # This conversation's events so far (its live response and item ids) and the recorded
         # ones; drawn off the loop, which plays the reply meanwhile.
         live = list(h.sim.connections[-1].sent_events)
@@ -155,7 +156,7 @@ async def converse(tmp_path: Path, recorded: list[Event],
         # Deltas of items that never play leave nothing behind without bound (the daemon once
         # kept a first-delta time per item id until the item played: forever for these).
         await send_batch(h, task, len(batches), unknown_items(live, 3 * MAX_TURNS_KEPT), errors)
-        assert len(h.daemon._delta_at) <= MAX_TURNS_KEPT
+        assert h.daemon.metrics.awaiting_first_audio <= MAX_TURNS_KEPT
 
         # The next spoken question is answered, audibly: a reply that the service started
         # after it committed the question plays at the speaker.

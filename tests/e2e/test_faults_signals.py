@@ -37,6 +37,7 @@ import pytest
 from harness import FIXTURES, MS24, START_TIMEOUT, Service, nonzero, service, silence
 
 from edgevoice.audio.convert import read_wav
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.tools.store import INTERRUPTED
 from support import alive, espeak, until
 
@@ -162,7 +163,7 @@ async def reach(svc: Service, phase: str, n: int, tag: str, root: Path) -> None:
         "wake": lambda: lines(svc, "wake word=") >= n,
         "speaking": lambda: len(sim.sent("input_audio_buffer.speech_started")) >= n,
         "tool": lambda: tag in tags_run(root),
-        "reply": lambda: lines(svc, "first audio at speaker") >= n,
+        "reply": lambda: lines(svc, TelemetryName.FIRST_AUDIO_AT_SPEAKER) >= n,
         "follow-up": lambda: lines(svc, "-> follow_up") >= n,
     }[phase]
     try:

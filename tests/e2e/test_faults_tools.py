@@ -24,6 +24,7 @@ import pytest
 from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.conversation.core import State
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import Daemon
 from support import alive, espeak, until
 
@@ -191,9 +192,9 @@ async def test_hung_crashed_and_killed_tools_answer_errors_and_megabytes_of_outp
              tool(tmp_path, "dump_log", "megabytes", command={"max_output_bytes": cap})]
     async with running(tmp_path, script, tools=tools, conversation={"follow_up_s": 8.0}) as h:
         ask(h, "the garage")
-        await h.event("tool call", 3)
+        await h.event(TelemetryName.TOOL_CALL, 3)
         async with LoopWatch(h.daemon) as watch:
-            await h.event("tool output", 3, timeout=10)
+            await h.event(TelemetryName.TOOL_OUTPUT, 3, timeout=10)
         watch.check()
         await hear(h, "Sorry, no.")
 
@@ -230,7 +231,7 @@ async def test_hung_crashed_and_killed_tools_answer_errors_and_megabytes_of_outp
         try:
             async with LoopWatch(h.daemon) as watch:
                 await follow_up(h, "the log")
-                await h.event("tool output", 4, timeout=15)
+                await h.event(TelemetryName.TOOL_OUTPUT, 4, timeout=15)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -243,7 +244,7 @@ async def test_hung_crashed_and_killed_tools_answer_errors_and_megabytes_of_outp
                                    "truncated": True}
 
         assert said(h) == ["Sorry, no.", "Long log."]
-        assert h.names().count("wake") == 1
+        assert h.names().count(TelemetryName.WAKE) == 1
         assert len(runs(tmp_path)) == 4  # nothing ran again
         assert len(h.sim.received("response.create")) == 2  # one per set of outputs
 
@@ -267,7 +268,7 @@ async def test_a_hundred_calls_at_once_are_rate_limited_each_answered_once_with_
         # The whole turn: the burst itself takes a few tens of milliseconds.
         async with LoopWatch(h.daemon) as watch:
             ask(h, "bump it")
-            await h.event("tool output", distinct, timeout=20)
+            await h.event(TelemetryName.TOOL_OUTPUT, distinct, timeout=20)
             await hear(h, "Bumped.")
         watch.check()
         await asyncio.sleep(0.3)  # anything more the daemon would send has arrived by now

@@ -18,6 +18,7 @@ import pytest
 from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.conversation.core import State
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.link.backoff import Backoff
 from support import espeak, until
 
@@ -139,13 +140,13 @@ async def test_spoken_request_runs_the_tool_returns_its_output_then_the_reply_co
         assert types.index("item:function_call_output") < types.index("response.create")
 
         # The timeline: the user's words, the call, its output, then the spoken confirmation.
-        assert [e.fields["text"] for e in h.entries("user said")] == ["open the left window"]
+        assert [e.fields["text"] for e in h.entries(TelemetryName.USER_SAID)] == ["open the left window"]
         names = h.names()
-        assert names.index("user said") < names.index("tool call") < names.index("tool output")
+        assert names.index(TelemetryName.USER_SAID) < names.index(TelemetryName.TOOL_CALL) < names.index(TelemetryName.TOOL_OUTPUT)
         assert said(h) == ["Opening it.", "The left window is open."]
-        confirmation = [e for e in h.entries("assistant said")
+        confirmation = [e for e in h.entries(TelemetryName.ASSISTANT_SAID)
                         if e.fields["text"] == "The left window is open."][0]
-        assert confirmation.t > h.entries("tool output")[0].t
+        assert confirmation.t > h.entries(TelemetryName.TOOL_OUTPUT)[0].t
         (record,) = h.daemon.tool_calls
         assert record["ok"] is True and record["call_id"] == call["call_id"]
         assert h.daemon.turns[-1].tools == ["open_window"]
@@ -206,15 +207,15 @@ async def test_drop_while_the_tool_runs_reconnects_sends_the_output_once_and_run
         await asyncio.sleep(0.5)
 
         assert h.sim.connection_count == 2
-        assert h.entries("link down")
-        reconnected = [e for e in h.entries("session ready") if e.fields["reconnected"]]
+        assert h.entries(TelemetryName.LINK_DOWN)
+        reconnected = [e for e in h.entries(TelemetryName.SESSION_READY) if e.fields["reconnected"]]
         assert len(reconnected) == 1
-        tool_output = await h.event("tool output")
+        tool_output = await h.event(TelemetryName.TOOL_OUTPUT)
         assert (tool_output.t < reconnected[0].t) is output_while_down, h.dump()
 
         # The action ran exactly once and was not started again by the reconnect.
         assert runs(tmp_path) == [["open_window", "left"]]
-        assert len(h.entries("tool call")) == 1
+        assert len(h.entries(TelemetryName.TOOL_CALL)) == 1
         (call,) = calls(h)
         # The output reached the service once, on the new connection, then one response.
         assert outputs(h, 0) == []
@@ -268,11 +269,11 @@ async def test_confirm_tool_runs_only_after_the_user_says_yes_and_never_twice_on
         for _, output in outputs(h)[2:]:
             assert output["ok"] is False and output["needs_confirmation"] is True
 
-        assert [e.fields["text"] for e in h.entries("user said")] == [
+        assert [e.fields["text"] for e in h.entries(TelemetryName.USER_SAID)] == [
             "open the window", "yes, open it", "okay, thanks"]
         assert [cid for cid, _ in outputs(h)] == [c["call_id"] for c in calls(h)]
         assert len(h.sim.received("response.create")) == 3  # one per set of outputs
-        assert h.names().count("wake") == 1  # one conversation
+        assert h.names().count(TelemetryName.WAKE) == 1  # one conversation
 
 
 async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_nothing(

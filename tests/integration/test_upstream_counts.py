@@ -13,6 +13,7 @@ import pytest
 from edgevoice.audio.convert import read_wav
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.devkit.demo import running_daemon
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.util import data_path
@@ -20,7 +21,7 @@ from support import assert_no_client_errors, espeak, until
 
 pytestmark = pytest.mark.timeout(60)
 
-TURN_STARTS = ("wake", "follow-up speech")
+TURN_STARTS = (TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH)
 
 
 def silence(seconds: float) -> bytes:
@@ -63,7 +64,7 @@ async def test_upstream_and_ungated_bytes_per_turn_are_exact(tmp_path: Path) -> 
         daemon.core.on_frame = catch_up(daemon.core.on_frame)  # type: ignore[method-assign]
 
         def done(n: int) -> bool:
-            return sum(1 for kind, name in record if name == "reply done") >= n
+            return sum(1 for kind, name in record if name == TelemetryName.REPLY_DONE) >= n
 
         # A wake word, a hesitation longer than the gate's tail (it closes, then opens again
         # with its prefix padding when the question starts), the question.
@@ -92,7 +93,7 @@ async def test_upstream_and_ungated_bytes_per_turn_are_exact(tmp_path: Path) -> 
     for _ in range(2):
         start = next(i for i, (kind, _) in enumerate(record) if kind == "catch-up")
         end = next(i for i, (kind, name) in enumerate(record)
-                   if kind == "telemetry" and name == "reply done")
+                   if kind == "telemetry" and name == TelemetryName.REPLY_DONE)
         turn_frame = max(i for i, (kind, _) in enumerate(record[:start]) if kind == "frame")
         expected.append(record[start][1] + sum(n for kind, n in record[turn_frame:end]
                                                if kind == "frame"))

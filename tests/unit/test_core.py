@@ -28,6 +28,7 @@ from edgevoice.conversation.core import (
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen.vad import UpstreamGate
 from edgevoice.wire import events as ev
@@ -272,7 +273,7 @@ def test_end_conversation_waits_for_the_reply_then_goes_idle_without_follow_up()
 # -- device faults -----------------------------------------------------------------------------
 
 
-def telemetry(out: list[Any], name: str) -> list[Telemetry]:
+def telemetry(out: list[Any], name: TelemetryName) -> list[Telemetry]:
     return [a for a in actions_of(Telemetry, out) if a.name == name]
 
 
@@ -294,7 +295,7 @@ def test_microphone_lost_mid_request_commits_what_was_sent_and_asks_for_the_repl
     core = mid_request_core(mic_lost_reply_s=10.0)
     out = core.on_microphone_lost(2.0)
     assert sent_types(out) == [ev.InputAudioBufferCommit, ev.ResponseCreate]
-    assert telemetry(out, "microphone lost")[0].fields["state"] == "listening"
+    assert telemetry(out, TelemetryName.MICROPHONE_LOST)[0].fields["state"] == "listening"
     assert core.state is State.LISTENING and not actions_of(Unduck, out)
     # The reply comes: the turn goes on as usual, though the microphone is still gone.
     core.on_event(response_created(), 2.5)
@@ -327,13 +328,13 @@ def test_microphone_lost_and_no_reply_ends_the_turn_instead_of_hanging() -> None
     assert core.on_tick(11.9) == [] and core.state is State.LISTENING
     out = core.on_tick(12.0)
     assert core.state is State.IDLE and actions_of(Unduck, out)
-    assert telemetry(out, "idle")[0].fields["why"] == "no reply after the microphone was lost"
+    assert telemetry(out, TelemetryName.IDLE)[0].fields["why"] == "no reply after the microphone was lost"
 
 
 def test_microphone_back_lifts_the_reply_deadline() -> None:
     core = mid_request_core(mic_lost_reply_s=10.0)
     core.on_microphone_lost(2.0)
-    assert telemetry(core.on_microphone_back(3.0), "microphone back")
+    assert telemetry(core.on_microphone_back(3.0), TelemetryName.MICROPHONE_BACK)
     assert core.on_tick(12.0) == [] and core.state is State.LISTENING
 
 
@@ -344,8 +345,8 @@ def test_microphone_lost_before_any_speech_ends_the_conversation_and_says_why() 
     out = core.on_microphone_lost(0.5)
     assert sent_types(out) == []
     assert core.state is State.IDLE and actions_of(Unduck, out)
-    assert telemetry(out, "idle")[0].fields["why"] == "microphone lost before any speech"
-    assert telemetry(out, "microphone lost")
+    assert telemetry(out, TelemetryName.IDLE)[0].fields["why"] == "microphone lost before any speech"
+    assert telemetry(out, TelemetryName.MICROPHONE_LOST)
 
 
 def test_microphone_lost_while_a_reply_is_paused_for_a_possible_barge_in_resumes_it() -> None:
@@ -371,7 +372,7 @@ def test_speaker_lost_mid_reply_cancels_truncates_to_what_played_and_ends() -> N
     assert sent_types(out) == [ev.ResponseCancel]
     assert actions_of(StopPlayback, out) == [StopPlayback("item_a")]
     assert core.state is State.IDLE and actions_of(Unduck, out)
-    assert telemetry(out, "idle")[0].fields["why"] == "speaker lost"
+    assert telemetry(out, TelemetryName.IDLE)[0].fields["why"] == "speaker lost"
     # The service cannot know what the user heard: truncate even with auto_truncate on.
     truncate = actions_of(SendEvent, core.on_playback_stopped("item_a", 812.7, 2.01))
     assert [(a.event.item_id, a.event.audio_end_ms) for a in truncate] == [("item_a", 812)]
@@ -385,7 +386,7 @@ def test_speaker_lost_while_listening_is_only_noted() -> None:
     core = mid_request_core()
     out = core.on_speaker_lost(2.0)
     assert [type(a) for a in out] == [Telemetry] and core.state is State.LISTENING
-    assert telemetry(core.on_speaker_back(3.0), "speaker back")
+    assert telemetry(core.on_speaker_back(3.0), TelemetryName.SPEAKER_BACK)
 
 
 def onset_frame(pcm: bytes, threshold: int = 1000) -> int:
@@ -408,7 +409,7 @@ def test_a_stray_speech_started_never_leaves_the_microphone_streaming() -> None:
     assert core.on_tick(20.4) == [] and core.state is State.LISTENING
     out = core.on_tick(20.5)
     assert core.state is State.IDLE and actions_of(Unduck, out)
-    assert telemetry(out, "idle")[0].fields["why"] == "no answer from the service"
+    assert telemetry(out, TelemetryName.IDLE)[0].fields["why"] == "no answer from the service"
     assert sent_types(out) == []  # no response to cancel
 
 
@@ -424,7 +425,7 @@ def test_a_response_that_never_finishes_is_cancelled_and_the_conversation_ends()
     out = core.on_tick(23.0)
     assert sent_types(out) == [ev.ResponseCancel] and core.state is State.IDLE
     # A late done of that response changes nothing.
-    assert not telemetry(core.on_event(response_done(), 24.0), "reply done")
+    assert not telemetry(core.on_event(response_done(), 24.0), TelemetryName.REPLY_DONE)
 
 
 def test_the_service_timeout_waits_while_the_link_is_down_and_while_audio_plays() -> None:

@@ -38,6 +38,7 @@ from edgevoice.conversation.core import (
     actions_of,
 )
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.link.auth import ApiKeyAuth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.listen.vad import UpstreamGate
@@ -235,7 +236,7 @@ async def reply(d: Daemonish, feed: Feed, rid: str, item: str) -> None:
     await feed(_frame(type="response.audio_transcript.done", transcript="Okay.", **ids))
     done = await feed(_frame(type="response.done", response={"id": rid, "status": "completed"}))
     assert [t.fields["status"] for t in actions_of(Telemetry, done)
-            if t.name == "reply done"] == ["completed"]
+            if t.name == TelemetryName.REPLY_DONE] == ["completed"]
 
 
 async def next_turn_is_served(d: Daemonish, feed: Feed) -> None:

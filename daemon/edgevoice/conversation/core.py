@@ -41,11 +41,12 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edgevoice.audio.convert import level_dbfs
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 from edgevoice.link.protocol import LinkDown, LinkUp, ServiceError, TurnAbandoned
 from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
 from edgevoice.wire import events as ev
@@ -129,15 +130,6 @@ class Earcon:
 @dataclass(frozen=True)
 class Connect:
     wanted: bool
-
-
-@dataclass(frozen=True)
-class Telemetry:
-    """A timeline entry: what happened, when, with details (the demo prints these)."""
-
-    name: str
-    t: float
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -243,7 +235,7 @@ class Core:
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
         self._go(State.IDLE, t, out)
         out.append(Unduck())
-        out.append(Telemetry("idle", t, {"why": why}))
+        out.append(Telemetry(TelemetryName.IDLE, t, {"why": why}))
         self._idle_since = t
         self._pending_chunks.clear()
         self.upstream.reset()
@@ -270,13 +262,13 @@ class Core:
         out: list[Action] = []
         if (self.state is not State.IDLE and self._echo_possible(t, WAKE_WORD_S)
                 and self._user_ms(t, WAKE_WORD_S) < USER_EVIDENCE_MS):
-            out.append(Telemetry("wake ignored (echo)", t, {"word": name}))
+            out.append(Telemetry(TelemetryName.WAKE_IGNORED_ECHO, t, {"word": name}))
             return out
         if self.state is State.IDLE or self.state is State.FOLLOW_UP:
             if name in self.s.stop_words:
                 return out
             self.turn += 1
-            out.append(Telemetry("wake", t, {"word": name, "score": round(score, 3)}))
+            out.append(Telemetry(TelemetryName.WAKE, t, {"word": name, "score": round(score, 3)}))
             if self.state is State.IDLE:
                 if self.s.earcon:
                     out.append(Earcon("wake"))
@@ -313,12 +305,12 @@ class Core:
                 self._heard_speech = True
                 self._progress_at = t
             if decision.speech_started:
-                out.append(Telemetry("speech start (local)", t))
+                out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
             if self.endpointer is not None and self.s.local_end_of_utterance:
                 end = self.endpointer.process(pcm, t)
                 if end.end_of_utterance:
                     self._turn_committed = True
-                    out.append(Telemetry("end of utterance (local)", t))
+                    out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
                     out.append(SendEvent(ev.InputAudioBufferCommit()))
                     out.append(SendEvent(ev.ResponseCreate()))
             if (not self._heard_speech and self.s.listen_timeout_s > 0
@@ -327,11 +319,11 @@ class Core:
         elif state is State.FOLLOW_UP:
             if (decision.speech_started and self._echo_possible(t, 0.3)
                     and self._user_ms(t, 0.3) < self.s.frame_ms):
-                out.append(Telemetry("speech ignored (echo)", t))
+                out.append(Telemetry(TelemetryName.SPEECH_IGNORED_ECHO, t))
                 self.upstream.reset()
             elif decision.speech_started:
                 self.turn += 1
-                out.append(Telemetry("follow-up speech", t))
+                out.append(Telemetry(TelemetryName.FOLLOW_UP_SPEECH, t))
                 self._heard_speech = True
                 self._go(State.LISTENING, t, out)
                 out.extend(chunks)
@@ -355,11 +347,12 @@ class Core:
                     and self._voiced_ms >= self.s.bargein_pause_ms):
                 self._paused = True
                 out.append(PausePlayback())
-                out.append(Telemetry("speaker paused", t, {"voiced_ms": self._voiced_ms}))
+                out.append(Telemetry(TelemetryName.SPEAKER_PAUSED, t,
+                                     {"voiced_ms": self._voiced_ms}))
             elif self._paused and self._voiced_ms == 0:
                 self._paused = False
                 out.append(ResumePlayback())
-                out.append(Telemetry("speaker resumed", t))
+                out.append(Telemetry(TelemetryName.SPEAKER_RESUMED, t))
         return out
 
     def on_playback_reference(self, level_db: float, t: float) -> None:
@@ -377,7 +370,7 @@ class Core:
     def on_playback_stopped(self, item_id: str | None, played_ms: float, t: float) -> list[Action]:
         """The caller stopped playback; ``played_ms`` of ``item_id`` reached the speaker."""
         out: list[Action] = []
-        out.append(Telemetry("playback stopped", t, {"item": item_id,
+        out.append(Telemetry(TelemetryName.PLAYBACK_STOPPED, t, {"item": item_id,
                                                      "played_ms": round(played_ms)}))
         # auto_truncate covers the service's own barge-in only; a lost speaker it cannot know.
         forced = item_id is not None and item_id == self._truncate_always
@@ -385,7 +378,8 @@ class Core:
         if item_id and (forced or not self.s.auto_truncate):
             out.append(SendEvent(ev.ConversationItemTruncate(
                 item_id=item_id, audio_end_ms=max(0, int(played_ms)))))
-            out.append(Telemetry("truncate", t, {"item": item_id, "audio_end_ms": int(played_ms)}))
+            out.append(Telemetry(TelemetryName.TRUNCATE, t,
+                                 {"item": item_id, "audio_end_ms": int(played_ms)}))
         return out
 
     def on_tool_result(self, call_id: str, output: str, t: float) -> list[Action]:
@@ -395,7 +389,7 @@ class Core:
         self._awaiting_outputs.discard(call_id)
         self._progress_at = t
         out.append(SendEvent(ev.ConversationItemCreate.function_call_output(call_id, output)))
-        out.append(Telemetry("tool output", t, {"call_id": call_id}))
+        out.append(Telemetry(TelemetryName.TOOL_OUTPUT, t, {"call_id": call_id}))
         if not self._awaiting_outputs:
             out.append(SendEvent(ev.ResponseCreate()))
             self._response_done = False
@@ -456,7 +450,7 @@ class Core:
             self._paused = False
             out.append(ResumePlayback())
             fields["then"] = "reply resumed"
-        out.insert(0, Telemetry("microphone lost", t, fields))
+        out.insert(0, Telemetry(TelemetryName.MICROPHONE_LOST, t, fields))
         if state is State.LISTENING and not self._heard_speech:
             self._end_conversation(t, out, "microphone lost before any speech")
         return out
@@ -464,7 +458,7 @@ class Core:
     def on_microphone_back(self, t: float) -> list[Action]:
         """The microphone delivers again (frames from ``t`` on)."""
         self._mic_lost_at = None
-        return [Telemetry("microphone back", t)]
+        return [Telemetry(TelemetryName.MICROPHONE_BACK, t)]
 
     def on_speaker_lost(self, t: float) -> list[Action]:
         """The speaker failed at ``t``: what was queued is gone and nothing fed until
@@ -472,7 +466,7 @@ class Core:
         (the caller reports the milliseconds actually played through
         :meth:`on_playback_stopped`, which then always truncates) and the conversation ends:
         the user cannot hear a follow-up either."""
-        out: list[Action] = [Telemetry("speaker lost", t, {"state": self.state.value,
+        out: list[Action] = [Telemetry(TelemetryName.SPEAKER_LOST, t, {"state": self.state.value,
                                                            "item": self._playing_item})]
         if self.state is State.RESPONDING:
             if self._response_id is not None:  # cancel first, then truncate (after the stop)
@@ -489,7 +483,7 @@ class Core:
 
     def on_speaker_back(self, t: float) -> list[Action]:
         """The speaker works again: the next reply plays."""
-        return [Telemetry("speaker back", t)]
+        return [Telemetry(TelemetryName.SPEAKER_BACK, t)]
 
     def on_event(self, event: Any, t: float) -> list[Action]:
         """A typed server event or a link event."""
@@ -498,23 +492,24 @@ class Core:
             self._progress_at = t
         if isinstance(event, LinkUp):
             self._link_up = True
-            out.append(Telemetry("session ready", t, {"reconnected": event.reconnected}))
+            out.append(Telemetry(TelemetryName.SESSION_READY, t,
+                                 {"reconnected": event.reconnected}))
             if event.reconnected and self._calls:
                 # The response that announced these calls died with the old connection, so
                 # its response.done never comes; the replayed context expects their outputs.
                 self._run_calls(t, out)
         elif isinstance(event, LinkDown):
             self._link_up = False  # an outage is the link's to bound (offline_buffer_s)
-            out.append(Telemetry("link down", t, {"reason": event.reason}))
+            out.append(Telemetry(TelemetryName.LINK_DOWN, t, {"reason": event.reason}))
         elif isinstance(event, TurnAbandoned):
-            out.append(Telemetry("turn abandoned", t, {"reason": event.reason}))
+            out.append(Telemetry(TelemetryName.TURN_ABANDONED, t, {"reason": event.reason}))
             if self.state is not State.IDLE:
                 self._end_conversation(t, out, "turn abandoned")
         elif isinstance(event, ServiceError):
             if not event.benign:
-                out.append(Telemetry("service error", t, {"message": event.message}))
+                out.append(Telemetry(TelemetryName.SERVICE_ERROR, t, {"message": event.message}))
         elif isinstance(event, ev.InputAudioBufferSpeechStarted):
-            out.append(Telemetry("speech start (server)", t,
+            out.append(Telemetry(TelemetryName.SPEECH_START_SERVER, t,
                                  {"audio_start_ms": event.audio_start_ms}))
             self._heard_speech = True
             if (self.state is State.RESPONDING and self._playing_item is not None
@@ -526,14 +521,15 @@ class Core:
             elif self.state is State.LISTENING:
                 self._turn_committed = False  # more speech: not committed yet
         elif isinstance(event, ev.InputAudioBufferSpeechStopped):
-            out.append(Telemetry("speech end (server)", t, {"audio_end_ms": event.audio_end_ms}))
+            out.append(Telemetry(TelemetryName.SPEECH_END_SERVER, t,
+                                 {"audio_end_ms": event.audio_end_ms}))
             if self.state is State.LISTENING:
                 self._turn_committed = True  # server VAD commits the turn (and responds)
         elif isinstance(event, ev.InputAudioBufferCommitted):
             if self.state is State.LISTENING:
                 self._turn_committed = True
         elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
-            out.append(Telemetry("user said", t, {"text": event.transcript}))
+            out.append(Telemetry(TelemetryName.USER_SAID, t, {"text": event.transcript}))
         elif isinstance(event, ev.ResponseCreated):
             self._response_id = event.response.id
             self._response_done = False
@@ -553,7 +549,8 @@ class Core:
                     return out
                 if not self._first_delta_seen:
                     self._first_delta_seen = True
-                    out.append(Telemetry("first reply audio", t, {"item": event.item_id}))
+                    out.append(Telemetry(TelemetryName.FIRST_REPLY_AUDIO, t,
+                                         {"item": event.item_id}))
                 self._playing_item = event.item_id
                 self._drained = False
                 out.append(Play(event.item_id, data, self.s.output_format))
@@ -561,7 +558,7 @@ class Core:
             if event.item_id == self._playing_item:
                 out.append(FinishItem(event.item_id))
         elif isinstance(event, ev.ResponseAudioTranscriptDone):
-            out.append(Telemetry("assistant said", t, {"text": event.transcript}))
+            out.append(Telemetry(TelemetryName.ASSISTANT_SAID, t, {"text": event.transcript}))
         elif isinstance(event, ev.ResponseFunctionCallArgumentsDone):
             self._calls[event.call_id] = event
         elif isinstance(event, ev.ResponseDone):
@@ -591,7 +588,7 @@ class Core:
             return  # the conversation gave up on it (service_timeout_s)
         self._response_done = True
         self._response_id = None
-        out.append(Telemetry("reply done", t, {"status": event.response.status}))
+        out.append(Telemetry(TelemetryName.REPLY_DONE, t, {"status": event.response.status}))
         self._run_calls(t, out)
         if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
             self._to_follow_up(t, out)
@@ -602,7 +599,8 @@ class Core:
         for call in calls:
             self._awaiting_outputs.add(call.call_id)
             out.append(RunTool(call.call_id, call.name, call.arguments))
-            out.append(Telemetry("tool call", t, {"name": call.name, "call_id": call.call_id}))
+            out.append(Telemetry(TelemetryName.TOOL_CALL, t,
+                                 {"name": call.name, "call_id": call.call_id}))
 
     def _to_follow_up(self, t: float, out: list[Action]) -> None:
         self._playing_item = None
@@ -619,7 +617,7 @@ class Core:
             self._end_conversation(t, out, "reply done")
 
     def _barge_in(self, t: float, out: list[Action], why: str, *, then: State) -> None:
-        out.append(Telemetry("barge-in", t, {"by": why}))
+        out.append(Telemetry(TelemetryName.BARGE_IN, t, {"by": why}))
         if self._response_id is not None:  # cancel first, then truncate (after the stop)
             out.append(SendEvent(ev.ResponseCancel()))
         out.append(StopPlayback(self._playing_item))

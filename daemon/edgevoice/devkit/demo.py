@@ -33,6 +33,7 @@ from edgevoice.audio.convert import read_wav, resample, write_wav
 from edgevoice.audio.devices import pa_lock
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
+from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import Daemon
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
@@ -180,7 +181,8 @@ class Timeline:
         self.mark(entry.name, entry.t, **fields)
 
 
-QUIET = {"tool output", "playback stopped"}  # shown through their neighbours
+# Shown through their neighbours.
+QUIET = frozenset({TelemetryName.TOOL_OUTPUT, TelemetryName.PLAYBACK_STOPPED})
 
 
 @dataclass

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from edgevoice.service.signals import handle_signals
 from edgevoice.service.status import StatusError, StatusServer, status_line
 
 log = logging.getLogger("edgevoice.service")
+
+STATUS_EVERY_S = 0.5  # how often STATUS= is checked (sent only when it changed)
 
 
 async def serve(
@@ -45,112 +48,195 @@ async def serve(
       socket closed) and 0 is returned. Bounded: a few seconds.
     Returns 2 when the config's wake word models cannot be loaded at start.
     """
-    notifier = notifier or Notifier()
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    reload_asked = asyncio.Event()
-    remove = handle_signals(loop, stop=stopping.set, reload=reload_asked.set)
-    state_dir = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) \
-        if os.environ.get("STATE_DIRECTORY") else None
-    current: dict[str, Any] = {"phase": "starting", "daemon": None}
+    service = _Service(cfg, config_path=config_path, auth_for=auth_for,
+                       notifier=notifier or Notifier())
+    return await service.run()
 
-    def snapshot() -> dict[str, Any]:
-        daemon = current["daemon"]
-        snap = daemon.snapshot() if daemon is not None else {}
-        if current["phase"] != "running":
-            snap["state"] = current["phase"]
+
+@dataclass
+class _Running:
+    """One built daemon, its credentials and the task running it."""
+
+    daemon: Daemon
+    auth: Auth
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def close(self) -> None:
+        """Stop the daemon and wait for it; raises what it failed with."""
+        self.stop.set()
+        await self.task
+        await self.auth.close()
+
+
+class _Service:
+    """The state of :func:`serve` between its steps: the signals asked for, the phase the
+    status shows, the running daemon (if any), the status server and the watchdog."""
+
+    def __init__(self, cfg: Config, *, config_path: Path | None,
+                 auth_for: Callable[[Config], Auth], notifier: Notifier) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.auth_for = auth_for
+        self.notifier = notifier
+        self.stopping = asyncio.Event()
+        self.reload_asked = asyncio.Event()
+        self.state_dir = _state_dir()
+        self.phase = "starting"  # the status's state until the daemon runs
+        self.daemon: Daemon | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def run(self) -> int:
+        remove = handle_signals(asyncio.get_running_loop(), stop=self.stopping.set,
+                                reload=self.reload_asked.set)
+        status_server = await _start_status_server(self.cfg, self.snapshot)
+        try:
+            return await self._serve()
+        finally:
+            remove()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            if status_server is not None:
+                await status_server.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.daemon.snapshot() if self.daemon is not None else {}
+        if self.phase != "running":
+            snap["state"] = self.phase
         return snap
 
-    status_server: StatusServer | None = None
-    socket_path = cfg.service.status_socket_path()
-    if socket_path is not None:
-        status_server = StatusServer(socket_path, snapshot)
-        try:
-            await status_server.start()
-        except StatusError as exc:
-            log.warning("status socket off: %s", exc)
-            status_server = None
-    watchdog: asyncio.Task[None] | None = None
-    previous_cfg: Config | None = None  # the one to go back to if a reloaded one fails
-    try:
+    def _status(self) -> str:
+        return status_line(self.snapshot())
+
+    async def _serve(self) -> int:
+        """Start, serve, swap to a reloaded config at an idle moment (as often as asked),
+        stop."""
+        cfg = self.cfg
+        previous: Config | None = None  # the one to go back to if a reloaded one fails
         while True:
-            auth = auth_for(cfg)
-            try:
-                daemon = Daemon(cfg, auth=auth, state_dir=state_dir)
-            except (WakeModelError, ValueError) as exc:
-                await auth.close()
-                if previous_cfg is None:
-                    log.error("%s", exc)
+            running = await self._start(cfg, reloading=previous is not None)
+            if running is None:
+                if previous is None:
                     return 2
-                log.error("reload refused: %s; going back to the running configuration", exc)
-                cfg, previous_cfg = previous_cfg, None
+                cfg, previous = previous, None
                 continue
-            current["daemon"] = daemon
-            if previous_cfg is not None:
-                # A reload: the stopped Daemon, now unreferenced, sits in reference cycles
-                # (tasks, callbacks) with its native buffers; without a full collection each
-                # SIGHUP kept ~0.5 MB for a long while (found by the soak run). Collect now.
-                gc.collect()
-            daemon_stop = asyncio.Event()
-            run = asyncio.create_task(daemon.run(daemon_stop), name="daemon")
-            if watchdog is None:
-                watchdog = asyncio.create_task(
-                    notifier.run_watchdog(lambda: current["daemon"] is not None
-                                          and current["daemon"].healthy()), name="watchdog")
-            await _first_of(daemon.ready.wait(), stopping.wait(), run)
-            if run.done():
-                await run  # raises what stopped it (a device that cannot open at all)
-            if not stopping.is_set():  # stopped before it listened: never READY
-                current["phase"] = "running"
-                notifier.ready(status_line(snapshot()))
-            pending_cfg: Config | None = None
-            while not stopping.is_set() and not run.done():
-                await _first_of(stopping.wait(), reload_asked.wait(), asyncio.sleep(0.5))
-                if reload_asked.is_set():
-                    reload_asked.clear()
-                    notifier.reloading()
-                    try:
-                        pending_cfg = load_config(config_path)
-                        # What a rebuild would load: fail now, not after the running daemon
-                        # was stopped.
-                        setup.wake_gate(pending_cfg)
-                        if pending_cfg.conversation.earcon:
-                            load_earcon(pending_cfg)
-                    except (ConfigError, WakeModelError, ValueError) as exc:
-                        pending_cfg = None
-                        lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
-                        for line in lines:
-                            log.error("reload refused: %s", line)
-                        log.error("reload refused: keeping the running configuration")
-                        notifier.ready(status_line(snapshot()))
-                        continue
-                    setup_logging(pending_cfg.service.log_level,
-                                  journal=pending_cfg.service.journal())
-                    log.info("reloading: the new configuration applies at the next idle "
-                             "moment")
-                if pending_cfg is not None and daemon.core.state is c.State.IDLE:
-                    break
-                notifier.status(status_line(snapshot()))
-            if stopping.is_set() or pending_cfg is None:
-                current["phase"] = "stopping"
-                notifier.stopping()
-                daemon_stop.set()
-                await run
-                await auth.close()
+            await self._wait_ready(running)
+            pending = await self._serve_until_swap(running)
+            if pending is None:
+                await self._stop(running)
                 return 0
-            daemon_stop.set()
-            await run
+            await running.close()
+            cfg, previous = pending, cfg
+            self.phase = "reloading"
+
+    async def _start(self, cfg: Config, *, reloading: bool) -> _Running | None:
+        """Build the daemon from ``cfg`` and start it; None (logged) if it cannot be built."""
+        auth = self.auth_for(cfg)
+        try:
+            daemon = Daemon(cfg, auth=auth, state_dir=self.state_dir)
+        except (WakeModelError, ValueError) as exc:
             await auth.close()
-            cfg, previous_cfg = pending_cfg, cfg
-            current["phase"] = "reloading"
-    finally:
-        remove()
-        if watchdog is not None:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
-        if status_server is not None:
-            await status_server.close()
+            if reloading:
+                log.error("reload refused: %s; going back to the running configuration", exc)
+            else:
+                log.error("%s", exc)
+            return None
+        self.daemon = daemon
+        if reloading:
+            # The stopped Daemon, now unreferenced, sits in reference cycles (tasks,
+            # callbacks) with its native buffers; without a full collection each SIGHUP
+            # kept ~0.5 MB for a long while (found by the soak run). Collect now.
+            gc.collect()
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop), name="daemon")
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self.notifier.run_watchdog(self._healthy),
+                                                 name="watchdog")
+        return _Running(daemon, auth, task, stop)
+
+    def _healthy(self) -> bool:
+        return self.daemon is not None and self.daemon.healthy()
+
+    async def _wait_ready(self, running: _Running) -> None:
+        """Until the daemon listens (then ``READY=1``) or a stop is asked. Raises what
+        stopped the daemon before (a device that cannot open at all)."""
+        await _first_of(running.daemon.ready.wait(), self.stopping.wait(), running.task)
+        if running.task.done():
+            await running.task
+        if not self.stopping.is_set():  # stopped before it listened: never READY
+            self.phase = "running"
+            self.notifier.ready(self._status())
+
+    async def _serve_until_swap(self, running: _Running) -> Config | None:
+        """Serve, following the status and taking reload requests, until a stop is asked or
+        the daemon ended (None), or the daemon is idle with a reloaded config pending (that
+        config)."""
+        pending: Config | None = None
+        while not self.stopping.is_set() and not running.task.done():
+            await _first_of(self.stopping.wait(), self.reload_asked.wait(),
+                            asyncio.sleep(STATUS_EVERY_S))
+            if self.reload_asked.is_set():
+                self.reload_asked.clear()
+                pending = self._reload()
+                if pending is None:
+                    continue
+            if pending is not None and running.daemon.core.state is c.State.IDLE:
+                break
+            self.notifier.status(self._status())
+        return None if self.stopping.is_set() else pending
+
+    def _reload(self) -> Config | None:
+        """A reload request: the config file read again and checked (``RELOADING=1``). A
+        valid one applies its log level now and is returned; an invalid one is logged line by
+        line, ``READY=1`` is sent again and None returned (any earlier pending one is dropped
+        too: the file is what counts)."""
+        self.notifier.reloading()
+        try:
+            cfg = load_config(self.config_path)
+            # What a rebuild would load: fail now, not after the running daemon was stopped.
+            setup.wake_gate(cfg)
+            if cfg.conversation.earcon:
+                load_earcon(cfg)
+        except (ConfigError, WakeModelError, ValueError) as exc:
+            lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            for line in lines:
+                log.error("reload refused: %s", line)
+            log.error("reload refused: keeping the running configuration")
+            self.notifier.ready(self._status())
+            return None
+        setup_logging(cfg.service.log_level, journal=cfg.service.journal())
+        log.info("reloading: the new configuration applies at the next idle moment")
+        return cfg
+
+    async def _stop(self, running: _Running) -> None:
+        self.phase = "stopping"
+        self.notifier.stopping()
+        await running.close()
+
+
+def _state_dir() -> Path | None:
+    """systemd's ``StateDirectory=`` (the first one), where the tools keep their record."""
+    value = os.environ.get("STATE_DIRECTORY")
+    return Path(value.split(":")[0]) if value else None
+
+
+async def _start_status_server(
+    cfg: Config, snapshot: Callable[[], dict[str, Any]]
+) -> StatusServer | None:
+    """The status socket's server, serving ``snapshot()``; None when the config has no
+    socket or it cannot be created (logged: the daemon serves on without it)."""
+    socket_path = cfg.service.status_socket_path()
+    if socket_path is None:
+        return None
+    server = StatusServer(socket_path, snapshot)
+    try:
+        await server.start()
+    except StatusError as exc:
+        log.warning("status socket off: %s", exc)
+        return None
+    return server
 
 
 async def _first_of(*aws: Awaitable[Any]) -> None:

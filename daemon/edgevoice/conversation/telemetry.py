@@ -1,0 +1,66 @@
+"""The conversation's timeline: typed telemetry entries.
+
+Each step of a turn is one :class:`Telemetry` entry — a :class:`TelemetryName`, a time and a
+few details — that the core (and, for what only the devices know, the daemon) emits as it
+happens. The same entries feed the log, the demo's timeline and the latency figures of
+:mod:`edgevoice.metrics`, so what is measured is what is shown.
+
+Guarantees: the values of :class:`TelemetryName` are the names printed by ``edgevoice demo``
+(and its ``--json`` ``event`` keys) and written to the log; a member compares equal to its
+value, and formats and serialises as it (a ``StrEnum``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TelemetryName(enum.StrEnum):
+    """What a :class:`Telemetry` entry reports; its ``fields`` are listed per member."""
+
+    # The wake word and the user's speech.
+    WAKE = "wake"  # word, score: a turn starts from IDLE or the follow-up window
+    WAKE_IGNORED_ECHO = "wake ignored (echo)"  # word: the assistant's own voice, likely
+    SPEECH_START_LOCAL = "speech start (local)"  # the upstream VAD gate opened
+    SPEECH_START_SERVER = "speech start (server)"  # audio_start_ms
+    SPEECH_END_SERVER = "speech end (server)"  # audio_end_ms: the server committed the turn
+    END_OF_UTTERANCE_LOCAL = "end of utterance (local)"  # turn_detection "none": committed here
+    SPEECH_IGNORED_ECHO = "speech ignored (echo)"  # in the follow-up window
+    FOLLOW_UP_SPEECH = "follow-up speech"  # a turn starts without the wake word
+    USER_SAID = "user said"  # text: the service's transcript of the user's turn
+    # The reply.
+    FIRST_REPLY_AUDIO = "first reply audio"  # item: the reply's first audio delta arrived
+    FIRST_AUDIO_AT_SPEAKER = "first audio at speaker"  # item, after_delta_ms (the daemon's)
+    ASSISTANT_SAID = "assistant said"  # text
+    REPLY_DONE = "reply done"  # status: the response's response.done
+    SPEAKER_PAUSED = "speaker paused"  # voiced_ms: the user may be barging in
+    SPEAKER_RESUMED = "speaker resumed"  # it was not a barge-in
+    BARGE_IN = "barge-in"  # by: "local speech", "server speech", "wake word" or "stop word"
+    PLAYBACK_STOPPED = "playback stopped"  # item, played_ms
+    TRUNCATE = "truncate"  # item, audio_end_ms: conversation.item.truncate sent
+    # Tools.
+    TOOL_CALL = "tool call"  # name, call_id: the tool runs now
+    TOOL_OUTPUT = "tool output"  # call_id: its output went back to the service
+    # The end of a conversation.
+    IDLE = "idle"  # why
+    # The link and the devices.
+    SESSION_READY = "session ready"  # reconnected
+    LINK_DOWN = "link down"  # reason
+    TURN_ABANDONED = "turn abandoned"  # reason: the link gave up on the turn
+    SERVICE_ERROR = "service error"  # message
+    MICROPHONE_LOST = "microphone lost"  # state, then
+    MICROPHONE_BACK = "microphone back"
+    SPEAKER_LOST = "speaker lost"  # state, item
+    SPEAKER_BACK = "speaker back"
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """A timeline entry: what happened, when (the time of the input that produced it, on the
+    caller's clock), with details (the demo prints these)."""
+
+    name: TelemetryName
+    t: float
+    fields: dict[str, Any] = field(default_factory=dict)
