@@ -18,7 +18,8 @@ from edgevoice.devkit.simulator.script import Script
 from edgevoice.util import data_path
 from support import espeak, until
 
-pytestmark = pytest.mark.timeout(60)
+# The daemon on the real-time rig: two spoken turns.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.realtime, pytest.mark.slow]
 
 TURN_STARTS = ("wake", "follow-up speech")
 
