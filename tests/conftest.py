@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PulseServer, espeak, stop_process
+from support import PulseServer, espeak, need_tool, stop_process
 
 UNIT = Path(__file__).resolve().parent / "unit"
 
@@ -29,9 +29,8 @@ def speech() -> Callable[..., bytes]:
 
 @pytest.fixture
 def pulse() -> Iterator[PulseServer]:
-    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
-        pytest.skip("pulseaudio/pulseaudio-utils not installed (apt-get install pulseaudio "
-                    "pulseaudio-utils)")
+    need_tool("pulseaudio", "apt-get install pulseaudio (or run scripts/setup)")
+    need_tool("pactl", "apt-get install pulseaudio-utils (or run scripts/setup)")
     server = PulseServer()
     try:
         server.start()

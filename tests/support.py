@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -21,12 +23,51 @@ from edgevoice.devkit.simulator import SentError, Simulator
 from edgevoice.devkit.virtual import VirtualAlsa
 from edgevoice.link.protocol import BENIGN_ERRORS
 
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    """True when the variable CI is set (CI runs with CI=true), unless to 0/false/no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(what: str, install: str) -> NoReturn:
+    """``what``, which scripts/setup installs, is missing: on a developer's machine the test is
+    skipped, under CI it fails (there a skip would hide a broken install)."""
+    message = f"{what} is not installed: {install}"
+    if in_ci():
+        pytest.fail(f"{message} (CI is set: scripts/setup must have installed it)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def need_tool(name: str, install: str, path: str | None = None) -> str:
+    """The path of program ``name`` (searched in ``path`` too, if given); see :func:`missing`
+    for what happens when it is not there."""
+    found = shutil.which(name) or (shutil.which(name, path=path) if path else None)
+    if found is None:
+        missing(name, install)
+    return found
+
+
+def need_module(name: str, install: str) -> ModuleType:
+    """``importlib.import_module(name)``; see :func:`missing` for what happens when it cannot
+    be imported."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{name} ({exc})", install)
+
 
 @cache
 def espeak(text: str, rate: int = 16000, voice: str = "en-us") -> bytes:
-    """Real espeak-ng speech for ``text`` as PCM16 mono at ``rate`` (cached per process)."""
+    """Real espeak-ng speech for ``text`` as PCM16 mono at ``rate`` (cached per process).
+
+    No espeak-ng is a failure, also outside CI: most tests that speak have nothing to run
+    without it, and a run of skips would look like a pass."""
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (scripts/setup installs it)")
+        pytest.fail("espeak-ng not installed: apt-get install espeak-ng (or run scripts/setup)",
+                    pytrace=False)
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True,
@@ -63,6 +104,31 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "") 
             raise AssertionError(f"timed out waiting for {what or cond}")
         time.sleep(0.01)
     return value
+
+
+async def quiet(value: Callable[[], T], period_s: float, timeout_s: float = 10.0,
+                what: str = "") -> T:
+    """Wait until ``value()`` (a counter, a length, a tuple of them) has not changed for
+    ``period_s`` seconds and return it; AssertionError if it still changes after
+    ``timeout_s``. For "nothing more arrives" checks: the caller then asserts on the value,
+    which holds everything that came while it was still changing."""
+    if timeout_s < period_s:
+        raise ValueError(f"timeout_s ({timeout_s}) is shorter than period_s ({period_s})")
+    poll = min(0.01, period_s / 4)
+    start = time.monotonic()
+    last, since = value(), start
+    while True:
+        await asyncio.sleep(poll)
+        now_value, now = value(), time.monotonic()
+        if now_value != last:
+            last, since = now_value, now
+        elif now - since >= period_s:
+            return last
+        if now - start > timeout_s:
+            shown = repr(last)
+            shown = shown if len(shown) <= 200 else shown[:200] + "…"
+            raise AssertionError(f"{what or value} still changing after {timeout_s} s "
+                                 f"(last {shown})")
 
 
 class PulseServer:

@@ -34,14 +34,44 @@ from edgevoice.devkit.demo import Rig
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.devkit.virtual import EchoPath
-from support import PulseServer, assert_no_client_errors, espeak, stop_process, until, wait_for
+from support import (
+    PulseServer,
+    assert_no_client_errors,
+    espeak,
+    quiet,
+    stop_process,
+    until,
+    wait_for,
+)
 
-pytestmark = pytest.mark.timeout(90)
+# The whole daemon on the real-time rig: every test speaks and listens in real time.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime]
+
+
+async def heard_past(h: Harness, n: int, seconds: float) -> None:
+    """Wait until the microphone played ``n`` bytes and the daemon then took ``seconds`` more
+    of audio: everything up to byte ``n`` went through the wake word detector (the FIFO and
+    the device buffer hold well under a second)."""
+    await until(lambda: h.rig.mic.written >= n, timeout=10, what="the speech to play")
+    frames = h.daemon.capture.frames
+    more = round(seconds * 1000 / h.daemon.cfg.audio.frame_ms)
+    await until(lambda: h.daemon.capture.frames >= frames + more, timeout=10 + seconds,
+                what=f"{seconds} s more of audio at the daemon")
+
+
+async def reply_played(h: Harness, ms: float) -> None:
+    """Wait until ``ms`` of the current reply were handed to the speaker."""
+    item = h.entries(TelemetryName.FIRST_REPLY_AUDIO)[-1].fields["item"]
+    await until(lambda: h.daemon.playback.played_ms(item) >= ms, timeout=10,
+                what=f"{ms} ms of the reply played")
+
 
 async def check_truncate_against_speaker(h: Harness) -> int:
     """The truncate names the item that was playing and exactly the milliseconds of it that
     reached the speaker: the output holds that prefix of the reply and not 60 ms more."""
-    await asyncio.sleep(0.3)  # what PortAudio already took is still on its way to the FIFO
+    # What PortAudio already took is still on its way to the FIFO: wait until no new audio
+    # reaches the speaker.
+    await quiet(lambda: len(nonzero(h.rig.speaker_pcm())), 0.3, what="audio at the speaker")
     truncate = h.sim.received("conversation.item.truncate")[0]
     end_ms = truncate["audio_end_ms"]
     reply = h.reply_audio(truncate["item_id"])
@@ -58,14 +88,15 @@ async def check_truncate_against_speaker(h: Harness) -> int:
     return end_ms
 
 
+@pytest.mark.slow
 async def test_wake_question_reply_then_follow_up_and_nothing_sent_while_idle(tmp_path):
     script = {"turn": [{"user": "what's the weather", "say": "Sunny and warm."},
                        {"user": "and tomorrow", "say": "Rain tomorrow."}]}
     async with running(tmp_path, script, conversation={"follow_up_s": 6.0}) as h:
         # Idle: speech that is not the wake word goes nowhere — no connection, no byte.
         n = h.say(espeak("the kettle is boiling"))
-        await until(lambda: h.rig.mic.written >= n, timeout=10, what="the speech to play")
-        await asyncio.sleep(0.3)
+        await heard_past(h, n, 1.0)
+        assert "wake" not in h.names(), h.dump()
         assert h.sim.connection_count == 0 and h.sim.appended_audio == b""
 
         h.say(wake_word() + silence(0.3) + espeak("what's the weather like today")
@@ -106,12 +137,13 @@ async def test_first_word_reaches_the_service_intact_on_a_cold_connection(tmp_pa
         assert h.daemon.turns[0].wake_to_send_ms is not None
 
 
+@pytest.mark.slow
 async def test_barge_in_by_local_speech_stops_cancels_and_truncates_what_was_played(tmp_path):
     script = {"turn": [{"say": LONG_REPLY}, {"say": "Okay."}]}
     async with running(tmp_path, script) as h:
         h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
         await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=25)
-        await asyncio.sleep(2.0)
+        await reply_played(h, 2000)  # the user lets the reply play for 2 s, then interrupts
         h.say(espeak("no wait, stop, I have another question") + silence(1.5))
         barge = await h.event(TelemetryName.BARGE_IN)
         assert barge.fields["by"] == "local speech"
@@ -125,6 +157,7 @@ async def test_barge_in_by_local_speech_stops_cancels_and_truncates_what_was_pla
         assert h.entries(TelemetryName.ASSISTANT_SAID)[-1].fields["text"] == "Okay."
 
 
+@pytest.mark.slow
 async def test_barge_in_by_server_speech_started(tmp_path):
     script = {"turn": [{"say": LONG_REPLY, "speech_started_at_ms": 1500}]}
     async with running(tmp_path, script, bargein={"local_vad": False},
@@ -143,7 +176,7 @@ async def test_stop_word_silences_the_reply_without_the_cloud_deciding(tmp_path)
                                                   "wake_word": "stop"}) as h:
         h.say(wake_word() + espeak("tell me about the weather") + silence(1.5))
         await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=25)
-        await asyncio.sleep(1.5)
+        await reply_played(h, 1500)  # the stop word comes 1.5 s into the reply
         h.say(wake_word())
         barge = await h.event(TelemetryName.BARGE_IN)
         assert barge.fields["by"] == "stop word"
@@ -153,6 +186,7 @@ async def test_stop_word_silences_the_reply_without_the_cloud_deciding(tmp_path)
         await check_truncate_against_speaker(h)
 
 
+@pytest.mark.slow
 async def test_echo_of_the_reply_neither_barges_in_nor_wakes(tmp_path):
     # The assistant's reply says the wake word; the speaker's output comes back into the
     # microphone 6 dB down and 60 ms late, as from a speaker next to the microphone.

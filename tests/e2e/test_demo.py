@@ -10,8 +10,12 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgevoice.conversation.telemetry import TelemetryName
+
+# The demo's recording plays into the daemon in real time (about 35 s).
+pytestmark = [pytest.mark.realtime, pytest.mark.slow]
 
 
 def test_demo_runs_the_daemon_through_every_kind_of_turn(tmp_path: Path) -> None:

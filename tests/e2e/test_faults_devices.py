@@ -48,6 +48,8 @@ def status(h: Harness) -> str:
     return status_line(h.daemon.snapshot())
 
 
+@pytest.mark.realtime  # the daemon on the real-time rig
+@pytest.mark.slow
 async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes_back(tmp_path):
     script = {"turn": [{"say": "I heard you."}, {"say": "Welcome back."}]}
     async with running(tmp_path, script, audio=DEVICES,
@@ -93,6 +95,8 @@ async def test_microphone_vanishes_mid_request_the_turn_is_answered_and_it_comes
         assert h.names().count(TelemetryName.MICROPHONE_LOST) == 1, h.dump()
 
 
+@pytest.mark.realtime  # the daemon on the real-time rig
+@pytest.mark.slow
 async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it_comes_back(
         tmp_path):
     script = {"turn": [{"say": LONG_REPLY}, {"say": "Welcome back."}]}
@@ -100,7 +104,9 @@ async def test_speaker_vanishes_mid_reply_the_model_learns_what_was_heard_and_it
                        conversation={"follow_up_s": 1.0}) as h:
         h.say(WAKE + espeak("tell me about the weather") + silence(1.5))
         first = await h.event(TelemetryName.FIRST_REPLY_AUDIO, timeout=20)
-        await asyncio.sleep(1.5)
+        # The speaker is unplugged once 1.5 s of the reply went to it.
+        await until(lambda: h.daemon.playback.played_ms(first.fields["item"]) >= 1500, 10,
+                    "1.5 s of the reply played")
         h.rig.set_devices(speaker=False)
         heard = h.rig.speaker.close(drain=0)  # unplugged: the stream's next write fails
 

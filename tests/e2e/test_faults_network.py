@@ -54,7 +54,10 @@ from edgevoice.secrets import Secret
 from edgevoice.service.status import status_line
 from support import assert_no_client_errors, espeak, until
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
+# One daemon on the real-time rig for the whole module (about a minute): backoffs and
+# outages are timed in wall-clock time.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60),
+              pytest.mark.realtime, pytest.mark.slow]
 
 KEY = secrets.token_urlsafe(16)
 BACKOFF_S = 0.25  # one step, no jitter: every reconnect delay is exactly this

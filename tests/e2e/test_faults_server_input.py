@@ -30,7 +30,8 @@ from edgevoice.daemon import MAX_TURNS_KEPT, Daemon
 from server_input import Event, Frame, bad_frames, describe, error_records, record_frames
 from support import espeak, until
 
-pytestmark = pytest.mark.timeout(90)
+# The daemon on the real-time rig, through a spoken reply and a spoken question.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime, pytest.mark.slow]
 
 BATCHES_DURING_REPLY = 25
 BATCHES_AFTER_REPLY = 25

@@ -39,9 +39,10 @@ from harness import FIXTURES, MS24, START_TIMEOUT, Service, nonzero, service, si
 from edgevoice.audio.convert import read_wav
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.tools.store import INTERRUPTED
-from support import alive, espeak, until
+from support import alive, espeak, quiet, until
 
-pytestmark = pytest.mark.timeout(90)
+# A child daemon on the real-time rig, signalled at points of a spoken turn.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime, pytest.mark.slow]
 
 PHASES = ("wake", "speaking", "tool", "reply", "follow-up")
 #: Phases at which the turn's tool call has already started.
@@ -170,8 +171,10 @@ async def reach(svc: Service, phase: str, n: int, tag: str, root: Path) -> None:
         await until(started, 25, what=f"turn {n} to reach {phase}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{svc.explain()}") from None
-    if phase == "reply":
-        await asyncio.sleep(0.3)  # into the reply, not at its first sample
+    if phase == "reply":  # into the reply, not at its first sample: 0.3 s more of it heard
+        heard = len(nonzero(svc.rig.speaker_pcm()))
+        await until(lambda: len(nonzero(svc.rig.speaker_pcm())) >= heard + 300 * MS24, 5,
+                    what=f"turn {n}: 0.3 s more of the reply at the speaker")
     still = {
         # Right after the wake word: still listening, the request not committed yet.
         "wake": lambda: len(sim.sent("input_audio_buffer.speech_stopped")) < n,
@@ -205,7 +208,10 @@ async def sigterm(svc: Service) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"no exit within {STOP_S} s of SIGTERM\n{svc.explain()}") from None
     took = time.monotonic() - t0
-    await asyncio.sleep(0.3)  # the last datagrams, log lines and buffered speaker audio
+    # The last datagrams, log lines and the speaker audio still in the pipe come in after the
+    # exit: wait until none of them changes any more.
+    await quiet(lambda: (len(svc.notify), len(svc.lines), len(nonzero(svc.rig.speaker_pcm()))),
+                0.3, what="what the daemon sent before it exited")
     assert svc.notify.find("STOPPING", "1", mark) is not None, svc.explain()
     assert code == 0, f"exit code {code}\n{svc.explain()}"
     assert "Traceback" not in svc.stderr(), svc.explain()

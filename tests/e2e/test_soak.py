@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(90)
+# The soak's rig runs its clocks faster than real time, but paced all the same.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime, pytest.mark.slow]
 
 SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak"
 TURNS = 16

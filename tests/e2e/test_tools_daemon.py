@@ -8,7 +8,6 @@ commits the turn, and its script (``user`` = the transcript it reports) decides 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -20,9 +19,10 @@ from harness import Harness, hear, running, said, silence, wake_word
 from edgevoice.conversation.core import State
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.link.backoff import Backoff
-from support import espeak, until
+from support import espeak, quiet, until
 
-pytestmark = pytest.mark.timeout(120)
+# The whole daemon on the real-time rig: every test speaks and listens in real time.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.realtime]
 
 TOOL = """\
 import json, sys, time
@@ -96,6 +96,16 @@ def received_types(h: Harness, connection: int = 0) -> list[str]:
     return out
 
 
+async def settled(h: Harness, tmp_path: Path) -> None:
+    """Wait until nothing more happens: no new client event (audio appends aside), tool run
+    or connection for 0.5 s. The caller then asserts on all of it."""
+    def progress() -> tuple[int, int, int]:
+        events = sum(len(received_types(h, i)) for i in range(h.sim.connection_count))
+        return events, len(runs(tmp_path)), h.sim.connection_count
+
+    await quiet(progress, 0.5, what="the daemon's requests and tool runs")
+
+
 def ask(h: Harness, text: str) -> None:
     """Wake word, then ``text`` spoken, then silence so that the server VAD commits it."""
     h.say(wake_word() + silence(0.3) + espeak(text) + silence(1.5))
@@ -155,6 +165,7 @@ async def test_spoken_request_runs_the_tool_returns_its_output_then_the_reply_co
 # -- 2. two calls in one response ---------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_two_calls_in_one_response_both_run_then_exactly_one_response_create(tmp_path):
     script = {"turn": [{"user": "open the left window and turn on the fan",
                         "calls": [{"name": "open_window", "arguments": {"side": "left"}},
@@ -166,7 +177,7 @@ async def test_two_calls_in_one_response_both_run_then_exactly_one_response_crea
     async with running(tmp_path, script, tools=tools) as h:
         ask(h, "open the left window and turn on the fan")
         await hear(h, "The window is open and the fan is on.")
-        await asyncio.sleep(0.5)  # anything more the daemon would send has arrived by now
+        await settled(h, tmp_path)
 
         assert sorted(runs(tmp_path)) == [["open_window", "left"], ["set_fan", "true"]]
         window, fan = calls(h)
@@ -204,7 +215,7 @@ async def test_drop_while_the_tool_runs_reconnects_sends_the_output_once_and_run
         h.daemon.link.backoff = Backoff([backoff_s], jitter=0.0)
         ask(h, "open the left window")
         await hear(h, "The left window is open.", timeout=40)
-        await asyncio.sleep(0.5)
+        await settled(h, tmp_path)
 
         assert h.sim.connection_count == 2
         assert h.entries(TelemetryName.LINK_DOWN)
@@ -233,6 +244,7 @@ async def test_drop_while_the_tool_runs_reconnects_sends_the_output_once_and_run
 # -- 4. spoken confirmation ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_confirm_tool_runs_only_after_the_user_says_yes_and_never_twice_on_one_yes(
         tmp_path):
     window = {"name": "open_window", "arguments": {"side": "left"}}
@@ -276,24 +288,28 @@ async def test_confirm_tool_runs_only_after_the_user_says_yes_and_never_twice_on
         assert h.names().count(TelemetryName.WAKE) == 1  # one conversation
 
 
+@pytest.mark.slow
 async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_nothing(
         tmp_path, monkeypatch):
     # The service transcribes asynchronously: here the transcript of the user's first turn
-    # ("yes, and open the left window", said before the model asked) arrives 3.5 s late,
-    # after the user has started speaking again. It must still count as said before.
+    # ("yes, and open the left window", said before the model asked) arrives late, once the
+    # user has started speaking again (the service's next speech_started), before that turn
+    # is committed. It must still count as said before.
     from edgevoice.devkit.simulator import connection as simmod
 
     send = simmod.Connection.send
+    held: list[tuple[Any, dict[str, Any]]] = []
 
     async def late_yes(self: Any, event: dict[str, Any]) -> None:
         if (event.get("type") == "conversation.item.input_audio_transcription.completed"
                 and str(event.get("transcript", "")).startswith("yes")):
-            async def later() -> None:
-                await asyncio.sleep(3.5)
-                await send(self, event)
-            asyncio.get_running_loop().create_task(later())
+            held.append((self, event))
             return
         await send(self, event)
+        if event.get("type") == "input_audio_buffer.speech_started":
+            while held:
+                session, late = held.pop(0)
+                await send(session, late)
 
     monkeypatch.setattr(simmod.Connection, "send", late_yes)
     window = {"name": "open_window", "arguments": {"side": "left"}}
@@ -307,6 +323,15 @@ async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_noth
         await hear(h, "Should I?")
         await follow_up(h, "hmm")
         await hear(h, "Not without a yes.")
+        assert not held, "the late transcript was never sent"
+        # It came while the user spoke again, before the model's second call.
+        sent = [e["type"] if "transcript" not in e or not e["transcript"].startswith("yes")
+                else "late yes" for e in h.sim.connections[0].sent_events]
+        second_speech = [i for i, t in enumerate(sent)
+                         if t == "input_audio_buffer.speech_started"][1]
+        second_call = [i for i, t in enumerate(sent)
+                       if t == "response.function_call_arguments.done"][1]
+        assert second_speech < sent.index("late yes") < second_call, sent
         assert runs(tmp_path) == []
         assert all(o["needs_confirmation"] for _, o in outputs(h))
 
@@ -325,7 +350,7 @@ async def test_invalid_arguments_and_unknown_tool_run_nothing_and_the_errors_rea
     async with running(tmp_path, script, tools=[open_window(tmp_path)]) as h:
         ask(h, "open the top window and close the garage")
         await hear(h, "Sorry, I could not do that.")
-        await asyncio.sleep(0.3)
+        await settled(h, tmp_path)
 
         assert runs(tmp_path) == []
         enum, extra, malformed, unknown = (dict(outputs(h))[c["call_id"]] for c in calls(h))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -29,6 +28,10 @@ class Frames:
         return b"".join(self.frames)
 
 
+#: The tone is analysed from 0.2 s to 0.7 s after its onset (samples at 16 kHz).
+WINDOW_END = 3200 + 8000
+
+
 def noise(seconds: float, rate: int, seed: int = 1) -> bytes:
     rng = np.random.default_rng(seed)
     mag = rng.integers(500, 20000, int(seconds * rate))
@@ -36,6 +39,7 @@ def noise(seconds: float, rate: int, seed: int = 1) -> bytes:
     return (mag * sign).astype("<i2").tobytes()
 
 
+@pytest.mark.realtime  # a microphone FIFO paced in real time
 async def test_capture_is_byte_exact_at_16k(tmp_path, monkeypatch):
     src = FifoSource(tmp_path / "mic.fifo", SAMPLE_RATE, 1, speed=4.0)
     try:
@@ -69,6 +73,7 @@ async def test_capture_is_byte_exact_at_16k(tmp_path, monkeypatch):
         src.close()
 
 
+@pytest.mark.realtime  # a microphone FIFO paced in real time
 async def test_48k_stereo_device_is_resampled_and_downmixed(tmp_path, monkeypatch):
     rate = 48000
     src = FifoSource(tmp_path / "mic.fifo", rate, 2, speed=4.0)
@@ -86,13 +91,19 @@ async def test_48k_stereo_device_is_resampled_and_downmixed(tmp_path, monkeypatc
             need = int(1.2 * SAMPLE_RATE) * 2
             await until(lambda: len(got.data()) >= need + 0, what="1.2 s of frames")
             await until(lambda: src.written >= stereo.size * 2, what="the tone written")
-            await asyncio.sleep(0)  # let the last drain run
+
+            def window_captured() -> bool:
+                out = np.frombuffer(got.data(), dtype="<i2")
+                loud = np.flatnonzero(np.abs(out) > 1000)
+                return bool(loud.size) and out.size >= loud[0] + WINDOW_END
+
+            await until(window_captured, what="the tone up to the end of the window analysed")
         finally:
             await cap.stop()
         out = np.frombuffer(got.data(), dtype="<i2").astype(np.float64)
         loud = np.flatnonzero(np.abs(out) > 1000)
         assert loud.size, "the tone never arrived"
-        mid = out[loud[0] + 3200 : loud[0] + 3200 + 8000]  # 0.5 s well inside the tone
+        mid = out[loud[0] + 3200 : loud[0] + WINDOW_END]  # 0.5 s well inside the tone
         spectrum = np.abs(np.fft.rfft(mid * np.hanning(mid.size)))
         peak_hz = np.argmax(spectrum) * SAMPLE_RATE / mid.size
         assert abs(peak_hz - 1000) <= 2
@@ -120,6 +131,7 @@ async def test_missing_device_is_a_clear_error(tmp_path, monkeypatch):
     assert cap.state is DeviceState.STOPPED
 
 
+@pytest.mark.realtime  # a microphone FIFO paced in real time
 async def test_device_vanishes_and_comes_back(tmp_path, monkeypatch, caplog):
     """Unplug = the PCM leaves the ALSA config and the running stream gets an I/O error
     (the file plugin's output FIFO loses its reader: EPIPE, as a USB device gives ENODEV);

@@ -35,7 +35,7 @@ from edgevoice.ducking import (
     make_ducker,
 )
 from edgevoice.ducking.alsa import parse_sget
-from support import PulseServer, stop_process, until
+from support import PulseServer, missing, need_tool, quiet, stop_process, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -101,6 +101,7 @@ async def test_pulse_excludes_our_own_process_by_pid(pulse, players):
     assert pulse.volume("music") == (PA_NORM, PA_NORM)
 
 
+@pytest.mark.realtime  # a quiet period: nothing may duck the stream that starts last
 async def test_pulse_ducks_streams_that_appear_and_skips_vanished(pulse, players, caplog):
     pulse.play("music", players)
     pulse.play("podcast", players)
@@ -120,8 +121,10 @@ async def test_pulse_ducks_streams_that_appear_and_skips_vanished(pulse, players
         assert not ducker.ducked
         # After unduck, new streams are left alone.
         await asyncio.to_thread(pulse.play, "after", players)
-        await asyncio.sleep(0.1)  # give a (wrongly) still-running watcher time to act
-        assert pulse.volume("after") == (PA_NORM, PA_NORM)
+        # A (wrongly) still-running watcher ducks a new stream within a few tens of ms (the
+        # "notification" above): its volume must stay where it is for longer than that.
+        volume = await quiet(lambda: pulse.volume("after"), 0.5, what="the new stream's volume")
+        assert volume == (PA_NORM, PA_NORM)
     assert ducking_warnings(caplog) == []
 
 
@@ -155,6 +158,7 @@ async def test_pulse_survives_a_server_restart_while_ducked(pulse, players, capl
                for line in ducking_warnings(caplog))
 
 
+@pytest.mark.realtime  # a 1 s connect timeout, bounded in wall-clock time
 async def test_pulse_without_a_server_logs_and_never_raises(tmp_path, caplog):
     ducker = PulseDucker(server=f"unix:{tmp_path}/no-such-socket", timeout=1.0)
     started = time.monotonic()
@@ -167,6 +171,7 @@ async def test_pulse_without_a_server_logs_and_never_raises(tmp_path, caplog):
     assert line.startswith("ducking (pulse): duck failed:") and "connect" in line
 
 
+@pytest.mark.realtime  # 0.5 s timeouts, bounded in wall-clock time
 async def test_pulse_with_a_hung_server_is_bounded(tmp_path, caplog):
     """A server that accepts connections but never answers (a listening socket nobody
     serves): every call gives up after the timeout, logs one line, and does not raise."""
@@ -249,14 +254,13 @@ def test_pulse_restored_when_the_process_is_terminated(pulse, players, mode):
 def alsa_pulse_mixer(pulse, monkeypatch) -> PulseServer:
     """A real ALSA mixer control without a card: the ALSA ``pulse`` ctl plugin
     (libasound2-plugins) exposes the PulseAudio server's sink as control ``Master``."""
-    if shutil.which("amixer") is None:
-        pytest.skip("amixer not installed (apt-get install alsa-utils)")
+    need_tool("amixer", "apt-get install alsa-utils (or run scripts/setup)")
     monkeypatch.setenv("PULSE_SERVER", pulse.server)
     probe = subprocess.run(["amixer", "-D", "pulse", "sget", "Master"], capture_output=True,
                            text=True, timeout=5)
     if probe.returncode != 0:
-        pytest.skip(f"ALSA pulse plugin unusable (apt-get install libasound2-plugins): "
-                    f"{probe.stderr.strip()}")
+        missing(f"a usable ALSA pulse plugin ({probe.stderr.strip()})",
+                "apt-get install libasound2-plugins (or run scripts/setup)")
     return pulse
 
 
@@ -342,6 +346,7 @@ async def test_command_runs_argv_hooks_idempotently_without_a_shell(tmp_path, ca
     assert ducking_warnings(caplog) == []
 
 
+@pytest.mark.realtime  # a 0.5 s hook timeout, bounded in wall-clock time
 async def test_command_failures_are_logged_bounded_and_still_restored(tmp_path, caplog):
     marker = tmp_path / "marker"
     failing = [sys.executable, "-c", "import sys; sys.stderr.write('no mixer\\n'); sys.exit(3)"]

@@ -114,6 +114,7 @@ ls /etc/edgevoice 2>/dev/null || echo "config gone"
 '''
 
 
+@pytest.mark.needs_root
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare")
 def test_real_install_creates_the_user_and_owns_the_files(tmp_path: Path) -> None:

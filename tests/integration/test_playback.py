@@ -25,7 +25,12 @@ from edgevoice.devkit.virtual import FifoSink, VirtualAlsa
 from support import until
 from support import use_alsa as use
 
+# Every test plays through a speaker FIFO drained at the device clock.
+pytestmark = pytest.mark.realtime
+
 PERIOD_MS = 20
+PERIOD_BYTES = 24000 * 2 * PERIOD_MS // 1000  # at the speaker's 24 kHz mono
+PIPE_BYTES = 4096  # FifoSink's pipe (its default pipe_bytes)
 
 
 def noise(seconds: float, rate: int, seed: int = 2) -> bytes:
@@ -48,7 +53,8 @@ def strip_silence(out: bytes) -> tuple[int, bytes]:
 
 @pytest.fixture
 async def speaker(tmp_path, monkeypatch):
-    sink = FifoSink(tmp_path / "speaker.fifo", rate=24000, channels=1, speed=1.0)
+    sink = FifoSink(tmp_path / "speaker.fifo", rate=24000, channels=1, speed=1.0,
+                    pipe_bytes=PIPE_BYTES)
     use(VirtualAlsa(tmp_path).playback("testspeaker", sink.path), monkeypatch)
     pb = Playback(device="testspeaker", rate=24000, channels=1, period_ms=PERIOD_MS,
                   prebuffer_ms=40)
@@ -99,7 +105,11 @@ async def test_stop_silences_within_one_period_and_played_ms_is_exact(speaker):
     await until(lambda: pb.stats.last_stop_ms is not None, 2, "the next callback")
     stop_ms = pb.stats.last_stop_ms
     assert stop_ms is not None and stop_ms <= 4 * PERIOD_MS + 15, stop_ms
-    await asyncio.sleep(0.1)  # a few more (silent) periods
+    # A few more callbacks: the device takes what the pipe and the stream's buffer held
+    # before stop(), then periods written after it.
+    reached = len(sink)
+    await until(lambda: len(sink) >= reached + PIPE_BYTES + 8 * PERIOD_BYTES, 5,
+                "more periods at the device")
     assert pb.played_frames("item1") == played  # nothing of the item after stop()
     await pb.aclose()
     out = sink.close(drain=0.2)

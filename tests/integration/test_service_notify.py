@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgevoice.service.notify import Notifier
+from support import until
 
 
 class NotifySocket:
@@ -20,14 +21,15 @@ class NotifySocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def messages(self, wait: float = 0.2) -> list[str]:
-        """Every datagram that arrives within ``wait`` seconds of the last one."""
+    def messages(self) -> list[str]:
+        """Every datagram received so far. The Notifier sends within the call: once the call
+        returned its datagram is queued on this socket, so nothing is waited for."""
         out: list[str] = []
-        self.sock.settimeout(wait)
+        self.sock.setblocking(False)
         while True:
             try:
                 out.append(self.sock.recv(65536).decode())
-            except TimeoutError:
+            except BlockingIOError:
                 return out
 
 
@@ -131,6 +133,7 @@ def test_watchdog_interval_from_the_environment(notify_socket: NotifySocket,
         assert n.watchdog_interval() is None
 
 
+@pytest.mark.realtime  # ping times in wall-clock windows
 async def test_watchdog_pings_at_half_the_interval_only_while_healthy(
         notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: a ping every 0.1 s
@@ -152,6 +155,8 @@ async def test_watchdog_pings_at_half_the_interval_only_while_healthy(
     t0 = time.monotonic()
     dog = asyncio.create_task(n.run_watchdog(lambda: healthy))
     try:
+        # The stimulus: 0.55 s healthy, 0.4 s not, 0.35 s healthy again; what is asserted is
+        # when the pings came in each of these wall-clock windows.
         await asyncio.sleep(0.55)
         healthy = False
         t_sick = time.monotonic()
@@ -159,6 +164,10 @@ async def test_watchdog_pings_at_half_the_interval_only_while_healthy(
         healthy = True
         t_well = time.monotonic()
         await asyncio.sleep(0.35)
+        dog.cancel()
+        await asyncio.gather(dog, return_exceptions=True)
+        # Every ping sent is queued on the socket: let the receiver take the last ones.
+        await until(lambda: len(pings) == n.watchdog_pings, 2, "the receiver to catch up")
     finally:
         dog.cancel()
         receiver.cancel()
@@ -179,19 +188,27 @@ async def test_watchdog_pings_at_half_the_interval_only_while_healthy(
 
 async def test_watchdog_returns_at_once_without_a_watchdog(notify_socket: NotifySocket) -> None:
     await asyncio.wait_for(Notifier().run_watchdog(lambda: True), 1)
-    assert notify_socket.messages(0.05) == []
+    assert notify_socket.messages() == []
 
 
 async def test_a_raising_health_check_counts_as_unhealthy(
         notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    checks = 0
 
     def check() -> bool:
+        nonlocal checks
+        checks += 1
         raise RuntimeError("capture thread gone")
 
-    dog = asyncio.create_task(Notifier().run_watchdog(check))
-    await asyncio.sleep(0.2)
-    dog.cancel()
-    await asyncio.gather(dog, return_exceptions=True)
-    assert notify_socket.messages(0.05) == []
+    n = Notifier()
+    dog = asyncio.create_task(n.run_watchdog(check))
+    try:
+        # Each round that would ping asks the check first: four rounds, four refusals.
+        await until(lambda: checks >= 4, 5, "four rounds of the watchdog")
+    finally:
+        dog.cancel()
+        await asyncio.gather(dog, return_exceptions=True)
+    assert notify_socket.messages() == []
+    assert n.watchdog_pings == 0
 

@@ -26,6 +26,7 @@ from edgevoice.service.status import (
     query_status,
     status_line,
 )
+from support import until
 
 
 class LinkState(enum.Enum):
@@ -49,6 +50,12 @@ def snapshot() -> dict[str, Any]:
                         "at": now - 2, "error": None}],
         "nan": float("nan"),
     }
+
+
+def handling(server: StatusServer) -> int:
+    """The connections the server has taken and is serving now. Private, but nothing public
+    says it, and a connect() returns before the server has accepted the connection."""
+    return len(server._handlers)
 
 
 async def query(path: Path, timeout: float = 3.0) -> dict[str, Any]:
@@ -86,6 +93,7 @@ async def test_serves_the_snapshot_with_owner_and_group_only(tmp_path: Path) -> 
     assert again["turns"][0]["turn"] == reply["turns"][0]["turn"] == 1
 
 
+@pytest.mark.realtime  # waits out a 0.3 s request timeout, bounded in wall-clock time
 async def test_one_request_per_connection_and_bounded_requests(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     async with StatusServer(path, lambda: {"state": "idle"}, request_timeout=0.3) as server:
@@ -102,13 +110,13 @@ async def test_one_request_per_connection_and_bounded_requests(tmp_path: Path) -
         writer.close()
         # More idle clients than allowed: the extra ones are closed at once.
         idle = [await asyncio.open_unix_connection(str(path)) for _ in range(8)]
-        await asyncio.sleep(0.05)
+        await until(lambda: handling(server) == 8, 5, "the server to take the idle clients")
         r, w = await asyncio.open_unix_connection(str(path))
         assert await asyncio.wait_for(r.read(), 1) == b""
         w.close()
         for _, w in idle:
             w.close()
-        await asyncio.sleep(0.05)
+        await until(lambda: handling(server) == 0, 5, "the server to let them go")
         assert (await query(path))["state"] == "idle"
         assert server.requests >= 6
 
@@ -129,7 +137,7 @@ async def test_close_ends_open_connections(tmp_path: Path) -> None:
     server = StatusServer(path, dict, request_timeout=30)
     await server.start()
     reader, writer = await asyncio.open_unix_connection(str(path))
-    await asyncio.sleep(0.05)
+    await until(lambda: handling(server) == 1, 5, "the server to take the connection")
     await asyncio.wait_for(server.close(), 2)
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
@@ -157,6 +165,7 @@ async def test_stale_socket_is_replaced_live_one_and_other_files_are_not(tmp_pat
         await StatusServer(tmp_path / ("x" * 120), dict).start()
 
 
+@pytest.mark.realtime  # waits out a 0.3 s answer timeout, bounded in wall-clock time
 def test_client_errors_say_the_daemon_is_not_running(tmp_path: Path) -> None:
     with pytest.raises(StatusUnavailable, match="not running: no status socket at"):
         query_status(tmp_path / "missing.sock")
@@ -228,6 +237,7 @@ async def test_edgevoice_status_when_the_daemon_is_not_running(tmp_path: Path) -
     assert rc == 2 and "service.status_socket: must be an absolute path" in err
 
 
+@pytest.mark.needs_root
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root and setpriv to query as another user")
 async def test_other_users_are_refused(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import ctypes.util
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,12 +27,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import missing, need_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "edgevoice.service"
 README = ROOT / "README.md"
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze is missing (scripts/setup installs it)")
+
+@pytest.fixture(autouse=True)
+def systemd_analyze() -> str:
+    """Every test here checks the unit with systemd's own tools (or runs its sandbox)."""
+    return need_tool("systemd-analyze", "apt-get install systemd (or run scripts/setup; "
+                                        "systemd is not started)")
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -353,12 +358,15 @@ print("WORKLOAD DONE", flush=True)
 '''
 
 
+@pytest.mark.realtime  # runs the demo: the recording plays in real time
+@pytest.mark.slow
 def test_the_stack_runs_inside_the_units_seccomp_sandbox(tmp_path: Path, speech) -> None:
     from edgevoice.devkit.virtual import VirtualAlsa
 
     libseccomp = ctypes.util.find_library("seccomp")
     if libseccomp is None:
-        pytest.skip("libseccomp is not installed")
+        missing("libseccomp", "apt-get install libseccomp2 (a dependency of systemd, which "
+                              "scripts/setup installs)")
     settings = sandbox_settings()
     pcm = speech("hey jarvis")
     pcm = bytes(32000) + pcm + bytes(32000)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
-from support import PulseServer
+from support import PulseServer, need_tool
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,7 +42,7 @@ async def test_stop_conversation_calls_the_daemons_hook_once() -> None:
     assert stopped == ["x"]
 
     async def async_hook() -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a hook that really suspends: the box must await it
         stopped.append("async")
 
     box = ToolBox([builtin("stop_conversation", "bye")], stop_conversation=async_hook)
@@ -87,9 +87,7 @@ def amixer(pulse: PulseServer, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def pulse_mixer(pulse: PulseServer, monkeypatch: pytest.MonkeyPatch) -> PulseServer:
-    if shutil.which("amixer") is None:
-        pytest.skip("amixer is not installed (scripts/setup installs it: Debian package "
-                    "alsa-utils)")
+    need_tool("amixer", "apt-get install alsa-utils (or run scripts/setup)")
     for key in _PULSE_KEYS:
         monkeypatch.setenv(key, pulse.env[key])  # amixer, run by the ToolBox, finds this server
     return pulse

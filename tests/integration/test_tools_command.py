@@ -22,7 +22,7 @@ import pytest
 from edgevoice.tools import ToolBox, ToolSpec
 from edgevoice.tools.actions import DEFAULT_PATH
 from edgevoice.tools.store import INTERRUPTED
-from support import alive, until
+from support import alive, quiet, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,6 +142,7 @@ async def test_defaults_fill_optional_placeholders_and_empty_arguments_mean_none
 # --------------------------------------------------------------------------- process
 
 
+@pytest.mark.realtime  # a 1 s timeout, bounded in wall-clock time
 async def test_a_command_is_killed_with_its_process_group_at_the_timeout(
         tmp_path: Path) -> None:
     pids = tmp_path / "pids.json"
@@ -351,6 +352,7 @@ async def test_confirmation_comes_from_the_user_not_the_model(tmp_path: Path) ->
     assert len(runs(out)) == 1
 
 
+@pytest.mark.realtime  # waits for a transcript in wall-clock time, bounded
 async def test_a_yes_transcribed_after_the_models_call_still_confirms(tmp_path: Path) -> None:
     # The service can send the model's second call before the transcript of the user's "yes":
     # the call waits a moment for it instead of asking once more.
@@ -359,8 +361,10 @@ async def test_a_yes_transcribed_after_the_models_call_still_confirms(tmp_path: 
     assert json.loads(await box.call("c1", "t", '{"room": "hall"}'))["needs_confirmation"]
     clock.t += 2
     second = asyncio.create_task(box.call("c2", "t", '{"room": "hall"}'))
-    await asyncio.sleep(0.2)
-    assert not second.done() and runs(out) == []
+    # Nothing may happen while the call waits for a transcript: it neither answers nor runs.
+    done, ran = await quiet(lambda: (second.done(), len(runs(out))), 0.2,
+                            what="the waiting call")
+    assert not done and ran == 0
     t0 = time.monotonic()
     box.user_said("yes please", clock.t - 1)  # the user began speaking before the call came
     assert json.loads(await second)["ok"] is True
@@ -373,6 +377,7 @@ async def test_a_yes_transcribed_after_the_models_call_still_confirms(tmp_path: 
     assert 0.3 <= time.monotonic() - t0 < 2 and len(runs(out)) == 1
 
 
+@pytest.mark.realtime  # elapsed wall-clock time and loop ticks
 async def test_calls_run_concurrently_without_blocking_the_loop(tmp_path: Path) -> None:
     sleep = {"type": "object", "properties": {"s": {"type": "number", "maximum": 2}},
              "required": ["s"]}
@@ -383,7 +388,7 @@ async def test_calls_run_concurrently_without_blocking_the_loop(tmp_path: Path) 
     async def ticker() -> None:
         nonlocal ticks
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the probe: a blocked loop would stop the ticks
             ticks += 1
 
     tick_task = asyncio.create_task(ticker())

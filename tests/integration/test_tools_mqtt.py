@@ -166,6 +166,7 @@ async def test_the_reply_is_returned_and_stale_retained_state_is_not(broker: Bro
                       "reply": '{"state": "ON", "linkquality": 90}'}
 
 
+@pytest.mark.realtime  # waits out a 0.5 s reply timeout, bounded in wall-clock time
 async def test_no_reply_is_an_error_that_says_the_publish_happened(broker: Broker) -> None:
     box = ToolBox([tool(broker.port, topic="z/{room}/set", payload="{state}",
                         reply_topic="z/{room}", reply_timeout_s=0.5)])

@@ -19,7 +19,8 @@ from edgevoice.devkit.simulator.script import Script
 from edgevoice.util import data_path
 from support import assert_no_client_errors, espeak, until
 
-pytestmark = pytest.mark.timeout(60)
+# The daemon on the real-time rig: two spoken turns.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.realtime, pytest.mark.slow]
 
 TURN_STARTS = (TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH)
 

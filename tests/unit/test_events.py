@@ -20,6 +20,10 @@ from edgevoice.wire.session import (
     RequestSession,
     ServerVad,
 )
+from support import need_module
+
+# The official SDK is a test extra ([test] in pyproject.toml), installed by scripts/setup.
+VOICELIVE_SDK = "pip install 'azure-ai-voicelive[aiohttp]' (or run scripts/setup)"
 
 # ---------------------------------------------------------------------------------------------
 # Protocol doc §10.1 and §10.2, one frame per line. Elided base64 ("…") replaced by valid
@@ -563,7 +567,7 @@ def test_server_event_without_its_required_fields_is_malformed(wire_type: str) -
 
 
 def test_registry_covers_the_sdk_server_types_of_2025_10_01() -> None:
-    models = pytest.importorskip("azure.ai.voicelive.models")
+    models = need_module("azure.ai.voicelive.models", VOICELIVE_SDK)
     sdk = {member.value for member in models.ServerEventType}
     assert SDK_TYPES_LATER_THAN_2025_10_01 <= sdk  # the exclusions are real SDK types
     assert sdk - SDK_TYPES_LATER_THAN_2025_10_01 <= set(ev.SERVER_EVENT_TYPES)
@@ -571,7 +575,7 @@ def test_registry_covers_the_sdk_server_types_of_2025_10_01() -> None:
 
 def test_client_registry_covers_the_doc_and_sdk_client_types_of_2025_10_01() -> None:
     assert set(ev.CLIENT_EVENT_TYPES) == DOC_CLIENT_TYPES_2025_10_01
-    models = pytest.importorskip("azure.ai.voicelive.models")
+    models = need_module("azure.ai.voicelive.models", VOICELIVE_SDK)
     sdk = {member.value for member in models.ClientEventType}
     assert SDK_CLIENT_TYPES_LATER_THAN_2025_10_01 <= sdk
     assert sdk - SDK_CLIENT_TYPES_LATER_THAN_2025_10_01 == set(ev.CLIENT_EVENT_TYPES)
