@@ -174,6 +174,7 @@ class Service:
     status_socket: Path
     env: dict[str, str]
     lines: list[str]
+    reader: threading.Thread  # collects ``lines`` until the child's stderr closes
     #: What :meth:`write_config` writes unless told otherwise (``service()``'s own settings).
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -228,8 +229,9 @@ class Service:
             code = await asyncio.to_thread(self.proc.wait, 10)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"no exit within 10 s of SIGTERM\n{self.explain()}") from None
-        await asyncio.sleep(0.1)  # the reader threads take the last datagram and lines
-        assert self.notify.find("STOPPING", "1", mark) is not None, self.explain()
+        await asyncio.to_thread(self.reader.join, 5)  # every stderr line is in
+        await until(lambda: self.notify.find("STOPPING", "1", mark) is not None, 2,
+                    "STOPPING=1 taken by the notify listener")
         assert code == 0, self.explain()
         assert "Traceback" not in self.stderr(), self.explain()
 
@@ -289,7 +291,7 @@ async def service(script: dict[str, Any], *, mic_paused: bool = False, extra: st
             cli_env = {k: v for k, v in env.items() if k not in MANAGER_VARS}
             try:
                 svc = Service(proc, notify, sim, rig, config, status_socket, cli_env, lines,
-                              defaults)
+                              reader, defaults)
                 yield svc
                 assert_no_client_errors(sim, svc.explain())
             finally:

@@ -246,6 +246,7 @@ async def test_drop_reconnect_replay(point: str, speech: Callable[..., bytes]) -
         assert_no_client_errors(sim)
 
 
+@pytest.mark.realtime  # waits out wall-clock backoffs and quiet periods
 async def test_auth_failure_backs_off_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="edgevoice")
     async with Simulator(api_key=KEY, strict=True) as sim:
@@ -267,6 +268,7 @@ async def test_auth_failure_backs_off_with_one_log_line(caplog: pytest.LogCaptur
         assert downs and downs[0].retry_in == pytest.approx(0.4)
 
 
+@pytest.mark.realtime  # waits out wall-clock backoffs and quiet periods
 async def test_429_honours_retry_after() -> None:
     script = Script.from_dict({"connection": [{"http_status": 429, "retry_after": 1}]})
     async with Simulator(script=script, api_key=KEY, strict=True) as sim:
@@ -391,6 +393,7 @@ async def test_turn_abandoned_when_offline_buffer_overflows() -> None:
     assert link.stats["abandoned_turns"] == 1
 
 
+@pytest.mark.realtime  # waits out wall-clock backoffs and quiet periods
 async def test_session_recycled_only_when_quiet(speech: Callable[..., bytes]) -> None:
     script = Script.from_dict({"turn": [{"user": "tell me", "say": "A slow answer for you."}]})
     async with Simulator(script=script, api_key=KEY, pace=4.0, strict=True) as sim:

@@ -280,6 +280,7 @@ async def test_text_only_and_g711_ulaw_output() -> None:
                        for e in of(events, "response.audio.delta"))
 
 
+@pytest.mark.realtime  # the simulator paces its replies in real time
 async def test_cancel_active_and_inactive() -> None:
     long = "This is a rather long answer that keeps going for quite a while, " * 3
     async with scripted([{"say": long}], tts=False, pace=4.0) as sim:
@@ -332,6 +333,7 @@ async def test_truncate_valid_past_end_and_wrong_item() -> None:
             assert (await c.next())["error"]["event_id"] == "cli_user"
 
 
+@pytest.mark.realtime  # the simulator paces its replies in real time
 async def test_barge_in_cancels_with_turn_detected_and_auto_truncates() -> None:
     long = "Let me explain this in great detail, step by step, from the very beginning. " * 2
     async with scripted([{"say": long}, {"say": "Okay."}], tts=False, pace=2.0) as sim:
@@ -461,6 +463,7 @@ async def test_scripted_429_with_retry_after() -> None:
         assert [a.status for a in sim.attempts] == [429, 101]
 
 
+@pytest.mark.realtime  # the simulator paces its replies in real time
 async def test_silent_and_no_pong_connections() -> None:
     async with scripted(connections=[{"silent": True}, {"no_pong": True}]) as sim:
         async with websockets.connect(sim.url + API) as ws:
@@ -474,6 +477,7 @@ async def test_silent_and_no_pong_connections() -> None:
             assert (await c.update(instructions="x"))["instructions"] == "x"
 
 
+@pytest.mark.realtime  # the simulator paces its replies in real time
 async def test_inject_sends_frames_verbatim_on_the_newest_connection(sim: Simulator) -> None:
     assert await sim.inject(["{}"]) == 0  # no connection yet
     async with connect(sim) as old, connect(sim) as new:
