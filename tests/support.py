@@ -7,8 +7,10 @@ import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import cache
@@ -236,3 +238,74 @@ def assert_no_client_errors(sim: Simulator, context: str = "") -> None:
     errors = client_errors(sim)
     assert not errors, "the simulator answered client events with errors:\n" + "\n".join(
         f"  {e.cause}: {e.error}" for e in errors) + (f"\n{context}" if context else "")
+
+
+#: Variables a service manager sets for its service: a child started as a service (tests, the
+#: benchmark, the soak) must not inherit the starter's own.
+MANAGER_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUNTIME_DIRECTORY",
+                "STATE_DIRECTORY", "EDGEVOICE_CONFIG")
+
+
+class NotifyListener:
+    """The service manager's end of ``$NOTIFY_SOCKET``, for the tests, the benchmark and the soak:
+    a thread records every datagram as ``(time.monotonic() of arrival, {KEY: VALUE})``.
+    Binds a filesystem socket at ``path``; :meth:`close` stops the thread within 2 s."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.bind(os.fspath(path))
+        self._sock.settimeout(0.05)
+        self._lock = threading.Lock()
+        self._messages: list[tuple[float, dict[str, str]]] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="notify-socket", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = time.monotonic()
+            fields = {}
+            for line in data.decode("utf-8", "replace").split("\n"):
+                if line:
+                    key, _, value = line.partition("=")
+                    fields[key] = value
+            with self._lock:
+                self._messages.append((t, fields))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
+        self._sock.close()
+
+    @property
+    def messages(self) -> list[tuple[float, dict[str, str]]]:
+        with self._lock:
+            return list(self._messages)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
+    def find(self, key: str, value: str | None = None, start: int = 0) -> int | None:
+        """Index of the first message from ``start`` on that has ``key`` (= ``value``)."""
+        for i, (_, fields) in enumerate(self.messages[start:], start):
+            if key in fields and (value is None or fields[key] == value):
+                return i
+        return None
+
+    def count(self, key: str, since: float, until: float) -> int:
+        return sum(1 for t, fields in self.messages if key in fields and since <= t < until)
+
+    def dump(self) -> str:
+        msgs = self.messages
+        t0 = msgs[0][0] if msgs else 0.0
+        return "\n".join(f"{t - t0:7.3f} {fields}" for t, fields in msgs
+                         if set(fields) != {"WATCHDOG"}) or "(no messages)"

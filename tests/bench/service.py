@@ -2,7 +2,7 @@
 
 ``edgevoice run`` is started as systemd starts it: a child process with ``$NOTIFY_SOCKET``
 naming a datagram socket this process listens on
-(:class:`~edgevoice.service.notify.NotifyListener`), a config file, the API key in
+(:class:`support.NotifyListener`), a config file, the API key in
 ``$VOICELIVE_API_KEY``. The config names the PCMs of the demo's virtual sound card (the bundled
 ALSA config: ``file`` PCMs on FIFOs paced in real time, :class:`~edgevoice.devkit.demo.Rig`) and a
 loopback simulator as the endpoint, with a status socket of its own. ``startup_ms`` is the
@@ -29,8 +29,7 @@ from typing import Any
 from edgevoice.devkit.demo import Rig
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.secrets import ENV_API_KEY
-from edgevoice.service.notify import MANAGER_VARS, NotifyListener
-from support import stop_process
+from support import MANAGER_VARS, NotifyListener, stop_process
 
 READY_TIMEOUT_S = 60.0  # a small board loading the models from an SD card is slow
 

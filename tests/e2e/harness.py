@@ -41,8 +41,7 @@ from edgevoice.devkit.demo import Rig, running_daemon
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
 from edgevoice.devkit.virtual import EchoPath
-from edgevoice.service.notify import MANAGER_VARS, NotifyListener
-from support import assert_no_client_errors, stop_process, until
+from support import MANAGER_VARS, NotifyListener, assert_no_client_errors, stop_process, until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wake"
 MS16 = 32  # bytes per ms at 16 kHz PCM16

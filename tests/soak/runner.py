@@ -84,9 +84,9 @@ from edgevoice.audio.convert import read_wav, resample
 from edgevoice.devkit.demo import MIC_RATE, Rig
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.devkit.simulator.script import Script
-from edgevoice.service.notify import MANAGER_VARS, NotifyListener
 from edgevoice.service.status import StatusUnavailable, query_status
 from edgevoice.util import data_path
+from support import MANAGER_VARS, NotifyListener
 
 #: Both device clocks run this many times faster than real time by default: the highest
 #: speed at which the daemon kept up on a 2-core x86_64 machine shared with other work (no
