@@ -149,8 +149,12 @@ class Daemon:
         self.on_telemetry = on_telemetry
         self.toolbox: ToolBox | None = None
         if cfg.tools:
+            svc = cfg.service
             self.toolbox = ToolBox(cfg.tools, stop_conversation=self._stop_conversation,
-                                   state_dir=state_dir, clock=clock)
+                                   state_dir=state_dir, clock=clock,
+                                   max_processes=svc.tool_processes, max_queued=svc.tool_queue,
+                                   default_rate_limit=svc.tool_rate_limit,
+                                   runner_socket=svc.tool_runner_path())
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
@@ -363,7 +367,8 @@ class Daemon:
             log.exception("tool %s failed", action.name)
             output = json.dumps({"ok": False, "error": f"{action.name} failed: {exc}"})
         ms = (self.clock() - started) * 1000
-        self.metrics.on_tool_done(action, output, ms)
+        audit = self.toolbox.audit(action.call_id) if self.toolbox else None
+        self.metrics.on_tool_done(action, output, ms, audit)
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
@@ -437,7 +442,10 @@ class Daemon:
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
         self.metrics.on_telemetry(entry, frame_t)
-        details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        fields = entry.fields
+        if not self.cfg.service.log_transcripts and "text" in fields:
+            fields = {**fields, "text": f"({len(str(fields['text']))} chars)"}
+        details = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:
             try:
