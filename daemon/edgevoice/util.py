@@ -71,13 +71,15 @@ def child_environ(names: Iterable[str] = AUDIO_ENV,
     return env
 
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Lone surrogates too: they cannot be encoded, and a journal entry with one would be lost.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def escape_controls(text: str) -> str:
     """``text`` with every control character (C0, DEL, C1, the Unicode line and paragraph
-    separators) written as ``\\n``, ``\\t``, ``\\r`` or ``\\xNN``/``\\uNNNN``: text from the model
-    or the user can never start a new log line or move the cursor of a terminal."""
+    separators, lone surrogates) written as ``\\n``, ``\\t``, ``\\r`` or
+    ``\\xNN``/``\\uNNNN``: text from the model or the user can never start a new log line or
+    move the cursor of a terminal."""
     return _CONTROLS.sub(_escape_one, text)
 
 
