@@ -93,6 +93,15 @@ def core_settings(cfg: Config) -> c.CoreSettings:
     )
 
 
+def telemetry_details(entry: c.Telemetry, transcripts: bool = True) -> str:
+    """The ``key=value`` text of a timeline entry's log line; without ``transcripts`` what
+    was said (``text``) is replaced by its length (``service.log_transcripts = false``)."""
+    fields = entry.fields
+    if not transcripts and "text" in fields:
+        fields = {**fields, "text": f"({len(str(fields['text']))} chars)"}
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
 def load_earcon(cfg: Config) -> bytes:
     """The wake chime as 24 kHz mono PCM16: the configured WAV or the built-in one (scaled to
     ``earcon_volume_db``). Raises ValueError naming the file if it cannot be read."""
@@ -442,10 +451,7 @@ class Daemon:
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
         self.metrics.on_telemetry(entry, frame_t)
-        fields = entry.fields
-        if not self.cfg.service.log_transcripts and "text" in fields:
-            fields = {**fields, "text": f"({len(str(fields['text']))} chars)"}
-        details = " ".join(f"{k}={v}" for k, v in fields.items())
+        details = telemetry_details(entry, self.cfg.service.log_transcripts)
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:
             try:
