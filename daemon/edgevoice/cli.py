@@ -1,4 +1,5 @@
-"""Command line: ``edgevoice run | demo | status | devices | check-config | simulator``.
+"""Command line: ``edgevoice run | demo | status | devices | check-config | simulator |
+tool-runner``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -14,8 +15,8 @@ import sys
 from pathlib import Path
 
 from edgevoice import __version__
-from edgevoice.config import Config, ConfigError, find_config_path, load_config
-from edgevoice.secrets import ENV_API_KEY, Secret, SecretError, protect
+from edgevoice.config import Config, ConfigError, DuckingConfig, find_config_path, load_config
+from edgevoice.secrets import ENV_API_KEY, Secret, SecretError, make_undumpable, protect
 from edgevoice.service.logs import setup_logging
 
 
@@ -49,6 +50,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgevoice.devkit.demo import run_demo
 
     config, _ = _load(args)
+    if not args.config:
+        # Without --config the demo is self-contained: the installed config's tools and
+        # ducking hooks (found through $EDGEVOICE_CONFIG or /etc/edgevoice) never run, above
+        # all not for a real model reached with --endpoint.
+        config = config.model_copy(update={"tools": [], "ducking": DuckingConfig()})
     setup_logging("debug" if args.verbose else "warning")
     api_key = None  # with --endpoint and no --api-key: the usual lookup ($VOICELIVE_API_KEY …)
     if args.api_key:
@@ -65,6 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edgevoice.link.auth import Auth, make_auth
     from edgevoice.service.serve import serve
 
+    # Before any secret is read: no core dump, and no process of the same user (a tool run
+    # as the daemon) can read this one's memory or /proc/<pid>/environ.
+    make_undumpable()
     config, path = _load(args)
     setup_logging("debug" if args.verbose else config.service.log_level,
                   journal=config.service.journal())
@@ -80,6 +89,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return make_auth(cfg.voicelive, api_key)
 
     return asyncio.run(serve(config, config_path=path, auth_for=auth_for))
+
+def cmd_tool_runner(args: argparse.Namespace) -> int:
+    from edgevoice.tools.runner import serve_runner
+
+    make_undumpable()
+    setup_logging("debug" if args.verbose else "info")
+    config = Path(args.config) if args.config else None
+    if config is not None:
+        load_config(config)  # a bad file is exit 2 now, not a refusal of every call later
+    asyncio.run(serve_runner(Path(args.socket), config, args.max_processes))
+    return 0
+
 
 def cmd_simulator(args: argparse.Namespace) -> int:
     from edgevoice.devkit.simulator import Simulator
@@ -181,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the status socket (default: service.status_socket of the config)")
     p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "tool-runner", help='run the run_as = "user" tools for the daemon, as this user '
+                            "(what edgevoice-tools.service starts)")
+    p.add_argument("--socket", required=True, metavar="PATH", help="the unix socket to serve")
+    p.add_argument("--config", metavar="PATH",
+                   help='only run the programs of run_as = "user" tools of this config '
+                        "(default: any program the daemon asks for)")
+    p.add_argument("--max-processes", type=int, default=4, help="commands at once")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_tool_runner)
 
     p = sub.add_parser("simulator", help="run the loopback Voice Live simulator")
     p.add_argument("--host", default="127.0.0.1")

@@ -93,6 +93,15 @@ def core_settings(cfg: Config) -> c.CoreSettings:
     )
 
 
+def telemetry_details(entry: c.Telemetry, transcripts: bool = True) -> str:
+    """The ``key=value`` text of a timeline entry's log line; without ``transcripts`` what
+    was said (``text``) is replaced by its length (``service.log_transcripts = false``)."""
+    fields = entry.fields
+    if not transcripts and "text" in fields:
+        fields = {**fields, "text": f"({len(str(fields['text']))} chars)"}
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
 def load_earcon(cfg: Config) -> bytes:
     """The wake chime as 24 kHz mono PCM16: the configured WAV or the built-in one (scaled to
     ``earcon_volume_db``). Raises ValueError naming the file if it cannot be read."""
@@ -149,8 +158,12 @@ class Daemon:
         self.on_telemetry = on_telemetry
         self.toolbox: ToolBox | None = None
         if cfg.tools:
+            svc = cfg.service
             self.toolbox = ToolBox(cfg.tools, stop_conversation=self._stop_conversation,
-                                   state_dir=state_dir, clock=clock)
+                                   state_dir=state_dir, clock=clock,
+                                   max_processes=svc.tool_processes, max_queued=svc.tool_queue,
+                                   default_rate_limit=svc.tool_rate_limit,
+                                   runner_socket=svc.tool_runner_path())
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
@@ -363,7 +376,8 @@ class Daemon:
             log.exception("tool %s failed", action.name)
             output = json.dumps({"ok": False, "error": f"{action.name} failed: {exc}"})
         ms = (self.clock() - started) * 1000
-        self.metrics.on_tool_done(action, output, ms)
+        audit = self.toolbox.audit(action.call_id) if self.toolbox else None
+        self.metrics.on_tool_done(action, output, ms, audit)
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
@@ -437,7 +451,7 @@ class Daemon:
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
         self.metrics.on_telemetry(entry, frame_t)
-        details = " ".join(f"{k}={v}" for k, v in entry.fields.items())
+        details = telemetry_details(entry, self.cfg.service.log_transcripts)
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:
             try:

@@ -251,17 +251,23 @@ class Metrics:
         return Telemetry(TelemetryName.FIRST_AUDIO_AT_SPEAKER, t, {
             "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)})
 
-    def on_tool_done(self, action: RunTool, output: str, ms: float) -> None:
-        """``action`` returned ``output`` (the tools' JSON result) after ``ms``."""
+    def on_tool_done(self, action: RunTool, output: str, ms: float,
+                     audit: dict[str, Any] | None = None) -> None:
+        """``action`` returned ``output`` (the tools' JSON result) after ``ms``; ``audit``:
+        the ToolBox's record of the call (arguments, outcome, confirmation), if any."""
         try:
             result = json.loads(output)
             ok = bool(result.get("ok")) if isinstance(result, dict) else True
             error = result.get("error") if isinstance(result, dict) else None
         except ValueError:
             ok, error = True, None
-        self.tool_calls.append({"turn": self.core.turn, "name": action.name,
-                                "call_id": action.call_id, "ok": ok, "ms": round(ms, 1),
-                                "at": time.time(), "error": error})
+        entry = {"turn": self.core.turn, "name": action.name, "call_id": action.call_id,
+                 "ok": ok, "ms": round(ms, 1), "at": time.time(), "error": error}
+        if audit is not None:
+            for key in ("arguments", "outcome", "confirmed_by", "confirmed_at"):
+                if audit.get(key) is not None:
+                    entry[key] = audit[key]
+        self.tool_calls.append(entry)
 
     # ------------------------------------------------------------------ status
 

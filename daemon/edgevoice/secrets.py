@@ -13,6 +13,7 @@ known secret has it replaced by ``***``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import stat
@@ -88,9 +89,13 @@ def read_secret_file(path: str | Path, *, check_mode: bool = True) -> Secret:
 
 def resolve_api_key(api_key_file: str | None, env: Mapping[str, str] | None = None) -> Secret:
     """Find the API key by the documented order. Raises SecretError saying where it looked."""
+    own = env is None
     env = os.environ if env is None else env
     if env.get(ENV_API_KEY, "").strip():
-        return Secret(env[ENV_API_KEY].strip())
+        secret = Secret(env[ENV_API_KEY].strip())
+        if own:
+            forget_env(ENV_API_KEY)  # read once; no child or /proc reader finds it later
+        return secret
     if api_key_file:
         return read_secret_file(api_key_file)
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
@@ -101,6 +106,42 @@ def resolve_api_key(api_key_file: str | None, env: Mapping[str, str] | None = No
         f"no Voice Live API key: set ${ENV_API_KEY}, voicelive.api_key_file, or systemd "
         f"LoadCredential={CREDENTIAL_NAME}:… (or use voicelive.auth = \"entra\")"
     )
+
+
+PR_SET_DUMPABLE = 4
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no C library to speak of
+        return None
+
+
+def forget_env(name: str) -> None:
+    """Remove ``name`` from the process environment and overwrite its value where the
+    kernel shows it (``/proc/<pid>/environ`` reads the environment block the process was
+    started with, which ``unsetenv`` alone leaves untouched)."""
+    value = os.environ.get(name)
+    if value is None:
+        return
+    libc = _libc()
+    if libc is not None:
+        libc.getenv.restype = ctypes.c_void_p
+        address = libc.getenv(os.fsencode(name))
+        if address:
+            size = len(os.fsencode(value))
+            ctypes.memset(address, ord("x"), size)  # same length: the block stays well-formed
+    del os.environ[name]
+
+
+def make_undumpable() -> bool:
+    """``prctl(PR_SET_DUMPABLE, 0)``: no core dump, and ``/proc/<pid>/environ``, ``mem`` and
+    ptrace are closed even to processes of the same user. True when it took effect."""
+    libc = _libc()
+    if libc is None:  # pragma: no cover
+        return False
+    return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
 class RedactingFilter(logging.Filter):
@@ -114,6 +155,13 @@ class RedactingFilter(logging.Filter):
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if len(value) >= 4:  # masking very short strings would mangle ordinary text
             self._values.add(value)
+
+    def discard(self, secret: Secret | str) -> None:
+        """Stop masking a secret that is no longer in use (an expired or replaced token)."""
+        self._values.discard(secret.reveal() if isinstance(secret, Secret) else secret)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._values:
@@ -143,6 +191,11 @@ def protect(secret: Secret | str) -> None:
     """Register a secret for redaction and make sure the root handlers carry the filter."""
     REDACTOR.add(secret)
     filter_root_handlers()
+
+
+def forget(secret: Secret | str) -> None:
+    """Unregister a secret that is no longer used (see :meth:`RedactingFilter.discard`)."""
+    REDACTOR.discard(secret)
 
 
 def filter_root_handlers() -> None:

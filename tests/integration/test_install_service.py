@@ -39,6 +39,9 @@ def test_staged_install_then_uninstall(tmp_path: Path) -> None:
     key = root / "etc/edgevoice/api-key"
     assert unit.read_bytes() == (ROOT / "systemd/edgevoice.service").read_bytes()
     assert mode(unit) == 0o644
+    tools_unit = root / "etc/systemd/system/edgevoice-tools.service"
+    assert tools_unit.read_bytes() == (ROOT / "systemd/edgevoice-tools.service").read_bytes()
+    assert mode(tools_unit) == 0o644
     assert config.read_bytes() == (ROOT / "config/edgevoice.toml").read_bytes()
     assert mode(config) == 0o640 and mode(config.parent) == 0o750
     assert key.read_text() == KEY + "\n" and mode(key) == 0o600
@@ -72,7 +75,7 @@ def test_staged_install_then_uninstall(tmp_path: Path) -> None:
     (root / "etc/group").write_text("audio:x:29:\ngpio:x:997:\n")
     run("--root", str(root), "--no-venv")
     out = run("--root", str(root), "--uninstall").stdout
-    assert not unit.exists() and not dropin.parent.exists()
+    assert not unit.exists() and not dropin.parent.exists() and not tools_unit.exists()
     assert not (root / "opt/edgevoice").exists()
     assert config.exists() and key.exists()
     assert "kept /etc/edgevoice" in out
@@ -90,6 +93,31 @@ def test_no_key_given_and_bad_options(tmp_path: Path) -> None:
     assert run("--help").stdout.startswith("Installs edgevoice as a systemd service")
 
 
+@pytest.mark.parametrize("link", ["etc/edgevoice", "etc/edgevoice/api-key",
+                                  "etc/systemd/system/edgevoice.service", "opt",
+                                  "etc/systemd/system/edgevoice.service.d"])
+def test_symbolic_links_under_the_root_are_refused(tmp_path: Path, link: str) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "victim"
+    victim.write_text("not yours\n")
+    victim.chmod(0o644)
+    (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/group").write_text("audio:x:29:\ngpio:x:997:\n")
+    is_file = link.endswith(("api-key", ".service"))
+    (root / link).symlink_to(victim if is_file else elsewhere, target_is_directory=not is_file)
+    res = run("--root", str(root), "--no-venv", key=KEY, check=False)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"install-service: refusing {root}/{link}: it is a symbolic "
+                                 f"link"), res.stderr
+    # Nothing was written, chmod-ed or removed through the link.
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim"]
+    assert victim.read_text() == "not yours\n" and mode(victim) == 0o644
+    res = run("--root", str(root), "--uninstall", "--purge", check=False)
+    assert res.returncode == 1 and victim.exists()
+
+
 REAL = r'''
 set -euo pipefail
 work=$1 script=$2
@@ -103,6 +131,8 @@ stat -c '%a %U:%G %n' /etc/edgevoice /etc/edgevoice/config.toml /etc/edgevoice/a
   /etc/systemd/system/edgevoice.service
 id edgevoice
 getent passwd edgevoice
+id edgevoice-tools
+stat -c '%a %U:%G %n' /etc/systemd/system/edgevoice-tools.service
 "$script" --no-venv > /dev/null   # idempotent
 groupadd --system gpio
 "$script" --no-venv > /dev/null
@@ -110,6 +140,7 @@ id edgevoice
 ls /etc/systemd/system/edgevoice.service.d
 "$script" --uninstall --purge
 getent passwd edgevoice || echo "user gone"
+getent passwd edgevoice-tools || echo "tools user gone"
 ls /etc/edgevoice 2>/dev/null || echo "config gone"
 '''
 
@@ -136,7 +167,13 @@ def test_real_install_creates_the_user_and_owns_the_files(tmp_path: Path) -> Non
     assert "644 root:root /etc/systemd/system/edgevoice.service\n" in out
     ids = [line for line in out.splitlines() if line.startswith("uid=")]
     assert "(audio)" in ids[0] and "(gpio)" not in ids[0]
-    assert "(audio)" in ids[1] and "(gpio)" in ids[1]
+    # The daemon reaches the tool runner through its group; the tool user is in no group of
+    # the daemon's (it cannot read /etc/edgevoice or the state directory).
+    assert "(edgevoice-tools)" in ids[0]
+    assert "(edgevoice)" not in ids[1] and "(audio)" not in ids[1]
+    assert "644 root:root /etc/systemd/system/edgevoice-tools.service\n" in out
+    assert "(audio)" in ids[2] and "(gpio)" in ids[2]
+    assert "tools user gone" in out
     assert ":/var/lib/edgevoice:/usr/sbin/nologin" in out
     assert "gpio.conf" in out
     assert "user gone" in out and "config gone" in out

@@ -219,3 +219,56 @@ def test_journal_stream_must_name_stderr(tmp_path: Path) -> None:
     assert not journal_stream_is_stderr({"JOURNAL_STREAM": "garbage"}, f)
     assert not journal_stream_is_stderr({}, f)
     f.close()
+
+
+@pytest.mark.needs_root  # binds journald's socket under /run
+def test_tool_calls_reach_the_journal_with_arguments_and_confirmation(
+        fake_journal: FakeJournal, root_logging: None) -> None:
+    import asyncio
+    import json
+
+    from edgevoice.tools import ToolBox, ToolSpec
+
+    setup_logging("info", journal=True)
+    marker = uuid.uuid4().hex
+    spec = ToolSpec.model_validate({
+        "name": f"unlock_{marker}", "confirm": True,
+        "parameters": {"type": "object", "properties": {"door": {
+            "type": "string", "pattern": "^[a-z\\n ]+$", "maxLength": 40}},
+            "required": ["door"]},
+        "command": {"argv": ["/bin/true", "{door}"]}})
+    now = [100.0]
+    box = ToolBox([spec], clock=lambda: now[0], confirm_wait_s=0)
+    arguments = json.dumps({"door": "front\nforged line"})
+
+    async def calls() -> list[str]:
+        first = await box.call("c1", spec.name, arguments)  # asks
+        now[0] += 1
+        box.user_said("yes please", now[0])
+        now[0] += 1
+        return [first, await box.call("c2", spec.name, arguments)]
+
+    asked, ran = asyncio.run(calls())
+    records = [r for r in fake_journal.records() if r.get("EDGEVOICE_TOOL") == spec.name]
+    # A newline in an argv value is refused before the confirmation is even asked for.
+    assert [r["EDGEVOICE_OUTCOME"] for r in records] == ["invalid", "invalid"], (asked, ran)
+    assert "\n" not in records[0]["MESSAGE"] and "forged line" in records[0]["MESSAGE"]
+    clean = json.dumps({"door": "front"})
+
+    async def again() -> str:
+        await box.call("c3", spec.name, clean)
+        now[0] += 1
+        box.user_said("yes", now[0])
+        now[0] += 1
+        return await box.call("c4", spec.name, clean)
+
+    assert json.loads(asyncio.run(again()))["ok"] is True
+    records = [r for r in fake_journal.records() if r.get("EDGEVOICE_TOOL") == spec.name]
+    done = records[-1]
+    assert done["EDGEVOICE_ARGUMENTS"] == '{"door":"front"}'
+    assert done["EDGEVOICE_OUTCOME"] == "ok" and int(done["EDGEVOICE_DURATION_MS"]) >= 0
+    assert done["EDGEVOICE_CONFIRMED_BY"] == "user"
+    assert done["EDGEVOICE_CONFIRMATION"] == "yes"
+    assert done["EDGEVOICE_CONFIRMED_AT"][:2] == "20"  # an ISO 8601 date and time
+    for r in records:
+        assert "\n" not in r["MESSAGE"] and "\n" not in r.get("EDGEVOICE_ARGUMENTS", "")

@@ -397,3 +397,39 @@ def test_the_stack_runs_inside_the_units_seccomp_sandbox(tmp_path: Path, speech)
     assert "SANDBOX READY" in res.stdout and "WORKLOAD DONE" in res.stdout
     assert ready == b"READY=1\nSTATUS=sandbox"
     assert (tmp_path / "out.raw").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- limits, runner
+
+TOOLS_UNIT = ROOT / "systemd" / "edgevoice-tools.service"
+
+
+def test_the_unit_limits_cores_tasks_and_memory() -> None:
+    one = dict(parse_unit(UNIT.read_text())["Service"])
+    assert one["LimitCORE"] == "0"  # a core dump would hold the API key
+    assert 0 < int(one["TasksMax"]) <= 256
+    assert one["MemoryMax"].endswith("M") and 0 < int(one["MemoryMax"][:-1]) <= 1024
+
+
+def test_the_tool_runner_unit_runs_as_its_own_user_and_verifies(tmp_path: Path) -> None:
+    unit = parse_unit(TOOLS_UNIT.read_text())
+    one = dict(unit["Service"])
+    assert one["User"] == one["Group"] == "edgevoice-tools"  # never the daemon's user
+    assert one["CapabilityBoundingSet"] == "" and one["NoNewPrivileges"] == "yes"
+    assert one["ProtectProc"] == "invisible" and one["LimitCORE"] == "0"
+    assert one["ExecStart"].startswith("/opt/edgevoice/venv/bin/edgevoice tool-runner ")
+    daemon = parse_unit(UNIT.read_text())
+    assert "edgevoice-tools.service" in values(daemon, "Unit", "Wants")
+    staged = staged_unit(tmp_path)
+    program = one["ExecStart"].split()[0]
+    copy = staged.parent / "edgevoice-tools.service"
+    copy.write_text(TOOLS_UNIT.read_text().replace(
+        f"ExecStart={program} ", f"ExecStart={tmp_path / program.lstrip('/')} "))
+    res = verify(copy, staged.parent)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    res = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=100",
+                          "--no-pager", str(copy)], capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for edgevoice-tools\.service: (\d+\.\d)",
+                      res.stdout)
+    assert match, res.stdout + res.stderr
+    print(f"tool runner exposure {match.group(1)}")

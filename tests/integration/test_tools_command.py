@@ -21,7 +21,13 @@ import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
 from edgevoice.tools.actions import DEFAULT_PATH
-from edgevoice.tools.store import INTERRUPTED
+from edgevoice.tools.store import (
+    INTERRUPTED,
+    MAX_FILE_BYTES,
+    MAX_OUTPUT_CHARS,
+    TOO_LARGE,
+    CallRecordError,
+)
 from support import alive, quiet, until
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,8 +36,12 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tools"
 RECORD = FIXTURES / "record.py"
 HANG = FIXTURES / "hang.py"
 
-TEXT = {"type": "object", "properties": {"text": {"type": "string", "maxLength": 20000}},
+# Any text (the call-time checks still refuse NUL and control characters): for tests of what
+# a value can do once it is allowed; allow_dash/allow_slash let it start with - and hold /.
+TEXT = {"type": "object", "properties": {"text": {"type": "string", "pattern": "^[\\s\\S]*$",
+                                                  "maxLength": 20000}},
         "required": ["text"], "additionalProperties": False}
+ANY_TEXT: dict[str, Any] = {"allow_dash": ["text"], "allow_slash": ["text"]}
 ROOM = {
     "type": "object",
     "properties": {
@@ -77,7 +87,7 @@ def runs(out: Path) -> list[dict[str, Any]]:
 
 async def test_injection_attempts_arrive_as_single_literal_arguments(tmp_path: Path) -> None:
     out, marker = tmp_path / "runs.jsonl", tmp_path / "marker"
-    box = ToolBox([recorder(out, "{text}", "--tag={text}", parameters=TEXT)])
+    box = ToolBox([recorder(out, "{text}", "--tag={text}", parameters=TEXT, **ANY_TEXT)])
     attempts = [
         f"; touch {marker}",
         f"$(touch {marker})",
@@ -85,7 +95,6 @@ async def test_injection_attempts_arrive_as_single_literal_arguments(tmp_path: P
         f"| touch {marker}",
         f"&& touch {marker} &",
         "--help",
-        f"line one\ntouch {marker}",
         f"'\"; touch {marker}; echo \"'",
         "*",
         "~ $HOME ${PATH}",
@@ -276,15 +285,37 @@ async def test_a_call_cut_short_is_never_run_again(tmp_path: Path) -> None:
     assert not pids.exists()  # never started again
 
 
-async def test_an_unreadable_record_is_set_aside(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("content", [
+    "{not json", "[" * 100000 + "]" * 100000, '{"version": 1, "calls": 3}',
+    '{"version": 2, "calls": []}', '"x"', '{"version": 1, "calls": [{"call_id": 5}]}'])
+async def test_an_unreadable_record_fails_closed(tmp_path: Path, content: str) -> None:
+    # Starting empty could run a recorded call again: the ToolBox (so the daemon) refuses
+    # to start, in one line that names the file and says what to do; the file is left alone.
     state = tmp_path / "state"
     state.mkdir()
-    (state / "tool-calls.json").write_text("{not json")
-    box = ToolBox([spec("now", builtin="get_time")], state_dir=state)
-    assert "set aside" in caplog.text
-    assert (state / "tool-calls.json.bad").read_text() == "{not json"
-    assert json.loads(await box.call("c", "now", "{}"))["ok"] is True
+    (state / "tool-calls.json").write_text(content)
+    with pytest.raises(CallRecordError) as info:
+        ToolBox([spec("now", builtin="get_time")], state_dir=state)
+    message = str(info.value)
+    assert "\n" not in message and str(state / "tool-calls.json") in message
+    assert "move it aside" in message
+    assert (state / "tool-calls.json").read_text() == content
+
+
+async def test_the_record_is_capped(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    box = ToolBox([spec("now", builtin="get_time")], state_dir=state, remember=300)
+    huge = "x" * (MAX_OUTPUT_CHARS * 2)
+    for i in range(300):
+        box._store.remember(f"c{i}", json.dumps({"ok": True, "stdout": huge}))
+    await box._store.save()
+    assert (state / "tool-calls.json").stat().st_size < MAX_FILE_BYTES
+    again = ToolBox([spec("now", builtin="get_time")], state_dir=state, remember=300)
+    assert json.loads(await again.call("c5", "now", "{}")) == json.loads(TOO_LARGE)
+    too_big = state / "tool-calls.json"
+    too_big.write_text('{"version": 1, "calls": []}' + " " * MAX_FILE_BYTES)
+    with pytest.raises(CallRecordError, match="larger than"):
+        ToolBox([spec("now", builtin="get_time")], state_dir=state)
 
 
 # --------------------------------------------------------------------------- limits
@@ -419,11 +450,13 @@ async def test_every_call_is_audited_with_structured_fields(
     await box.call("c3", "nope", "{}")
     records = [r for r in caplog.records if r.name == "edgevoice.tools"]
     got = [(r.call_id, r.tool, r.outcome, r.arguments) for r in records]  # type: ignore[attr-defined]
+    # Arguments as compact JSON: the validated ones (defaults filled in) of a call that got
+    # that far, else what the model sent.
     assert got == [
-        ("c1", "t", "ok", {"room": "hall", "level": 50}),
-        ("c1", "t", "duplicate", None),
-        ("c2", "t", "invalid", None),
-        ("c3", "nope", "unknown_tool", None),
+        ("c1", "t", "ok", '{"level":50,"room":"hall"}'),
+        ("c1", "t", "duplicate", '{"room":"hall"}'),
+        ("c2", "t", "invalid", '{"room":"cellar"}'),
+        ("c3", "nope", "unknown_tool", "{}"),
     ]
     assert all(isinstance(r.duration_ms, int) for r in records)  # type: ignore[attr-defined]
     assert records[0].levelno == logging.INFO and records[2].levelno == logging.WARNING

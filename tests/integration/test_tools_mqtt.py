@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(30)
 LIGHT = {
     "type": "object",
     "properties": {
-        "room": {"type": "string"},
+        # Wide on purpose: the call-time topic checks are what is tested here.
+        "room": {"type": "string", "pattern": "^.*$", "maxLength": 64},
         "state": {"type": "string", "enum": ["ON", "OFF"]},
         "brightness": {"type": "integer", "minimum": 1, "maximum": 254, "default": 254},
     },
@@ -219,6 +220,8 @@ async def test_password_file_authenticates_and_is_never_logged(
         good, bad = tmp_path / "good", tmp_path / "bad"
         good.write_text("pa55-word-xyz\n")
         bad.write_text("wrong\n")
+        good.chmod(0o600)
+        bad.chmod(0o600)
         caplog.set_level(logging.DEBUG)
         box = ToolBox([
             tool(b.port, topic="t", username="edgevoice", password_file=str(good)),
@@ -235,6 +238,6 @@ async def test_password_file_authenticates_and_is_never_logged(
         b.stop()
     assert ok == {"ok": True, "published": "t"}
     assert refused["ok"] is False and "authori" in refused["error"].lower()
-    assert missing == {"ok": False, "error": "cannot read the MQTT password file: No such file "
-                                             "or directory"}
+    assert missing == {"ok": False, "error": f"MQTT password: {tmp_path / 'none'}: key file "
+                                             f"not found"}
     assert "pa55-word-xyz" not in caplog.text

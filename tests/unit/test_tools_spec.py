@@ -191,7 +191,9 @@ def test_templates() -> None:
 
 def test_tool_spec_is_usable_without_a_config_file() -> None:
     spec = ToolSpec.model_validate({"name": "t", "builtin": "get_time"})
-    assert spec.parameters == {"type": "object", "properties": {}}
+    # Extra properties are refused unless a tool allows them, and the model is told so.
+    closed = {"type": "object", "properties": {}, "additionalProperties": False}
+    assert spec.parameters == closed
     assert declared([spec])[0].wire() == {
         "type": "function", "name": "t", "description": spec.description,
-        "parameters": {"type": "object", "properties": {}}}
+        "parameters": closed}

@@ -122,12 +122,17 @@ def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
 def read_wav(path: str | Path) -> tuple[bytes, int]:
     """Read a PCM16 WAV as mono PCM16 bytes and its rate (stereo is averaged down).
 
-    Raises ValueError naming the file for anything that is not 16-bit PCM."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit PCM WAV, got {8 * w.getsampwidth()}-bit")
-        rate, channels = w.getframerate(), w.getnchannels()
-        data = w.readframes(w.getnframes())
+    Raises ValueError naming the file for anything that is not 16-bit PCM (also for a file
+    that is no WAV at all); OSError when it cannot be read."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: expected 16-bit PCM WAV, got "
+                                 f"{8 * w.getsampwidth()}-bit")
+            rate, channels = w.getframerate(), w.getnchannels()
+            data = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a PCM WAV file ({exc or 'truncated'})") from None
     if channels > 1:
         data = downmix(data, channels)
     return data, rate

@@ -15,9 +15,10 @@ Guarantees:
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import re
 import tomllib
+import wave
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,8 +26,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgevoice.config.tools import ToolSpec, check_tool_set, declared
-from edgevoice.util import between
+from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set, declared
+from edgevoice.util import between, is_loopback_host
 from edgevoice.wire.session import (
     AzureSemanticVad,
     EchoCancellation,
@@ -110,17 +111,18 @@ class AgentConfig(Strict):
         return self
 
 
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+_SECRET_QUERY_WORDS = ("key", "token", "secret", "password", "passwd", "signature", "sig",
+                       "auth", "authorization", "credential", "sas", "bearer")
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def is_secret_query_name(name: str) -> bool:
+    """True for a query parameter name that carries a credential: any of its words
+    (split at ``-``, ``_`` and ``.``) is key, token, secret, password, signature, sig, auth,
+    credential, sas or bearer (``api-key``, ``agent_access_token``, ``sig``,
+    ``X-Auth-Token``…). Shared by the config check and the URL redaction of logs."""
+    words = [w for w in re.split(r"[-_.\s]+", name.lower()) if w]
+    return any(w in _SECRET_QUERY_WORDS or w.endswith(("key", "token", "secret", "password"))
+               for w in words)
 
 
 class VoiceLiveConfig(Strict):
@@ -164,8 +166,9 @@ class VoiceLiveConfig(Strict):
     @classmethod
     def _no_secret_query(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if key.lower() in ("api-key", "api_key", "agent-access-token", "authorization"):
-                raise ValueError(f"{key!r} is a secret and must not be in the config file")
+            if is_secret_query_name(key):
+                raise ValueError(f"{key!r} is a secret and must not be in the config file "
+                                 f"(a key, token, signature or password)")
         return value
 
     @model_validator(mode="after")
@@ -259,10 +262,35 @@ class ConversationConfig(Strict):
 
     @field_validator("earcon_file")
     @classmethod
-    def _earcon_exists(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"no such file: {value}")
+    def _earcon_is_a_wav(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = wav_problem(Path(value))
+            if problem:
+                raise ValueError(problem)
         return value
+
+
+EARCON_MAX_BYTES = 4 * 1024 * 1024  # a chime of a few seconds is far below this
+
+
+def wav_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be the earcon (not a file, not a 16-bit PCM WAV, empty, too big),
+    in one line; None when it can. Reads only the header."""
+    if not path.is_file():
+        return f"no such file: {path}"
+    try:
+        if path.stat().st_size > EARCON_MAX_BYTES:
+            return f"{path}: larger than {EARCON_MAX_BYTES // (1024 * 1024)} MiB"
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                return f"{path}: must be 16-bit PCM WAV, got {8 * w.getsampwidth()}-bit"
+            if w.getnframes() == 0 or w.getframerate() <= 0:
+                return f"{path}: has no audio"
+    except (wave.Error, EOFError) as exc:
+        return f"{path}: not a PCM WAV file ({exc or 'truncated'})"
+    except OSError as exc:
+        return f"{path}: cannot read: {exc.strerror}"
+    return None
 
 
 class BargeInConfig(Strict):
@@ -331,12 +359,23 @@ DEFAULT_STATUS_SOCKET = "/run/edgevoice/status.sock"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 
 
+DEFAULT_TOOL_RUNNER_SOCKET = "/run/edgevoice-tools/runner.sock"
+
+
 class ServiceConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_target: Literal["auto", "journal", "stderr"] = "auto"
+    # False: what the user and the assistant said is left out of the log (its length stays).
+    log_transcripts: bool = True
     status_socket: str = DEFAULT_STATUS_SOCKET
+    # The tool runner that runs run_as = "user" commands as their own user ("" for none).
+    tool_runner_socket: str = DEFAULT_TOOL_RUNNER_SOCKET
+    tool_processes: Annotated[int, Field(ge=1, le=64)] = 4
+    tool_queue: Annotated[int, Field(ge=0, le=256)] = 8
+    tool_rate_limit: RateLimit = Field(
+        default_factory=lambda: RateLimit(max_calls=30, per_s=60))
 
-    @field_validator("status_socket")
+    @field_validator("status_socket", "tool_runner_socket")
     @classmethod
     def _socket_path(cls, value: str) -> str:
         if value == "":
@@ -346,6 +385,10 @@ class ServiceConfig(Strict):
         if len(os.fsencode(value)) > SUN_PATH_MAX:
             raise ValueError(f"must be at most {SUN_PATH_MAX} bytes long (a unix socket path)")
         return value
+
+    def tool_runner_path(self) -> Path | None:
+        """The tool runner's socket; None when turned off (``""``)."""
+        return Path(self.tool_runner_socket) if self.tool_runner_socket else None
 
     def journal(self) -> bool | None:
         """``setup_logging(journal=…)``: None lets it detect systemd's journal stream."""
@@ -417,6 +460,10 @@ class Config(Strict):
     @model_validator(mode="after")
     def _unique_tools(self) -> Config:
         problems = check_tool_set(self.tools)
+        as_user = [t.name for t in self.tools if t.command and t.command.run_as == "user"]
+        if as_user and not self.service.tool_runner_socket:
+            problems.append(f'run_as = "user" (tool {", ".join(as_user)}) needs '
+                            f"service.tool_runner_socket (the tool runner)")
         confirmed = [t.name for t in self.tools if t.confirm]
         if confirmed and not self.session.input_transcription.enabled:
             problems.append(f"confirm = true (tool {', '.join(confirmed)}) needs "

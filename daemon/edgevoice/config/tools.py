@@ -10,7 +10,17 @@ checked here, so that ``edgevoice check-config`` catches it:
   default (so a placeholder always has a value), and the program (``argv[0]``) is never one;
 - placeholders fit where they stand: a GPIO ``do`` placeholder is a boolean or an enum of
   ``on``/``off``/``toggle``/``pulse``, a PWM ``value`` placeholder is a number;
-- exactly one action is set, and only the settings of that action.
+- exactly one action is set, and only the settings of that action;
+- arguments cannot escape into what reaches a program or a broker:
+  ``additionalProperties`` is false unless the tool says otherwise, every ``default`` is
+  valid under its own schema, and a placeholder parameter used in ``argv``, an MQTT topic or
+  a payload is a string, integer, number or boolean, a string one with an ``enum`` or an
+  anchored ``pattern`` (``^…$``) and a ``maxLength`` (128 unless given). What is checked at
+  call time (a leading ``-``, ``/`` and ``..``, NUL and control characters) is in
+  :mod:`edgevoice.tools.arguments`; ``allow_dash`` and ``allow_slash`` name the parameters
+  that may start with ``-`` or hold ``/``;
+- MQTT: a password only over TLS unless the broker is on this machine; the password and key
+  files are refused when group- or world-accessible.
 
 Templates use Python's format syntax without conversions or format specs: ``{name}`` is a
 placeholder, ``{{`` and ``}}`` are literal braces, any other brace is an error.
@@ -22,7 +32,9 @@ describes.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -32,6 +44,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from edgevoice.util import is_loopback_host
 from edgevoice.wire.session import FunctionTool, Strict
 
 # --------------------------------------------------------------------------- templates
@@ -103,7 +116,7 @@ def _walk_strings(value: Any) -> Iterator[str]:
 
 Builtin = Literal["set_volume", "stop_conversation", "get_time"]
 
-_EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
+_EMPTY: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 BUILTIN_PARAMETERS: dict[str, dict[str, Any]] = {
     "get_time": _EMPTY,
@@ -115,6 +128,7 @@ BUILTIN_PARAMETERS: dict[str, dict[str, Any]] = {
                         "description": "Speaker volume in percent, 0 is silent"},
         },
         "required": ["percent"],
+        "additionalProperties": False,
     },
 }
 
@@ -152,6 +166,7 @@ class CommandAction(Strict):
     whole arguments. No shell is ever involved."""
 
     argv: list[str] = Field(min_length=1)
+    run_as: Literal["daemon", "user"] = "daemon"
     env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
         default_factory=list)
     cwd: str | None = None
@@ -234,14 +249,20 @@ class GpioAction(Strict):
 class MqttAction(Strict):
     """Publish to an MQTT broker (aiomqtt), optionally waiting for one reply message.
 
-    ``payload`` is a string template, or a table/list that is sent as JSON: a string leaf that
-    is exactly one placeholder takes the argument's own JSON type (``"{level}"`` → ``80``),
-    so arguments can never break the JSON apart. The broker password is read from
-    ``password_file`` at each call; it is never in the config file and never logged."""
+    ``payload`` is a table/list sent as JSON, where a string leaf that is exactly one
+    placeholder takes the argument's own JSON type (``"{level}"`` → ``80``) and other leaves
+    are JSON strings, so arguments can never break the JSON apart; or a string sent as it is,
+    either fixed or exactly one placeholder (never text glued around an argument). The broker
+    password is read from ``password_file`` at each call (refused when group- or
+    world-accessible, like ``api_key_file``); it is never in the config file and never logged,
+    and it is only sent over TLS unless the broker is on this machine."""
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     tls: bool = False
+    ca_file: str | None = Field(default=None, min_length=1)
+    cert_file: str | None = Field(default=None, min_length=1)
+    key_file: str | None = Field(default=None, min_length=1)
     username: str | None = Field(default=None, min_length=1)
     password_file: str | None = Field(default=None, min_length=1)
     topic: str = Field(min_length=1)
@@ -259,11 +280,54 @@ class MqttAction(Strict):
         for name, topic in (("topic", self.topic), ("reply_topic", self.reply_topic)):
             if topic is not None and any(c in topic for c in "+#\0"):
                 raise ValueError(f"{name} must not contain MQTT wildcards (+, #), got {topic!r}")
+        if isinstance(self.payload, str) and placeholders(self.payload) and \
+                whole_placeholder(self.payload) is None:
+            raise ValueError(f"payload {self.payload!r}: a string payload is sent as it is, so "
+                             f"it is either fixed text or exactly one {{placeholder}}; for "
+                             f"structure use a table (sent as JSON, arguments as JSON values)")
+        for name in ("ca_file", "cert_file", "key_file", "password_file"):
+            path = getattr(self, name)
+            if path is not None and not PurePosixPath(path).is_absolute():
+                raise ValueError(f"{name} must be an absolute path, got {path!r}")
+        if (self.ca_file or self.cert_file or self.key_file) and not self.tls:
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.password_file and not self.tls and not is_loopback_host(self.host):
+            raise ValueError(f"password_file with tls = false to {self.host}: the password "
+                             f"would cross the network in clear text; set tls = true (a "
+                             f"broker on this machine, 127.0.0.1 or ::1, may go without)")
+        for name in ("password_file", "key_file"):
+            path = getattr(self, name)
+            problem = secret_file_mode_problem(path) if path else None
+            if problem:
+                raise ValueError(f"{name}: {problem}")
         return self
 
     def templates(self) -> list[str]:
         return [self.topic, *([self.reply_topic] if self.reply_topic else []),
                 *_walk_strings(self.payload)]
+
+    def sites(self) -> Iterator[tuple[str, str]]:
+        """(where, template) of every template: ``topic``, ``reply_topic``, ``payload``."""
+        yield "topic", self.topic
+        if self.reply_topic:
+            yield "reply_topic", self.reply_topic
+        for t in _walk_strings(self.payload):
+            yield "payload", t
+
+
+def secret_file_mode_problem(path: str) -> str | None:
+    """Why an existing secret file is not safe (group or others may access it); None when it
+    is fine or does not exist (yet: a missing file is reported when it is used)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (f"{path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+    return None
 
 
 class MixerSettings(Strict):
@@ -321,6 +385,8 @@ class ToolSpec(FunctionTool):
     mqtt: MqttAction | None = None
     builtin: Builtin | None = None
     mixer: MixerSettings | None = None
+    allow_dash: list[str] = Field(default_factory=list)
+    allow_slash: list[str] = Field(default_factory=list)
 
     @field_validator("parameters")
     @classmethod
@@ -353,7 +419,9 @@ class ToolSpec(FunctionTool):
             raise ValueError('mixer is only for builtin = "set_volume"')
         if self.builtin is not None:
             fixed = BUILTIN_PARAMETERS[self.builtin]
-            if "parameters" in self.model_fields_set and self.parameters != fixed:
+            given = {k: v for k, v in self.parameters.items() if k != "additionalProperties"}
+            if "parameters" in self.model_fields_set and \
+                    given != {k: v for k, v in fixed.items() if k != "additionalProperties"}:
                 raise ValueError(f"builtin {self.builtin} has fixed parameters: "
                                  f"leave parameters out")
             self.parameters = fixed
@@ -364,12 +432,71 @@ class ToolSpec(FunctionTool):
                 self.mqtt.reply_timeout_s > self.timeout_s:
             raise ValueError(f"mqtt.reply_timeout_s ({self.mqtt.reply_timeout_s:g}) must not "
                              f"exceed timeout_s ({self.timeout_s:g})")
+        self.parameters = _harden(self)
         return self
+
+    def sites(self) -> list[tuple[str, str]]:
+        """(where, template) of every template that reaches a program or a broker:
+        ``argv`` (command) and ``topic``/``reply_topic``/``payload`` (mqtt)."""
+        if self.command is not None:
+            return [("argv", t) for t in self.command.templates()]
+        if self.mqtt is not None:
+            return list(self.mqtt.sites())
+        return []
 
     @property
     def action(self) -> str:
         """The name of the action: command, gpio, mqtt or builtin."""
         return next(a for a in ACTIONS if getattr(self, a) is not None)
+
+
+SCALAR_TYPES = frozenset({"string", "integer", "number", "boolean"})
+DEFAULT_MAX_LENGTH = 128
+
+
+def _harden(tool: ToolSpec) -> dict[str, Any]:
+    """The tool's parameters, checked and tightened (see the module docs): extra properties
+    refused unless the tool allows them, defaults valid, every string that reaches argv, an
+    MQTT topic or a payload bounded by an anchored ``pattern`` or an ``enum`` and a
+    ``maxLength``. Raises ValueError naming the tool and the parameter."""
+    params = json.loads(json.dumps(tool.parameters))  # a copy: never change the caller's
+    params.setdefault("additionalProperties", False)
+    props = params.get("properties") or {}
+    cls = validator_for(params)
+    for name, sub in props.items():
+        if isinstance(sub, dict) and "default" in sub:
+            errors = list(cls(sub).iter_errors(sub["default"]))
+            if errors:
+                raise ValueError(f"tool {tool.name}: parameter {name}: the default "
+                                 f"{sub['default']!r} is not valid: {errors[0].message}")
+    for option in ("allow_dash", "allow_slash"):
+        for name in getattr(tool, option):
+            if name not in props:
+                raise ValueError(f"tool {tool.name}: {option} names {name!r}, which is not a "
+                                 f"declared parameter")
+    for where, template in tool.sites():
+        for name in placeholders(template):
+            sub = props.get(name)
+            if not isinstance(sub, dict):
+                continue  # reported by the placeholder check already
+            types = _types(sub)
+            if not types or not types <= SCALAR_TYPES:
+                raise ValueError(f"tool {tool.name}: parameter {name} (in {where}) must have a "
+                                 f"type of string, integer, number or boolean")
+            if "string" not in types:
+                continue
+            if "enum" not in sub and "pattern" not in sub:
+                raise ValueError(f"tool {tool.name}: parameter {name} (in {where}) is a free "
+                                 f"string: give it an enum or a pattern (anchored, ^…$) and a "
+                                 f"maxLength")
+            pattern = sub.get("pattern")
+            if pattern is not None and not (pattern.startswith("^") and pattern.endswith("$")):
+                raise ValueError(f"tool {tool.name}: parameter {name} (in {where}): pattern "
+                                 f"{pattern!r} must be anchored (start with ^, end with $), or "
+                                 f"it matches any text that merely contains it")
+            if "enum" not in sub:
+                sub.setdefault("maxLength", DEFAULT_MAX_LENGTH)
+    return params
 
 
 def _check_gpio_params(action: GpioAction, parameters: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass
 
 from edgevoice.ducking.base import DEFAULT_TIMEOUT, BaseDucker
+from edgevoice.util import child_environ
 
 log = logging.getLogger("edgevoice.ducking")
 
@@ -91,7 +92,7 @@ class AlsaDucker(BaseDucker):
     async def _amixer(self, *args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
             *self._argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE)
+            stderr=subprocess.PIPE, env=child_environ())
         try:
             out, err = await proc.communicate()
         finally:
@@ -140,7 +141,8 @@ class AlsaDucker(BaseDucker):
 
         def amixer(*args: str) -> str:
             done = subprocess.run(self._argv(*args), stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=timeout, check=False)
+                                  capture_output=True, timeout=timeout, check=False,
+                                  env=child_environ())
             if done.returncode != 0:
                 raise RuntimeError(amixer_failure(self.device, self.control, done.returncode,
                                                   done.stderr))

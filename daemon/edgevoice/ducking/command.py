@@ -5,7 +5,8 @@ reaches the program literally (``"; touch x"`` is one argument, not a second com
 hook runs in its own session and its whole process group is killed if it outlives
 ``timeout``. A hook that exits non-zero counts as failed. The unduck hook runs after any
 duck attempt, even a failed one (it may have changed something), and may run again at exit
-if it failed — so hooks should be idempotent.
+if it failed — so hooks should be idempotent. A hook sees only the daemon's audio and locale
+variables (:data:`edgevoice.util.AUDIO_ENV`) and a system PATH, never a credential.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 from collections.abc import Sequence
 
 from edgevoice.ducking.base import BaseDucker
+from edgevoice.util import child_environ
 
 DEFAULT_HOOK_TIMEOUT = 5.0
 
@@ -50,7 +52,7 @@ class CommandDucker(BaseDucker):
     async def _run(self, argv: list[str]) -> None:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, start_new_session=True)
+            stderr=subprocess.PIPE, start_new_session=True, env=child_environ())
         try:
             _, err = await proc.communicate()
         finally:
@@ -63,7 +65,7 @@ class CommandDucker(BaseDucker):
     def _restore_blocking(self, timeout: float) -> None:
         with subprocess.Popen(self.unduck_argv, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True) as proc:
+                              start_new_session=True, env=child_environ()) as proc:
             try:
                 _, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -15,7 +15,7 @@ import time
 from typing import Any, Protocol
 
 from edgevoice.config import VoiceLiveConfig
-from edgevoice.secrets import Secret, protect, resolve_api_key
+from edgevoice.secrets import Secret, forget, protect, resolve_api_key
 
 MIN_TOKEN_LIFETIME_S = 120.0
 
@@ -67,6 +67,9 @@ class EntraAuth:
             credential = DefaultAzureCredential()
         self._credential = credential
         self.scope = scope
+        # The tokens handed out and still masked in logs, by scope: a new token of a scope
+        # replaces the old one (in use no more), so the redactor holds only live tokens.
+        self._live: dict[str, Secret] = {}
 
     async def token(self, scope: str) -> Secret:
         try:
@@ -81,6 +84,10 @@ class EntraAuth:
                 f"Microsoft Entra token for {scope} expires in {remaining:.0f} s, refusing it"
             )
         secret = Secret(access.token)
+        old = self._live.get(scope)
+        if old is not None and old != secret:
+            forget(old)
+        self._live[scope] = secret
         protect(secret)
         return secret
 
@@ -88,6 +95,9 @@ class EntraAuth:
         return {"Authorization": f"Bearer {(await self.token(self.scope)).reveal()}"}
 
     async def close(self) -> None:
+        for secret in self._live.values():
+            forget(secret)
+        self._live.clear()
         if self._owns:
             close = getattr(self._credential, "close", None)
             if close is not None:

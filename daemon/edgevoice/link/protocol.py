@@ -19,10 +19,10 @@ import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 from edgevoice.audio.convert import bytes_per_second
-from edgevoice.config import VoiceLiveConfig
+from edgevoice.config import VoiceLiveConfig, is_secret_query_name
 from edgevoice.link.context import ConversationLog
 from edgevoice.wire import events as ev
 from edgevoice.wire.session import RequestSession
@@ -617,10 +617,13 @@ def build_url(cfg: VoiceLiveConfig, agent_token: str | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any credential-bearing query value masked, for logs."""
+    """The URL with any credential-bearing query value masked, for logs: every parameter
+    whose name :func:`~edgevoice.config.is_secret_query_name` calls a secret (also one that
+    the config check would have refused), and any user info."""
     parts = urlsplit(url)
     kept = []
     for pair in parts.query.split("&"):
         key = pair.split("=", 1)[0]
-        kept.append(f"{key}=***" if key in ("agent-access-token", "api-key") else pair)
-    return urlunsplit(parts._replace(query="&".join(kept)))
+        kept.append(f"{key}=***" if is_secret_query_name(unquote_plus(key)) else pair)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(query="&".join(kept), netloc=netloc))

@@ -15,6 +15,11 @@ Where records go (:func:`setup_logging`):
 - **stderr** otherwise, one compact line per record: ``12:01:05.123 INFO edgevoice.link:
   connected state=ready turn=3``.
 
+Forged lines: control characters (newlines, escape sequences…) in a message and in every
+extra field are escaped (``\\n``, ``\\x1b``), so text from the model or the user — a tool's
+arguments, a transcript — can never start a line of its own in either target; only a
+traceback keeps its lines.
+
 Secrets: both handlers carry :data:`edgevoice.secrets.REDACTOR`, and every text that leaves
 through them — the message, the traceback, each extra field — is redacted again on the way
 out. The stock ``JournalHandler.emit`` is not used because it also sends every attribute of
@@ -34,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from edgevoice.secrets import REDACTOR, Secret, filter_root_handlers
+from edgevoice.util import escape_controls
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -93,8 +99,20 @@ def extra_fields(record: logging.LogRecord) -> dict[str, str]:
             continue
         text = _field_value(value)
         if text is not None:
-            fields[field_name(key)] = REDACTOR.redact(text)
+            fields[field_name(key)] = escape_controls(REDACTOR.redact(text))
     return fields
+
+
+def _format_escaped(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """``formatter.format(record)`` with control characters of the message escaped: a
+    message carrying model or user text stays one line (a traceback after it keeps its own
+    lines). The record is left as it was, for other handlers."""
+    saved = record.msg, record.args
+    try:
+        record.msg, record.args = escape_controls(record.getMessage()), None
+        return formatter.format(record)
+    finally:
+        record.msg, record.args = saved
 
 
 if _JournalHandler is not None:
@@ -104,7 +122,8 @@ if _JournalHandler is not None:
 
         def emit(self, record: logging.LogRecord) -> None:
             try:
-                message = REDACTOR.redact(self.format(record))
+                message = REDACTOR.redact(_format_escaped(self.formatter or
+                                                          logging.Formatter(), record))
                 fields: dict[str, Any] = dict(self._extra)
                 fields.update(extra_fields(record))
                 fields.update(
@@ -123,6 +142,17 @@ else:  # pragma: no cover
     EdgevoiceJournalHandler = None  # type: ignore[assignment,misc]
 
 
+class _Plain(logging.Formatter):
+    """The plain formatting of a :class:`CompactFormatter` (without its extras)."""
+
+    def __init__(self, outer: logging.Formatter) -> None:
+        super().__init__()
+        self._outer = outer
+
+    def format(self, record: logging.LogRecord) -> str:
+        return logging.Formatter.format(self._outer, record)
+
+
 class CompactFormatter(logging.Formatter):
     """``12:01:05.123 INFO edgevoice.link: message key=value …`` (extras redacted)."""
 
@@ -134,7 +164,7 @@ class CompactFormatter(logging.Formatter):
             f".{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = _format_escaped(_Plain(self), record)
         extras = extra_fields(record)
         if extras:
             pairs = " ".join(f"{k[len(FIELD_PREFIX):].lower()}={v}" for k, v in extras.items())

@@ -38,7 +38,11 @@ values::
       ],
       "tool_calls": [                # the last few function calls, oldest first
         {"turn": 3, "name": "set_light", "call_id": "call_7", "ok": true, "ms": 14.2,
-         "at": 1732200002.0, "error": null}
+         "at": 1732200002.0, "error": null,
+         "arguments": "{\"room\":\"hall\"}",  # compact JSON, cut at 512 chars
+         "outcome": "ok",            # ok | failed | timeout | invalid | busy | declined | …
+         "confirmed_by": "user",     # confirm = true tools: who said yes, and when
+         "confirmed_at": "2024-11-21T15:40:01.200"}
       ]
     }
 
@@ -75,8 +79,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edgevoice import __version__
 from edgevoice.config import SUN_PATH_MAX
+from edgevoice.util import escape_controls
 
 log = logging.getLogger("edgevoice.service")
+
+STATUS_ARGUMENTS_CHARS = 60  # a tool call's arguments in `edgevoice status` (--json: all kept)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line (control characters escaped), cut to ``limit`` chars with ``…``."""
+    text = escape_controls(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o750
@@ -269,8 +282,14 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
         lines.append("  tool calls:")
         for c in calls:
             ok = c.get("ok")
-            outcome = "ok" if ok else ("failed" if ok is not None else "?")
-            row = f"    {_clock(c.get('at'))}  {c.get('name', '?')}  {outcome}  {_ms(c.get('ms'))}"
+            outcome = c.get("outcome") or ("ok" if ok else ("failed" if ok is not None else "?"))
+            row = f"    {_clock(c.get('at'))}  {c.get('name', '?')}"
+            if c.get("arguments"):
+                row += f" {shorten(str(c['arguments']), STATUS_ARGUMENTS_CHARS)}"
+            row += f"  {outcome}  {_ms(c.get('ms'))}"
+            if c.get("confirmed_by"):
+                row += (f"  confirmed by {shorten(str(c['confirmed_by']), 20)} at "
+                        f"{shorten(str(c.get('confirmed_at') or '?'), 23)[11:19]}")
             if c.get("turn") is not None:
                 row += f"  (turn {c['turn']})"
             if c.get("error"):

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,12 @@ from edgevoice.config.tools import (
     render,
     whole_placeholder,
 )
+from edgevoice.secrets import SecretError, read_secret_file
+from edgevoice.util import DEFAULT_PATH, child_environ
 
-# Used when PATH is not passed through: the usual system directories, nothing of the daemon's.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+__all__ = ["DEFAULT_PATH", "Completed", "GpioPins", "ToolFailure", "execute", "outcome",
+           "run_command", "run_mqtt"]
+
 _STDERR_TAIL = 2048
 
 
@@ -98,26 +102,35 @@ def command_argv(action: CommandAction, args: Mapping[str, Any]) -> list[str]:
 
 def command_env(action: CommandAction, environ: Mapping[str, str]) -> dict[str, str]:
     """The child's whole environment: the allowlisted variables that are set, and PATH."""
-    env = {k: environ[k] for k in action.env if k in environ}
-    env.setdefault("PATH", DEFAULT_PATH)
-    return env
+    return child_environ(action.env, environ)
 
 
-async def run_command(action: CommandAction, args: Mapping[str, Any],
-                      environ: Mapping[str, str]) -> dict[str, Any]:
-    """Run the command without a shell, in a new session (its own process group).
+@dataclass
+class Completed:
+    """What a finished (or killed) command left: its exit status (negative: the signal),
+    at most ``cap`` bytes of stdout, whether more came, and the tail of stderr."""
+
+    code: int | None
+    stdout: bytes
+    truncated: bool
+    stderr: bytes
+
+
+async def execute(argv: list[str], env: Mapping[str, str], cwd: str | None,
+                  cap: int) -> Completed:
+    """Run ``argv`` without a shell, in a new session (its own process group), with exactly
+    ``env`` as its environment.
 
     When the program exits, anything it left running in its group is killed too, so a tool
     never leaves processes behind and its pipes close. When cancelled (the timeout), the
-    whole group is killed and reaped before this returns. A non-zero exit is a
-    :class:`ToolFailure` carrying the exit status and the stdout."""
+    whole group is killed and reaped before this returns. Raises :class:`ToolFailure` when
+    the program cannot be started."""
     loop = asyncio.get_running_loop()
-    argv = command_argv(action, args)
     try:
         transport, proto = await loop.subprocess_exec(
-            lambda: _Capture(loop, action.max_output_bytes), *argv,
+            lambda: _Capture(loop, cap), *argv,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=action.cwd, env=command_env(action, environ), start_new_session=True)
+            cwd=cwd, env=dict(env), start_new_session=True)
     except OSError as exc:
         raise ToolFailure(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     pid = transport.get_pid()
@@ -133,18 +146,41 @@ async def run_command(action: CommandAction, args: Mapping[str, Any],
             # Reap it before reporting, so "timed out" means "gone"; SIGKILL is quick.
             await asyncio.wait([proto.exited], timeout=2.0)
         transport.close()
-    code = transport.get_returncode()
-    stdout = bytes(proto.stdout).decode(errors="replace").strip()
+    return Completed(transport.get_returncode(), bytes(proto.stdout), proto.truncated,
+                     bytes(proto.stderr))
+
+
+def outcome(program: str, done: Completed) -> dict[str, Any]:
+    """The success fields of a finished command; a non-zero exit is a :class:`ToolFailure`
+    carrying the exit status and the stdout."""
+    code = done.code
+    stdout = done.stdout.decode(errors="replace").strip()
     result: dict[str, Any] = {"exit_status": code, "stdout": stdout}
-    if proto.truncated:
+    if done.truncated:
         result["truncated"] = True
     if code != 0:
-        assert code is not None
-        lines = bytes(proto.stderr).decode(errors="replace").strip().splitlines()
-        why = (f"killed by signal {-code}" if code < 0 else f"exited with status {code}")
-        raise ToolFailure(f"{argv[0]} {why}" + (f": {lines[-1][:300]}" if lines else ""),
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        why = (f"killed by signal {-code}" if code is not None and code < 0
+               else f"exited with status {code}")
+        raise ToolFailure(f"{program} {why}" + (f": {lines[-1][:300]}" if lines else ""),
                           **result)
     return result
+
+
+async def run_command(action: CommandAction, args: Mapping[str, Any],
+                      environ: Mapping[str, str], runner: Path | None = None) -> dict[str, Any]:
+    """Run the command (see :func:`execute`) with only its declared environment; with
+    ``run_as = "user"`` through the tool runner at ``runner`` (as the tool user, see
+    :mod:`edgevoice.tools.runner`)."""
+    argv = command_argv(action, args)
+    env = command_env(action, environ)
+    if action.run_as == "user":
+        from edgevoice.tools.runner import run_remote
+
+        done = await run_remote(runner, argv, env, action.cwd, action.max_output_bytes)
+    else:
+        done = await execute(argv, env, action.cwd, action.max_output_bytes)
+    return outcome(argv[0], done)
 
 
 # --------------------------------------------------------------------------- GPIO
@@ -262,10 +298,12 @@ def mqtt_topic(template: str, args: Mapping[str, Any]) -> str:
 
 
 def mqtt_payload(template: Any, args: Mapping[str, Any]) -> Any:
-    """A string template is filled as text; a table or list keeps its structure and a string
-    leaf that is one whole placeholder takes the argument's own value (then sent as JSON)."""
+    """A string template is fixed text or one whole placeholder (the argument's text: never
+    text glued around an argument); a table or list keeps its structure and a string leaf that
+    is one whole placeholder takes the argument's own value (then sent as JSON)."""
     if isinstance(template, str):
-        return render(template, args)
+        name = whole_placeholder(template)
+        return as_text(args[name]) if name is not None else template
     if isinstance(template, dict):
         return {render(k, args): _leaf(v, args) for k, v in template.items()}
     return [_leaf(v, args) for v in template]
@@ -280,6 +318,24 @@ def _leaf(value: Any, args: Mapping[str, Any]) -> Any:
     return value
 
 
+def _tls_context(action: MqttAction) -> ssl.SSLContext:
+    """The broker's TLS: the system's CAs or ``ca_file``; the client certificate if set."""
+    try:
+        context = ssl.create_default_context(cafile=action.ca_file)
+        if action.cert_file:
+            if action.key_file:
+                st = os.stat(action.key_file)
+                if st.st_mode & 0o077:
+                    raise ToolFailure(f"MQTT key_file {action.key_file} is accessible by group "
+                                      f"or others (mode {st.st_mode & 0o7777:04o}); run: "
+                                      f"chmod 600 {action.key_file}")
+            context.load_cert_chain(action.cert_file, action.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ToolFailure(f"MQTT TLS files: {type(exc).__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
 async def run_mqtt(action: MqttAction, args: Mapping[str, Any]) -> dict[str, Any]:
     """Connect, (subscribe to the reply topic,) publish, (wait for one fresh reply,)
     disconnect. A retained message delivered on subscribing is old state, not a reply, and is
@@ -292,10 +348,12 @@ async def run_mqtt(action: MqttAction, args: Mapping[str, Any]) -> dict[str, Any
     password = None
     if action.password_file:
         try:
-            password = (await asyncio.to_thread(Path(action.password_file).read_text)).strip()
-        except OSError as exc:
-            raise ToolFailure(f"cannot read the MQTT password file: {exc.strerror}") from None
-    tls = ssl.create_default_context() if action.tls else None
+            # Refused when group- or world-accessible, like voicelive.api_key_file.
+            secret = await asyncio.to_thread(read_secret_file, action.password_file)
+        except SecretError as exc:
+            raise ToolFailure(f"MQTT password: {exc}") from None
+        password = secret.reveal()
+    tls = await asyncio.to_thread(_tls_context, action) if action.tls else None
     where = f"MQTT broker {action.host}:{action.port}"
     result: dict[str, Any] = {"published": topic}
     try:

@@ -2,7 +2,8 @@
 
 ``set_volume`` drives one ALSA simple mixer control with ``amixer`` (as the ``alsa`` ducking
 backend does, and for the same reason: a hung driver can be killed). Its subprocess runs in
-its own process group, which is killed when the call is cancelled.
+its own process group, which is killed when the call is cancelled, and sees only the
+daemon's audio and locale variables (:data:`edgevoice.util.AUDIO_ENV`), never a credential.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from edgevoice.config.tools import MixerSettings
 from edgevoice.ducking.alsa import amixer_failure
 from edgevoice.tools.actions import ToolFailure, kill_group
+from edgevoice.util import child_environ
 
 _PERCENT = re.compile(r"\[(\d+)%\]")
 
@@ -34,7 +36,7 @@ async def set_volume(mixer: MixerSettings, percent: int, amixer: str = "amixer")
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, env=child_environ())
     except OSError as exc:
         raise ToolFailure(f"cannot run {amixer}: {exc.strerror or exc}") from None
     try:

@@ -76,7 +76,10 @@ class Confirmations:
         self._no = [_words(p) for p in negative if _words(p)]
         self._pending: OrderedDict[str, float] = OrderedDict()
         self._max_pending = max_pending
-        self._turns: deque[tuple[float, Verdict]] = deque(maxlen=max_turns)
+        self._turns: deque[tuple[float, Verdict, str]] = deque(maxlen=max_turns)
+        #: The user turn that confirmed the last call decided RUN: (its start, its words),
+        #: for the audit trail.
+        self.confirmed_by: tuple[float, str] | None = None
 
     def classify(self, transcript: str) -> Verdict:
         words = _words(transcript)
@@ -90,7 +93,7 @@ class Confirmations:
         """A user turn that began at ``t``."""
         verdict = self.classify(transcript)
         if verdict is not Verdict.NEITHER:
-            self._turns.append((t, verdict))
+            self._turns.append((t, verdict, transcript))
         return verdict
 
     def decide(self, key: str, now: float, window_s: float) -> Decision:
@@ -102,11 +105,13 @@ class Confirmations:
             while len(self._pending) > self._max_pending:
                 self._pending.popitem(last=False)
             return Decision.ASK
-        answers = [v for t, v in self._turns if asked < t <= now]
+        turns = [(t, v, text) for t, v, text in self._turns if asked < t <= now]
+        answers = [v for _t, v, _text in turns]
         if Verdict.NO in answers:
             del self._pending[key]
             return Decision.DECLINED
         if Verdict.YES in answers:
             del self._pending[key]
+            self.confirmed_by = next((t, text) for t, v, text in turns if v is Verdict.YES)
             return Decision.RUN
         return Decision.WAITING

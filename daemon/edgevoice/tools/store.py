@@ -6,8 +6,18 @@ others its output, also while it still runs. A call that starts an action is rec
 *before* the action runs (``started``), so a restart in the middle never runs it again:
 after a restart such a call answers :data:`INTERRUPTED` instead. The file is replaced
 atomically (temporary file, fsync, rename, fsync of the directory); a missing file is an
-empty store, an unreadable one is logged and set aside as ``NAME.bad`` so that the daemon
-still starts.
+empty store.
+
+Fails closed: a file that cannot be read as a record (corrupt, nested too deep, larger than
+:data:`MAX_FILE_BYTES`, of another version) raises :class:`CallRecordError`, one line naming
+the file and saying what to do. The daemon then does not start (exit status 2, which systemd
+does not retry) and a reload is refused: starting with an empty record could run a call a
+second time, which is what the record is there to prevent. The operator moves the file aside
+(its calls are then forgotten) and starts the daemon again.
+
+Bounded: at most ``size`` call ids, and an output longer than :data:`MAX_OUTPUT_CHARS` is kept
+as a short stand-in (a repeat still runs nothing), so the file stays below
+:data:`MAX_FILE_BYTES`.
 """
 
 from __future__ import annotations
@@ -28,6 +38,17 @@ INTERRUPTED = json.dumps({
 })
 
 _VERSION = 1
+MAX_OUTPUT_CHARS = 16384  # one stored output; larger ones are kept as TOO_LARGE
+MAX_FILE_BYTES = 8 * 1024 * 1024  # 256 calls of MAX_OUTPUT_CHARS (JSON-escaped) fit easily
+
+TOO_LARGE = json.dumps({
+    "ok": False,
+    "error": "this call already ran; its output was too large to keep and is not repeated",
+})
+
+
+class CallRecordError(ValueError):
+    """The call record file cannot be used (one line: the file, the problem, what to do)."""
 
 
 class CallStore:
@@ -83,6 +104,8 @@ class CallStore:
 
     def remember(self, call_id: str, output: str | None) -> None:
         """Record in memory only (:meth:`save` writes the file)."""
+        if output is not None and len(output) > MAX_OUTPUT_CHARS:
+            output = TOO_LARGE
         self._calls[call_id] = output
         self._calls.move_to_end(call_id)
         while len(self._calls) > self.size:
@@ -92,25 +115,37 @@ class CallStore:
 
     def _load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("version") != _VERSION:
-                raise ValueError(f"unknown version {data.get('version')!r}")
-            for entry in data["calls"]:
-                call_id, output = entry["call_id"], entry["output"]
-                if not isinstance(call_id, str) or not isinstance(output, str | None):
-                    raise ValueError(f"bad entry {entry!r:.80}")
-                self.remember(call_id, output)
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            bad = path.with_name(path.name + ".bad")
-            log.warning("tools: cannot read %s (%s); set aside as %s, starting empty",
-                        path, exc, bad)
-            self._calls.clear()
-            try:
-                path.replace(bad)
-            except OSError:
-                pass
+        except OSError as exc:
+            raise self._error(path, exc.strerror or str(exc)) from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise self._error(path, f"larger than {MAX_FILE_BYTES} bytes")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict) or data.get("version") != _VERSION:
+                raise ValueError("unknown version" if isinstance(data, dict) else "not a record")
+            calls = data["calls"]
+            if not isinstance(calls, list):
+                raise ValueError("calls is not a list")
+            for entry in calls:
+                call_id, output = entry["call_id"], entry["output"]
+                if not isinstance(call_id, str) or not isinstance(output, str | None):
+                    raise ValueError(f"bad entry {str(entry)[:60]!r}")
+                self.remember(call_id, output)
+        except RecursionError:
+            raise self._error(path, "nested too deeply") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error(path, f"{type(exc).__name__}: {str(exc)[:80]}") from None
+
+    @staticmethod
+    def _error(path: Path, problem: str) -> CallRecordError:
+        return CallRecordError(
+            f"tool call record {path} cannot be read ({problem}); no tool runs until it is "
+            f"fixed: move it aside (mv {path} {path}.bad; the calls it remembers may then run "
+            f"again if repeated) and start again")
 
     async def save(self) -> None:
         """Write the file (if any). Raises OSError when it cannot."""

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,10 @@ from jsonschema import ValidationError
 from jsonschema.exceptions import relevance
 from jsonschema.validators import validator_for
 
-from edgevoice.config.tools import ToolSpec, check_tool_set
+from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set
 from edgevoice.tools import builtins
 from edgevoice.tools.actions import GpioPins, ToolFailure, run_command, run_mqtt
+from edgevoice.tools.arguments import ArgumentError, parse_arguments, refusal
 from edgevoice.tools.confirm import Confirmations, Decision
 from edgevoice.tools.store import INTERRUPTED, CallStore
 
@@ -31,6 +32,18 @@ log = logging.getLogger("edgevoice.tools")
 
 STATE_FILE = "tool-calls.json"
 _MAX_ERRORS = 3  # argument errors reported per call: enough to fix, short enough to speak
+#: The rate limit of a tool that declares none: a model in a loop cannot run it without end.
+DEFAULT_RATE_LIMIT = RateLimit(max_calls=30, per_s=60)
+AUDIT_ARGUMENTS_CHARS = 512  # the arguments in a log line; the status shows fewer
+_AUDITS_KEPT = 64
+
+
+def compact_arguments(args: Any, limit: int = AUDIT_ARGUMENTS_CHARS) -> str:
+    """``args`` as compact JSON (text as it is, not \\u-escaped), cut to ``limit`` chars
+    with a trailing ``…`` when longer."""
+    text = args if isinstance(args, str) else json.dumps(
+        args, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def ok(**fields: Any) -> str:
@@ -49,15 +62,11 @@ class _Result:
     outcome: str
     arguments: dict[str, Any] | None = None
     error: str | None = None
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+    confirmed: tuple[float, str] | None = None  # the confirming user turn: (start, words)
 
 
 _QUIET = {"ok", "duplicate", "confirmation_needed", "declined"}
+_PROCESS_BUILTINS = {"set_volume"}  # built-ins that start a process (amixer)
 
 
 class ToolBox:
@@ -70,10 +79,15 @@ class ToolBox:
     limits and confirmation windows. ``pin_factory``: a gpiozero pin factory (None: the
     board's default). ``remember``: how many call ids are kept for exactly-once.
     ``confirm_wait_s``: how long a repeated confirm call waits for a user transcript still on
-    its way.
+    its way. ``max_processes``: tool processes (commands, amixer) that run at once; a call
+    beyond that waits in a queue of at most ``max_queued`` (for up to its ``timeout_s``) and
+    is refused as busy when the queue is full or the wait too long. ``default_rate_limit``:
+    the rate limit of tools that declare none (None: no limit). ``runner_socket``: the tool
+    runner of ``run_as = "user"`` commands (see :mod:`edgevoice.tools.runner`).
 
     Raises ValueError for a tool set that the config check rejects (repeated names, a pin
-    used both as input and output); nothing else is checked or opened until a call.
+    used both as input and output) and for a call record that cannot be read (see
+    :class:`~edgevoice.tools.store.CallRecordError`); nothing else is opened until a call.
     """
 
     def __init__(
@@ -86,6 +100,10 @@ class ToolBox:
         pin_factory: Any = None,
         remember: int = 256,
         confirm_wait_s: float = 2.0,
+        max_processes: int = 4,
+        max_queued: int = 8,
+        default_rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        runner_socket: Path | None = None,
     ) -> None:
         problems = check_tool_set(tools)
         if problems:
@@ -104,6 +122,19 @@ class ToolBox:
         self._stop_conversation = stop_conversation
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        if max_processes < 1 or max_queued < 0:
+            raise ValueError("max_processes must be >= 1 and max_queued >= 0")
+        self.max_processes = max_processes
+        self.max_queued = max_queued
+        self._slots = asyncio.Semaphore(max_processes)
+        self._queued = 0
+        self._default_rate_limit = default_rate_limit
+        self._runner_socket = runner_socket
+        self._audits: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def audit(self, call_id: str) -> dict[str, Any] | None:
+        """The audit record of a recent call (the fields of its log line), or None."""
+        return self._audits.get(call_id)
 
     def user_said(self, transcript: str, t: float) -> None:
         """Tell the ToolBox about a user turn: ``transcript`` is the service's transcription
@@ -125,7 +156,7 @@ class ToolBox:
         t0 = time.monotonic()
         stored = await self._store.claim(call_id)
         if stored is not None:
-            self._audit(call_id, name, _Result(stored, "duplicate"), t0)
+            self._audit(call_id, name, _Result(stored, "duplicate"), t0, arguments)
             return stored
         result = _Result(INTERRUPTED, "interrupted")
         try:
@@ -142,7 +173,7 @@ class ToolBox:
                              error=str(exc))
         finally:
             self._store.settle(call_id, result.output)
-            self._audit(call_id, name, result, t0)
+            self._audit(call_id, name, result, t0, arguments)
         await self._finished(call_id, result.output)
         return result.output
 
@@ -162,11 +193,12 @@ class ToolBox:
             return _Result(failed(msg), "unknown_tool", error=msg)
         try:
             args = self._arguments(spec, arguments)
-        except _Invalid as exc:
+        except ArgumentError as exc:
             msg = f"invalid arguments: {exc}"
             extra = {"field": exc.field} if exc.field else {}
             return _Result(failed(msg, **extra), "invalid", error=msg)
         now = self._clock()
+        confirmed: tuple[float, str] | None = None
         if spec.confirm:
             key = json.dumps([name, args], sort_keys=True, separators=(",", ":"))
             decision = self._confirm.decide(key, now, spec.confirm_window_s)
@@ -185,56 +217,94 @@ class ToolBox:
             if decision is Decision.DECLINED:
                 msg = "not done: the user declined"
                 return _Result(failed(msg), "declined", args, msg)
-        wait = self._rate_limited(spec, now)
+            confirmed = self._confirm.confirmed_by
+        limit = spec.rate_limit or self._default_rate_limit
+        wait = self._rate_limited(spec.name, limit, now)
         if wait is not None:
-            assert spec.rate_limit is not None
-            msg = (f"rate limit: at most {spec.rate_limit.max_calls} call(s) per "
-                   f"{spec.rate_limit.per_s:g} s; try again in {wait:.0f} s")
-            return _Result(failed(msg), "rate_limited", args, msg)
-        await self._started(call_id)
-        timeout = asyncio.timeout(spec.timeout_s)
+            assert limit is not None
+            msg = (f"rate limit: at most {limit.max_calls} call(s) per "
+                   f"{limit.per_s:g} s; try again in {wait:.0f} s")
+            return _Result(failed(msg), "rate_limited", args, msg, confirmed)
+        process = spec.command is not None or spec.builtin in _PROCESS_BUILTINS
+        if process:
+            busy = await self._take_slot(spec)
+            if busy is not None:
+                self._unrate(spec.name, now)  # it did not run: it does not count
+                return _Result(failed(busy), "busy", args, busy, confirmed)
         try:
-            async with timeout:
-                fields = await self._run(spec, args)
-        except TimeoutError as exc:
-            if not timeout.expired():
-                msg = f"timed out: {exc}"  # a library's own timeout, not ours
-                return _Result(failed(msg), "failed", args, msg)
-            msg = f"timed out after {spec.timeout_s:g} s and was stopped"
-            return _Result(failed(msg), "timeout", args, msg)
-        except ToolFailure as exc:
-            return _Result(failed(exc.message, **exc.fields), "failed", args, exc.message)
-        return _Result(ok(**fields), "ok", args)
+            await self._started(call_id)
+            timeout = asyncio.timeout(spec.timeout_s)
+            try:
+                async with timeout:
+                    fields = await self._run(spec, args)
+            except TimeoutError as exc:
+                if not timeout.expired():
+                    msg = f"timed out: {exc}"  # a library's own timeout, not ours
+                    return _Result(failed(msg), "failed", args, msg, confirmed)
+                msg = f"timed out after {spec.timeout_s:g} s and was stopped"
+                return _Result(failed(msg), "timeout", args, msg, confirmed)
+            except ToolFailure as exc:
+                return _Result(failed(exc.message, **exc.fields), "failed", args, exc.message,
+                               confirmed)
+        finally:
+            if process:
+                self._slots.release()
+        return _Result(ok(**fields), "ok", args, confirmed=confirmed)
+
+    async def _take_slot(self, spec: ToolSpec) -> str | None:
+        """A process slot (None), or why the call is refused: the queue is full, or no slot
+        came free within the tool's timeout."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return None
+        why = (f"busy: {self.max_processes} tool processes are running"
+               f"{f' and {self._queued} waiting' if self._queued else ''}; try again shortly")
+        if self._queued >= self.max_queued:
+            return why
+        self._queued += 1
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            return why
+        finally:
+            self._queued -= 1
+        return None
 
     def _arguments(self, spec: ToolSpec, arguments: str) -> dict[str, Any]:
-        text = arguments.strip() if isinstance(arguments, str) else ""
-        try:
-            # Models send "" for a function without parameters.
-            args = json.loads(text) if text else {}
-        except json.JSONDecodeError as exc:
-            raise _Invalid(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+        args = parse_arguments(arguments if isinstance(arguments, str) else "")
         errors = sorted(self._validators[spec.name].iter_errors(args), key=relevance,
                         reverse=True)
         if errors:
-            raise _Invalid("; ".join(_describe(e) for e in errors[:_MAX_ERRORS]),
-                           _field(errors[0]))
-        return _complete(spec.parameters, args)
+            raise ArgumentError("; ".join(_describe(e) for e in errors[:_MAX_ERRORS]),
+                                _field(errors[0]))
+        args = _complete(spec.parameters, args)
+        problem = refusal(spec, args)
+        if problem is not None:
+            field, why = problem
+            raise ArgumentError(f"{field}: {why}", field)
+        return args
 
-    def _rate_limited(self, spec: ToolSpec, now: float) -> float | None:
+    def _rate_limited(self, name: str, limit: RateLimit | None, now: float) -> float | None:
         """None and count this run, or the seconds until a run is allowed again."""
-        if spec.rate_limit is None:
+        if limit is None:
             return None
-        runs = self._runs.setdefault(spec.name, deque())
-        while runs and now - runs[0] >= spec.rate_limit.per_s:
+        runs = self._runs.setdefault(name, deque())
+        while runs and now - runs[0] >= limit.per_s:
             runs.popleft()
-        if len(runs) >= spec.rate_limit.max_calls:
-            return max(0.0, runs[0] + spec.rate_limit.per_s - now)
+        if len(runs) >= limit.max_calls:
+            return max(0.0, runs[0] + limit.per_s - now)
         runs.append(now)
         return None
 
+    def _unrate(self, name: str, now: float) -> None:
+        runs = self._runs.get(name)
+        if runs and now in runs:
+            runs.remove(now)
+
     async def _run(self, spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
         if spec.command is not None:
-            return await run_command(spec.command, args, os.environ)
+            return await run_command(spec.command, args, os.environ, self._runner_socket)
         if spec.gpio is not None:
             return await self._gpio.run(spec.gpio, args)
         if spec.mqtt is not None:
@@ -268,15 +338,41 @@ class ToolBox:
         except OSError as exc:
             log.warning("tools: cannot %s %s: %s", what, self._store.path, exc)
 
-    def _audit(self, call_id: str, name: str, result: _Result, t0: float) -> None:
+    def _audit(self, call_id: str, name: str, result: _Result, t0: float,
+               raw: str) -> None:
         ms = round((time.monotonic() - t0) * 1000)
-        fields = {"tool": name, "call_id": call_id, "arguments": result.arguments,
-                  "outcome": result.outcome, "duration_ms": ms}
+        args: Any = result.arguments
+        if args is None and isinstance(raw, str):
+            try:
+                args = parse_arguments(raw)
+            except ArgumentError:
+                args = raw  # kept as sent (cut, and escaped in the log line)
+        fields: dict[str, Any] = {
+            "tool": name, "call_id": call_id,
+            "arguments": compact_arguments(args) if args is not None else None,
+            "outcome": result.outcome, "duration_ms": ms}
+        if result.confirmed is not None:
+            began, words = result.confirmed
+            fields["confirmed_by"] = "user"
+            fields["confirmed_at"] = _wall(began - self._clock() + time.time())
+            fields["confirmation"] = compact_arguments(words, 120)
         if result.error:
             fields["error"] = result.error
+        self._audits[call_id] = fields
+        self._audits.move_to_end(call_id)
+        while len(self._audits) > _AUDITS_KEPT:
+            self._audits.popitem(last=False)
         level = logging.INFO if result.outcome in _QUIET else logging.WARNING
-        log.log(level, "tool %s [%s]: %s in %d ms%s", name, call_id, result.outcome, ms,
+        confirmed = f", confirmed by the user at {fields['confirmed_at']}" \
+            if result.confirmed else ""
+        log.log(level, "tool %s [%s] %s: %s in %d ms%s%s", name, call_id,
+                fields["arguments"] or "{}", result.outcome, ms, confirmed,
                 f": {result.error}" if result.error else "", extra=fields)
+
+
+def _wall(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch)) + \
+        f".{int(epoch * 1000) % 1000:03d}"
 
 
 def _describe(error: ValidationError) -> str:
