@@ -94,7 +94,8 @@ def tool_config(root: Path) -> str:
     script.write_text(TOOL, encoding="utf-8")
     argv = [sys.executable, str(script), str(root / "runs.jsonl"), str(TOOL_S), "{tag}"]
     return ('[[tools]]\nname = "open_window"\ndescription = "Open the window."\n'
-            'parameters = { type = "object", properties = { tag = { type = "string" } }, '
+            'parameters = { type = "object", properties = { tag = { type = "string", '
+            'pattern = "^[a-z0-9_-]+$", maxLength = 64 } }, '
             'required = ["tag"], additionalProperties = false }\n'
             f"command = {{ argv = {json.dumps(argv)} }}\n")
 
