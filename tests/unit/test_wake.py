@@ -482,7 +482,7 @@ def test_micro_json_without_its_cutoff(tmp_path: Path) -> None:
     with pytest.raises(WakeModelError) as err:
         WakeWordDetector([WakeWordSpec(str(path), engine=MICRO)])
     assert str(err.value) == (f"wake word 'my_alexa': {path}: micro.probability_cutoff is "
-                              f"missing")
+                              f"missing (or set threshold for this wake word)")
     # A threshold set for the word stands in for it.
     with WakeWordDetector([WakeWordSpec(str(path), engine=MICRO, threshold=0.9)]) as detector:
         assert detector.names == ["my_alexa"]

@@ -126,7 +126,9 @@ class MicroModel:
 def _number(table: dict[str, Any], key: str, path: Path, name: str) -> float:
     value = table.get(key)
     if value is None:
-        raise WakeModelError(f"wake word {name!r}: {path}: micro.{key} is missing")
+        setting = {"probability_cutoff": "threshold", "sliding_window_size": "sliding_window"}
+        raise WakeModelError(f"wake word {name!r}: {path}: micro.{key} is missing (or set "
+                             f"{setting[key]} for this wake word)")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WakeModelError(f"wake word {name!r}: {path}: micro.{key} must be a number, "
                              f"got {value!r}")
