@@ -145,8 +145,8 @@ class _MicroWord:
     """One model's streaming state: the quantised features of the current stride, the recent
     probabilities, the interpreter with its internal state."""
 
-    __slots__ = ("model", "interpreter", "stride", "n_features", "quantized",
-                 "in_scale", "in_zero", "out_scale", "out_zero", "out", "probs")
+    __slots__ = ("model", "interpreter", "stride", "quantized", "in_scale", "in_zero",
+                 "out_scale", "out_zero", "out", "probs", "addresses", "scratch")
 
     def __init__(self, model: MicroModel, threads: int) -> None:
         try:
@@ -166,12 +166,14 @@ class _MicroWord:
             )
         self.model = model
         self.stride = shape[1]
-        self.n_features = 0
         self.quantized = np.zeros(shape, dtype=np.int8 if it.input_type == INT8 else np.uint8)
+        self.scratch = np.zeros((self.stride, FEATURES), dtype=np.float64)
         q_in, q_out = it.input_quantization(), it.output_quantization()
         self.in_scale, self.in_zero = q_in.scale, q_in.zero_point
         self.out_scale, self.out_zero = np.float32(q_out.scale), np.float32(q_out.zero_point)
         self.out = it.output_buffer()
+        # Fixed buffers: their addresses are taken once.
+        self.addresses = (self.quantized.ctypes.data, self.out.ctypes.data)
         assert model.window is not None
         self.probs: deque[float] = deque(maxlen=model.window)
 
@@ -215,13 +217,17 @@ class MicroWakeWordEngine(WakeEngine):
         self.warmup_samples = self.context_samples
         self._frontend = MicroFrontend()
         self._pcm = bytearray()  # audio the frontend has not taken yet
-        self._row = np.zeros(FEATURES, dtype=np.float64)
+        # The newest feature steps, as many as a whole number of every model's stride: a
+        # model's input is always a contiguous slice ending at the newest step.
+        self._block = np.zeros((math.lcm(*(w.stride for w in self._words)), FEATURES),
+                               dtype=np.float64)
+        self._steps = 0
 
     def _forget_state(self) -> None:
         self._frontend.reset()
         self._pcm.clear()
+        self._steps = 0
         for w in self._words:
-            w.n_features = 0
             w.probs.clear()
             # The model's streaming buffers live in the interpreter: a fresh one.
             w.interpreter.reload(self.threads)
@@ -242,22 +248,26 @@ class MicroWakeWordEngine(WakeEngine):
         pcm += chunk
 
     def _feature(self, features: list[float], t_end: float, out: list[Detection]) -> None:
-        row = self._row
-        row[:] = features
-        quantized: dict[tuple[float, int], np.ndarray] = {}
+        block = self._block
+        row = self._steps % len(block)
+        block[row] = features
+        self._steps += 1
+        done: _MicroWord | None = None  # a model whose input this step is already quantised
         for w, word in zip(self._words, self.words, strict=True):
-            # Quantised as pymicro-wakeword does, round(x / scale + zero_point), once per
-            # quantisation (the bundled models share one).
-            key = (w.in_scale, w.in_zero)
-            q = quantized.get(key)
-            if q is None:
-                q = quantized[key] = np.rint(row / w.in_scale + w.in_zero)
-            w.quantized[0, w.n_features] = q
-            w.n_features += 1
-            if w.n_features < w.stride:
+            if self._steps % w.stride:
                 continue
-            w.n_features = 0
-            w.interpreter.run(w.quantized, w.out)
+            if (done is not None and done.stride == w.stride and done.in_scale == w.in_scale
+                    and done.in_zero == w.in_zero):
+                np.copyto(w.quantized, done.quantized)
+            else:
+                # Quantised as pymicro-wakeword does: round(x / scale + zero_point).
+                x = w.scratch
+                np.divide(block[row + 1 - w.stride : row + 1], w.in_scale, out=x)
+                np.add(x, w.in_zero, out=x)
+                np.rint(x, out=x)
+                np.copyto(w.quantized[0], x, casting="unsafe")
+                done = w
+            w.interpreter.run_at(*w.addresses)
             w.probs.append(float((np.float32(w.out.flat[0]) - w.out_zero) * w.out_scale))
             if len(w.probs) == w.probs.maxlen:
                 self._score(word, math.fsum(w.probs) / len(w.probs), t_end, out)

@@ -174,6 +174,17 @@ class OpenWakeWordEngine(WakeEngine):
         self._emb_out = self._emb.output_buffer()
         self._embs = np.zeros((windows, EMB_FEATURES), dtype=np.float32)
         self._outs = [m.output_buffer() for m in self._models]
+        # The buffers never move: their addresses are taken once (ndarray.ctypes per call
+        # costs about as much as a wake-word model's inference).
+        self._audio_at = self._audio.ctypes.data
+        self._mel_out_at = self._mel_out.ctypes.data
+        self._mels_at = self._mels.ctypes.data
+        self._emb_out_at = self._emb_out.ctypes.data
+        row = EMB_FEATURES * self._embs.itemsize
+        self._word_at = [
+            (self._embs.ctypes.data + (windows - w) * row, out.ctypes.data)
+            for w, out in zip(self._windows, self._outs, strict=True)
+        ]
         self._forget_state()
 
     def _forget_state(self) -> None:
@@ -190,7 +201,7 @@ class OpenWakeWordEngine(WakeEngine):
             if self._chunks < 2:  # 1760 samples needed, 1280 fed
                 return
         assert self._mel is not None and self._emb is not None
-        self._mel.run(audio[:_MEL_SAMPLES], self._mel_out)
+        self._mel.run_at(self._audio_at, self._mel_out_at)  # the first 1760 samples
         mels = self._mels
         mels[:-_MELS_PER_CHUNK] = mels[_MELS_PER_CHUNK:]
         new = mels[-_MELS_PER_CHUNK:]
@@ -199,8 +210,9 @@ class OpenWakeWordEngine(WakeEngine):
         new += np.float32(2)
         self._new_mels = min(_MEL_HOLD, self._new_mels + _MELS_PER_CHUNK)
         while self._new_mels >= _EMB_WINDOW:
-            start = _MEL_HOLD - self._new_mels
-            self._emb.run(mels[start : start + _EMB_WINDOW], self._emb_out)
+            start = _MEL_HOLD - self._new_mels  # frames [start, start + 76) of the buffer
+            self._emb.run_at(self._mels_at + start * _NUM_MELS * mels.itemsize,
+                             self._emb_out_at)
             self._new_mels -= _EMB_STEP
             self._embedding(t_end, out)
 
@@ -209,10 +221,10 @@ class OpenWakeWordEngine(WakeEngine):
         embs[:-1] = embs[1:]
         embs[-1] = self._emb_out.reshape(EMB_FEATURES)
         n = self._n_embs = min(len(embs), self._n_embs + 1)
-        for word, model, window, result in zip(self.words, self._models, self._windows,
-                                               self._outs, strict=True):
-            if n >= window:
-                model.run(embs[len(embs) - window :], result)
+        for word, model, window, result, at in zip(self.words, self._models, self._windows,
+                                                   self._outs, self._word_at, strict=True):
+            if n >= window:  # the newest `window` embeddings
+                model.run_at(*at)
                 self._score(word, float(result.flat[0]), t_end, out)
 
     def close(self) -> None:

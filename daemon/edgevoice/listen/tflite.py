@@ -246,11 +246,19 @@ class Interpreter:
         if x.nbytes != self._in_bytes or out.nbytes != self._out_bytes:
             raise ValueError(f"{self.path}: input of {x.nbytes} bytes (wants {self._in_bytes}), "
                              f"output of {out.nbytes} bytes (gives {self._out_bytes})")
-        if self._copy_in(self.input, x.ctypes.data, self._in_bytes) != 0:
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError(f"{self.path}: input and output buffers must be C-contiguous")
+        self.run_at(x.ctypes.data, out.ctypes.data)
+
+    def run_at(self, in_address: int, out_address: int) -> None:
+        """:meth:`run` on the addresses of buffers the caller keeps alive, C-contiguous and
+        of the right sizes (the engines' fixed buffers, whose addresses they take once:
+        ``ndarray.ctypes`` costs more than a small model's inference)."""
+        if self._copy_in(self.input, in_address, self._in_bytes) != 0:
             raise TfLiteError(f"{self.path}: cannot set the input")
         if self._invoke(self._interpreter) != 0:
             raise TfLiteError(f"{self.path}: inference failed")
-        self._copy_out(self.output, out.ctypes.data, self._out_bytes)
+        self._copy_out(self.output, out_address, self._out_bytes)
 
     def reload(self, threads: int) -> None:
         """A fresh interpreter for the same model: every internal state (the variables of a
