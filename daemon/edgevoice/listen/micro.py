@@ -6,7 +6,8 @@ audio into 40 features, and every third feature step (30 ms) the model takes the
 steps and updates its own internal state. A score is the mean of the last
 ``sliding_window`` model probabilities; a word fires when it exceeds ``probability_cutoff``.
 Both come from the model's JSON unless the spec overrides them. The whole engine costs about
-a thirtieth of openWakeWord's.
+a sixth of openWakeWord's through XNNPACK (≈ 0.0025 s of CPU per second of audio for two models
+on a 2020s x86 core), a twentieth of pyopen-wakeword's as it ships.
 
 Models: the built-in ``okay_nabu``, ``hey_jarvis``, ``alexa``, ``hey_mycroft`` (bundled by
 pymicro-wakeword), or a custom model given as its ``.json`` (which names its ``.tflite``,

@@ -8,8 +8,8 @@
   the TFLite XNNPACK delegate; one shared feature extractor (≈ 0.016 s of CPU per second of
   audio whatever the number of models, on a 2020s x86 core); scores see exactly the last
   1.98 s, so the VAD gate's results are bit-identical to ungated ones;
-* ``micro`` — :mod:`edgevoice.listen.micro`: microWakeWord models (≈ 0.002 s per second and
-  model), trained on many more real voices for their four words, with a shorter context.
+* ``micro`` — :mod:`edgevoice.listen.micro`: microWakeWord models (≈ 0.0025 s per second for
+  two), with a shorter context (1.5 s) whose state fades rather than ends.
 
 The detector's grid, context and warm-up are those the gate needs to feed every engine
 exactly: the grid is a multiple of every engine's, the context and warm-up the longest.
