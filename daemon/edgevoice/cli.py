@@ -33,6 +33,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 2
     where = str(path) if path else "built-in defaults"
+    from edgevoice.listen.setup import wake_problems
+
+    # The models' files too: what `edgevoice run` would refuse at start.
+    problems = wake_problems(config)
+    for line in problems:
+        print(f"{where}: {line}", file=sys.stderr)
+    if problems:
+        return 2
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
     print(f"{where}: valid{tools}")
     return 0

@@ -54,7 +54,8 @@ LONG_REPLY = ("Here is a long answer so that there is time to interrupt it. The 
 def wake_word() -> bytes:
     pcm, rate = read_wav(FIXTURES / "jarvis_en-us.wav")
     assert rate == 16000
-    return pcm
+    second = bytes(2 * rate)  # the clips hold the speech only: 1 s of silence each side
+    return second + pcm + second
 
 
 def silence(seconds: float) -> bytes:

@@ -120,10 +120,11 @@ def turn(tag: str, reply: str = REPLY) -> dict[str, Any]:
 
 
 def wake_clip(name: str) -> bytes:
-    """The fixture's wake word with its second of trailing silence cut to 0.1 s (the word is
+    """The fixture's wake word after a second of silence, and 0.1 s after it (the word is
     detected within 0.2 s of its end): a shorter turn."""
     pcm, rate = read_wav(FIXTURES / f"{name}_en-us.wav")
     assert rate == 16000
+    pcm = bytes(2 * rate) + pcm + bytes(2 * rate)  # the clips hold the speech only
     loud = np.flatnonzero(np.abs(np.frombuffer(pcm, "<i2").astype(np.int32)) > 300)
     return pcm[:(int(loud[-1]) + rate // 10) * 2]
 

@@ -28,7 +28,7 @@ def test_documented_defaults_equal_builtin_defaults() -> None:
 def test_every_key_of_the_schema_is_documented() -> None:
     text = DEFAULTS.read_text()
 
-    for section in ("audio", "vad", "voicelive", "session", "ducking", "service"):
+    for section in ("audio", "wake", "vad", "voicelive", "session", "ducking", "service"):
         model = Config.model_fields[section].annotation
         for key in model.model_fields:  # type: ignore[union-attr]
             assert f"{key} =" in text or f"{key}]" in text or f"# {key} =" in text, \
@@ -50,6 +50,13 @@ def test_threshold_message_matches_the_documented_format() -> None:
         ("[[wake.models]]\nname = \"hey_jarvis\"\ntrigger_level = 0\n",
          "wake.models[0].trigger_level: must be >= 1, got 0"),
         ("[wake]\npreroll_ms = 500\n", "wake.preroll_ms: must be >= 1500, got 500"),
+        ("[wake]\nthreads = 0\n", "wake.threads: must be >= 1, got 0"),
+        ("[[wake.models]]\nname = \"hey_jarvis\"\nengine = \"pico\"\n",
+         "wake.models[0].engine: must be one of 'openwakeword' or 'micro', got 'pico'"),
+        ("[[wake.models]]\nname = \"hey_jarvis\"\nsliding_window = 3\n",
+         "wake.models[0]: sliding_window is a setting of engine = \"micro\" only"),
+        ("[bargein]\nstop_words = [{ name = \"stop\", engine = \"snowboy\" }]\n",
+         "bargein.stop_words[0].engine: must be one of 'openwakeword' or 'micro', got 'snowboy'"),
         ("[vad]\naggressiveness = 4\n", "vad.aggressiveness: must be <= 3, got 4"),
         ("[vad]\nframe_ms = \"20\"\n", "vad.frame_ms: must be one of 10, 20 or 30, got '20'"),
         ("[voicelive]\nendpoint = \"ws://voice.example.com\"\n",

@@ -40,7 +40,8 @@ FRAME = 640  # 20 ms at 16 kHz
 def sentence() -> bytes:
     pcm, rate = read_wav(WAKE / "sentence_00.wav")
     assert rate == 16000
-    return pcm
+    second = bytes(2 * rate)  # the clips hold the speech only: 1 s of silence each side
+    return second + pcm + second
 
 
 def scaled(pcm: bytes, gain_db: float) -> bytes:

@@ -20,7 +20,8 @@ T0 = 100.0  # stream time of the first sample: decisions must carry it through
 def _clip(name: str) -> bytes:
     pcm, rate = read_wav(FIXTURES / name)
     assert rate == RATE
-    return pcm
+    second = bytes(2 * RATE)  # the clips hold the speech only: 1 s of silence each side
+    return second + pcm + second
 
 
 def _voiced(pcm: bytes, frame_ms: int = 20) -> list[bool]:

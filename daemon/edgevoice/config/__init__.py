@@ -73,10 +73,24 @@ class AudioConfig(Strict):
 
 
 class WakeModel(Strict):
+    """One wake word (or stop word). ``name``: a built-in model of the engine or a path (an
+    openWakeWord ``.tflite``, a microWakeWord ``.json``); the files themselves are checked
+    by the listening layer (``edgevoice check-config`` runs that check too)."""
+
     name: str = Field(min_length=1)
-    threshold: Annotated[float, between(0.0, 1.0)] = 0.5
+    engine: Literal["openwakeword", "micro"] = "openwakeword"
+    # None: 0.5 for openWakeWord, the model's probability_cutoff for microWakeWord.
+    threshold: Annotated[float, between(0.0, 1.0)] | None = None
     trigger_level: Annotated[int, Field(ge=1, le=50)] = 1
     refractory_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    # microWakeWord only; None: the model's sliding_window_size.
+    sliding_window: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _micro_only(self) -> WakeModel:
+        if self.sliding_window is not None and self.engine != "micro":
+            raise ValueError('sliding_window is a setting of engine = "micro" only')
+        return self
 
 
 class WakeConfig(Strict):
@@ -84,7 +98,10 @@ class WakeConfig(Strict):
         default_factory=lambda: [WakeModel(name="hey_jarvis")], min_length=1
     )
     vad_gate: bool = True
-    preroll_ms: Annotated[int, Field(ge=1500, le=10000)] = 2000
+    # None: the engines' context (1.98 s openWakeWord, 1.5 s microWakeWord).
+    preroll_ms: Annotated[int, Field(ge=1500, le=10000)] | None = None
+    # Threads per TFLite interpreter: 1 keeps each inference on one core.
+    threads: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class VadConfig(Strict):

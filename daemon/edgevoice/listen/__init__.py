@@ -1,8 +1,12 @@
-"""Local listening: wake word (openWakeWord models) behind a VAD gate, and the VAD decisions
-for the audio streamed upstream. Frames in, decisions out; no I/O anywhere in this package.
+"""Local listening: wake word (openWakeWord and microWakeWord models) behind a VAD gate, and
+the VAD decisions for the audio streamed upstream. Frames in, decisions out; no I/O anywhere in
+this package.
 
-* :mod:`edgevoice.listen.wake` — :class:`WakeWordDetector`: several models, thresholds,
-  trigger levels, refractory periods; :class:`Detection`.
+* :mod:`edgevoice.listen.wake` — :class:`WakeWordDetector`: several models on either engine,
+  thresholds, trigger levels, refractory periods; :class:`Detection`.
+* :mod:`edgevoice.listen.engine` — what the engines share (the interface the gate relies on);
+  :mod:`edgevoice.listen.oww` and :mod:`edgevoice.listen.micro` — the two engines;
+  :mod:`edgevoice.listen.tflite` — the TFLite C binding (XNNPACK delegate) they run on.
 * :mod:`edgevoice.listen.gate` — :class:`WakeGate`: runs the detector only around speech,
   with a pre-roll ring buffer; decisions identical to the ungated detector.
 * :mod:`edgevoice.listen.vad` — :class:`UpstreamGate` (what to stream while listening) and
@@ -20,6 +24,8 @@ from edgevoice.listen.vad import (
 )
 from edgevoice.listen.wake import (
     BUILTIN_MODELS,
+    ENGINES,
+    MICRO_BUILTIN_MODELS,
     Detection,
     WakeModelError,
     WakeWordDetector,
@@ -28,6 +34,8 @@ from edgevoice.listen.wake import (
 
 __all__ = [
     "BUILTIN_MODELS",
+    "ENGINES",
+    "MICRO_BUILTIN_MODELS",
     "AudioChunk",
     "Detection",
     "EndpointDecision",

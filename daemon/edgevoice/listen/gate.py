@@ -1,21 +1,24 @@
-"""VAD gate in front of the wake-word detector: the costly features run only around speech.
+"""VAD gate in front of the wake-word detector: the models run only around speech.
 
-The wake-word features cost ~0.06 s of CPU per second of audio whatever the audio is. The
-gate runs webrtcvad (~0.2 ms per second, on pre-emphasised audio so road rumble is not taken
-for speech) on every frame and feeds the detector only from ``pre_roll`` before a speech onset
-until ``hangover`` after the last voiced frame. Recent audio waits in a ring buffer, so the
-audio before the onset (the start of the wake word and the model's context) is replayed to
-the detector when speech starts.
+The wake-word engines cost the same CPU whatever the audio is (openWakeWord's features most:
+~0.016 s per second of audio with XNNPACK). The gate runs webrtcvad (~0.2 ms per second, on
+pre-emphasised audio so road rumble is not taken for speech) on every frame and feeds the
+detector only from ``pre_roll`` before a speech onset until ``hangover`` after the last
+voiced frame. Recent audio waits in a ring buffer, so the audio before the onset (the start
+of the wake word and the model's context) is replayed to the detector when speech starts.
 
-Exactness. Segments fed to the detector start on the detector's 80 ms grid counted from the
-stream start, and a segment that would overlap audio already fed just continues it. With the
-default pre-roll (the model's whole context, 1.98 s for the bundled models) and hangover (its
-warm-up, 2.08 s), every score whose window contains a voiced VAD frame is computed, and
-computed bit-identically to an ungated detector; the gated scores are a subset of the
-ungated ones. Decisions can differ only when a word fires on audio more than a context away
-from any voiced frame (noise the VAD calls silence) — then the gate suppresses it, which is
-the point. No sample is ever processed twice, so the gated cost is at most the ungated cost
-plus the VAD.
+Exactness. Segments fed to the detector start on the detector's grid (80 ms for openWakeWord,
+30 ms for microWakeWord, their common multiple for both) counted from the stream start, and a
+segment that would overlap audio already fed just continues it. With the default pre-roll (the
+detector's context: 1.98 s for the bundled openWakeWord models, 1.5 s for microWakeWord) and
+hangover (its warm-up), every score whose window contains a voiced VAD frame is computed. For
+openWakeWord, whose scores see a finite window, they are computed bit-identically to an
+ungated detector and the gated scores are a subset of the ungated ones. microWakeWord's state
+fades rather than ends (see :mod:`edgevoice.listen.micro`): its gated scores differ slightly
+from ungated ones, its decisions on the corpus do not (tests/unit/test_wake.py). Decisions
+can differ only when a word fires on audio more than a context away from any voiced frame
+(noise the VAD calls silence) — then the gate suppresses it, which is the point. No sample is
+ever processed twice, so the gated cost is at most the ungated cost plus the VAD.
 """
 
 from __future__ import annotations
@@ -49,12 +52,12 @@ class WakeGate:
         aggressiveness, vad_frame_ms, preemphasis: the VAD, see
             :class:`edgevoice.listen.vad.SpeechDetector`.
         pre_roll_s: audio replayed to the detector from before the first voiced frame of an
-            onset. Default (None): the detector's context (1.98 s), which makes gated scores
-            identical to ungated ones; shorter saves CPU but may cut the start of a word.
-            Never less than 1.5 s.
+            onset. Default (None): the detector's context (1.98 s for openWakeWord), which
+            makes gated scores identical to ungated ones; shorter saves CPU but may cut the
+            start of a word. Never less than 1.5 s or the context, whichever is shorter.
         hangover_s: how long the detector keeps running after the end of the last voiced
-            frame. Default (None): the detector's warm-up (2.08 s), so every score that sees
-            the end of speech is computed.
+            frame. Default (None): the detector's warm-up (2.08 s for openWakeWord), so every
+            score that sees the end of speech is computed.
         onset_min_voiced_ms, onset_window_ms: the gate opens when this much voiced audio falls
             within the window (default: one 20 ms VAD frame — a missed onset would be a
             missed wake word, a false one only costs CPU)."""
@@ -64,8 +67,9 @@ class WakeGate:
         pre_roll = (
             detector.context_samples if pre_roll_s is None else round(pre_roll_s * SAMPLE_RATE)
         )
-        if pre_roll < round(1.5 * SAMPLE_RATE):
-            raise ValueError(f"wake gate pre_roll_s must be >= 1.5 s, got {pre_roll_s}")
+        if pre_roll < min(round(1.5 * SAMPLE_RATE), detector.context_samples):
+            raise ValueError(f"wake gate pre_roll_s must be >= 1.5 s (or the detector's "
+                             f"context), got {pre_roll_s}")
         hangover = (
             detector.warmup_samples if hangover_s is None else round(hangover_s * SAMPLE_RATE)
         )

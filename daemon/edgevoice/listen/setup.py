@@ -6,7 +6,7 @@ from __future__ import annotations
 from edgevoice.config import Config, WakeModel
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
-from edgevoice.listen.wake import WakeWordDetector, WakeWordSpec
+from edgevoice.listen.wake import WakeModelError, WakeWordDetector, WakeWordSpec, check_spec
 
 #: Silence sent after speech beyond the server's own silence_duration_ms, so that its turn
 #: detection sees enough silence to close the turn even with network jitter.
@@ -16,17 +16,38 @@ TAIL_MARGIN_MS = 200
 def word_spec(model: WakeModel) -> WakeWordSpec:
     """The detector's spec of one configured model (a wake word or a stop word)."""
     return WakeWordSpec(model.name, threshold=model.threshold, trigger_level=model.trigger_level,
-                        refractory_s=model.refractory_s)
+                        refractory_s=model.refractory_s, engine=model.engine,
+                        sliding_window=model.sliding_window)
+
+
+def _configured(cfg: Config) -> list[tuple[str, WakeModel]]:
+    """Every configured model with its key path in the config file."""
+    return ([(f"wake.models[{i}]", m) for i, m in enumerate(cfg.wake.models)]
+            + [(f"bargein.stop_words[{i}]", m) for i, m in enumerate(cfg.bargein.stop_words)])
+
+
+def wake_problems(cfg: Config) -> list[str]:
+    """One line per configured model that cannot be used, as ``key.path: reason`` (the reason
+    names the word and the file or key at fault); empty when all can. Loads each model with a
+    plain interpreter and frees it: what :func:`wake_gate` would refuse, without building it."""
+    problems = []
+    for where, model in _configured(cfg):
+        try:
+            check_spec(word_spec(model))
+        except WakeModelError as exc:
+            problems.append(f"{where}: {exc}")
+    return problems
 
 
 def wake_gate(cfg: Config) -> WakeGate:
     """Every wake word model plus the stop-word models (``bargein.stop_words``) behind one VAD
-    gate: one feature extractor for all. Raises WakeModelError naming a model that is
-    unknown, missing or corrupt."""
-    specs = [word_spec(m) for m in [*cfg.wake.models, *cfg.bargein.stop_words]]
-    return WakeGate(WakeWordDetector(specs), enabled=cfg.wake.vad_gate,
+    gate: one feature extractor per engine for all. Raises WakeModelError naming a model that
+    is unknown, missing or corrupt."""
+    specs = [word_spec(m) for _, m in _configured(cfg)]
+    preroll = cfg.wake.preroll_ms
+    return WakeGate(WakeWordDetector(specs, threads=cfg.wake.threads), enabled=cfg.wake.vad_gate,
                     aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
-                    pre_roll_s=cfg.wake.preroll_ms / 1000)
+                    pre_roll_s=None if preroll is None else preroll / 1000)
 
 
 def upstream_tail_ms(cfg: Config) -> int:
