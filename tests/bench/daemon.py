@@ -4,9 +4,10 @@ Two figures, both on the demo's virtual sound card (FIFO-paced ALSA ``file`` PCM
 microphone delivers at the device clock, in real time):
 
 * ``wake.loop_lag_ms_max`` — the largest event-loop lag while the whole
-  :class:`~edgevoice.daemon.Daemon` listens to the wake corpus (tests/fixtures/wake played
-  back to back, as :func:`bench.wake.load_corpus` lays it out), speech onsets and pre-roll
-  replays included, with the corpus's two wake words configured. Wake words start
+  :class:`~edgevoice.daemon.Daemon` listens to the wake corpus (tests/fixtures/wake, as
+  :func:`bench.wake.load_corpus` lays it out, with :data:`GAP_S` of silence between the clips:
+  the VAD gate closes between them, so every clip is a speech onset whose pre-roll is replayed
+  through the models), with the corpus's two wake words configured. Wake words start
   conversations with the loopback simulator (run as a child process, so that its work is not
   on the measured loop), so replies, barge-ins and follow-ups happen as they would. The lag
   is measured by a probe task on the daemon's loop that sleeps :data:`PROBE_PERIOD_S` again
@@ -52,6 +53,9 @@ TARGETS: list[tuple[str, str, float]] = [
 ]
 
 PROBE_PERIOD_S = 0.01
+#: Silence added between the corpus clips: with their own 1 s of padding on each side, more
+#: than the gate's 2.08 s hangover, so that each clip opens the gate afresh.
+GAP_S = 1.5
 MIC_BYTES_PER_S = 32000  # 16 kHz PCM16 mono
 READY_TIMEOUT_S = 60.0
 SETTLE_S = 3.0  # after READY=1, before the idle measurement starts
@@ -124,6 +128,8 @@ async def simulator_process(key: str) -> AsyncIterator[str]:
 
 async def _loop_lag(fixtures_dir: Path) -> dict[str, Any]:
     corpus = load_corpus(fixtures_dir)
+    gap = bytes(int(GAP_S * MIC_BYTES_PER_S))
+    spaced = b"".join(corpus.pcm[2 * c.start : 2 * c.end] + gap for c in corpus.clips)
     key = secrets.token_urlsafe(16)
     timeline: list[Telemetry] = []
     async with simulator_process(key) as url:
@@ -136,7 +142,7 @@ async def _loop_lag(fixtures_dir: Path) -> dict[str, Any]:
                 mic = run.rig.mic
                 probe = LagProbe()
                 probe.start()
-                audio = corpus.pcm + bytes(MIC_BYTES_PER_S)  # and a second to settle
+                audio = spaced + bytes(MIC_BYTES_PER_S)  # and a second to settle
                 mic.feed(audio)
                 deadline = time.monotonic() + len(audio) / MIC_BYTES_PER_S + 30
                 while mic.written < len(audio) and time.monotonic() < deadline:
@@ -149,7 +155,8 @@ async def _loop_lag(fixtures_dir: Path) -> dict[str, Any]:
     return {
         "wake.loop_lag_ms_max": round(float(lags.max()), 1),
         "wake.loop_lag_ms_p99": round(float(np.percentile(lags, 99)), 1),
-        "wake.loop_lag_audio_s": round(len(corpus.pcm) / MIC_BYTES_PER_S, 1),
+        "wake.loop_lag_audio_s": round(len(spaced) / MIC_BYTES_PER_S, 1),
+        "wake.loop_lag_onsets": len(corpus.clips),
         "wake.loop_lag_wakes": len(wakes),
         "wake.loop_lag_daemon_errors": errors,
     }
