@@ -1,10 +1,12 @@
 """The daemon: builds the parts from the config and runs them around the conversation core.
 
 One asyncio loop owns everything. The capture callback thread hands frames to the loop; each
-frame goes to the wake gate and then to the :class:`~edgevoice.conversation.core.Core`, whose
-actions this module carries out on the real parts: the Voice Live link, the playback, the
-ducker and the tools. Server events come from the link's queue, timer ticks from a 100 ms
-ticker; nothing here blocks the loop (ducking and tools run as tasks).
+frame goes to the :class:`~edgevoice.conversation.core.Core`, whose actions this module
+carries out on the real parts: the Voice Live link, the playback, the ducker and the tools,
+and to the wake word's worker thread (:class:`~edgevoice.listen.worker.WakeWorker`: no model
+runs on the loop), whose detections come back to the loop and go to the core in stream order,
+after the frames they were found in. Server events come from the link's queue, timer ticks
+from a 100 ms ticker; nothing here blocks the loop (ducking and tools run as tasks).
 
 Guarantees:
 - :meth:`Daemon.run` returns only after the speaker was stopped, every ducked volume was
@@ -13,6 +15,12 @@ Guarantees:
 - An exception while handling one frame, event or action is logged with what was being done
   and the daemon goes on; nothing the network or the model sends stops it.
 - ``ready`` is set once the microphone delivers frames and the wake word is listening.
+- The wake word's backlog is bounded (:data:`WAKE_BACKLOG_S`); frames it drops are counted
+  in the status (``wake.frames_dropped``) and logged once per episode. A detection reaches
+  the core at most about :attr:`Daemon.wake_late_s` after its frame and is still handled as
+  if on time (its request streamed from the word's end; see ``Core.on_wake``). The worker
+  thread is started with the daemon and ended (and joined, its models closed) after the
+  microphone closed.
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
   core is told at once (microphone: the turn is committed or ended, the wake word starts
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -54,6 +63,8 @@ from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen import setup
+from edgevoice.listen.wake import Detection
+from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
 from edgevoice.tools import ToolBox
 from edgevoice.util import data_path
@@ -63,6 +74,8 @@ log = logging.getLogger("edgevoice.daemon")
 
 TICK_S = 0.1
 EARCON_RATE = 24000
+#: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
+WAKE_BACKLOG_S = 2.0
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -71,6 +84,12 @@ ToolRunner = Callable[[str, str, str], Awaitable[str]]
 async def no_tools(call_id: str, name: str, arguments: str) -> str:
     """The runner when no tools are declared: every call is an unknown tool, nothing runs."""
     return json.dumps({"ok": False, "error": f"unknown tool {name!r}: no such tool is declared"})
+
+
+def wake_late_s(cfg: Config) -> float:
+    """How late a wake detection may reach the core and still be judged as if on time: a
+    full backlog plus a pre-roll replay (on a board that replays about in real time)."""
+    return WAKE_BACKLOG_S + cfg.wake.preroll_ms / 1000
 
 
 def core_settings(cfg: Config) -> c.CoreSettings:
@@ -90,6 +109,7 @@ def core_settings(cfg: Config) -> c.CoreSettings:
         earcon=conv.earcon,
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
+        wake_late_s=wake_late_s(cfg),
     )
 
 
@@ -154,12 +174,22 @@ class Daemon:
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
+        self.wake_words = list(self.wake.detector.names)  # the gate is the worker's
+        self.listener = WakeWorker(self.wake, on_detections=self._on_detections,
+                                   max_backlog=frames_for(WAKE_BACKLOG_S, cfg.audio.frame_ms))
+        self.wake_late_s = wake_late_s(cfg)
+        self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
         barge = cfg.bargein
-        echo = EchoGuard(delay_s=barge.echo_delay_ms / 1000, spread_s=barge.echo_spread_ms / 1000,
-                         coupling_db=barge.echo_coupling_db, margin_db=barge.echo_margin_db)
-        self.core = c.Core(core_settings(cfg), upstream=setup.upstream_gate(cfg), echo=echo,
-                           endpointer=setup.endpointer(cfg))
+        delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
+        # The reference must reach back over a late wake word (Core.on_wake's echo check).
+        echo = EchoGuard(delay_s=delay_s, spread_s=spread_s, coupling_db=barge.echo_coupling_db,
+                         margin_db=barge.echo_margin_db,
+                         history_s=max(3.0, c.WAKE_WORD_S + delay_s + spread_s
+                                       + self.wake_late_s))
+        self.core = c.Core(core_settings(cfg),
+                           upstream=setup.upstream_gate(cfg, wake_late_s=self.wake_late_s),
+                           echo=echo, endpointer=setup.endpointer(cfg))
         session = cfg.request_session()
         self._upstream = _Upstream(session.input_audio_format or "pcm16",
                                    session.input_audio_sampling_rate or 16000)
@@ -210,6 +240,7 @@ class Daemon:
         Raises DeviceError only if an audio device cannot be opened at all at start."""
         async with ducking_guard(self.ducker):
             try:
+                self.listener.start()
                 await self.playback.start()
                 await self.capture.start()
                 self.link.start(wanted=self.cfg.conversation.connect_on_start)
@@ -221,6 +252,7 @@ class Daemon:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._listening = False  # a detection still on its way must not wake the core again
         with contextlib.suppress(Exception):
             self._do(self.core.shutdown(self.clock()))
         for task in list(self._tasks):
@@ -235,11 +267,11 @@ class Daemon:
             await self.toolbox.aclose()
         await self.capture.aclose()
         await self.playback.aclose()
-        # Release the wake word's TFLite interpreters now (no frame comes after the capture
-        # closed): a stopped Daemon sits in reference cycles until the cyclic GC runs, so
-        # every SIGHUP rebuild kept ~5 MB and 3 descriptors (the .tflite files) alive for
-        # a long while (found by the soak run). Idempotent.
-        self.wake.detector.close()
+        # No frame comes after the capture closed: end the worker and release the wake word's
+        # TFLite interpreters now (its last act). A stopped Daemon sits in reference cycles
+        # until the cyclic GC runs, so every SIGHUP rebuild kept ~5 MB and 3 descriptors (the
+        # .tflite files) alive for a long while (found by the soak run).
+        await self.listener.aclose()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -264,20 +296,32 @@ class Daemon:
     def _on_frame(self, frame: bytes, t: float) -> None:
         """The hot path: once per microphone frame (every 20 ms by default)."""
         if not self.ready.is_set():  # the first frame: the microphone delivers
-            log.info("listening for %s", ", ".join(self.wake.detector.names))
+            log.info("listening for %s", ", ".join(self.wake_words))
             self.ready.set()
+        self.listener.put(frame, t)  # first: the wake word never misses a frame
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
-            for det in self.wake.process(frame, t):
-                self._do(self.core.on_wake(det.name, det.score, det.t_audio,
-                                           word_end=det.t_end_estimate), t)
             self._do(self.core.on_frame(frame, t), t)
         except Exception:
             self.errors += 1
             log.exception("error while handling a microphone frame at %.3f", t)
         if self.metrics.needs_frame_time:  # once per turn, after the frame's actions
             self.metrics.frame_time(t)
+
+    def _on_detections(self, detections: list[Detection]) -> None:
+        """The wake word's worker found these (oldest first), in frames the core has seen:
+        applied between frames."""
+        if not self._listening:
+            return
+        for det in detections:
+            try:
+                self._do(self.core.on_wake(det.name, det.score, det.t_audio,
+                                           word_end=det.t_end_estimate))
+            except Exception:
+                self.errors += 1
+                log.exception("error while handling the wake word %s at %.3f", det.name,
+                              det.t_audio)
 
     # A device's supervisor calls these on the loop, once per state change; "missing" comes
     # right after the stream failed, before anything the failure woke (a playback drain).
@@ -286,7 +330,7 @@ class Daemon:
         if state is DeviceState.MISSING:
             self._missing.add("microphone")
             # The next frame is not contiguous with the last one: the wake word starts afresh.
-            self.wake.forget()
+            self.listener.forget()
             self._do(self.core.on_microphone_lost(self.clock()))
         elif state is DeviceState.OK and "microphone" in self._missing:
             self._missing.discard("microphone")
@@ -464,7 +508,8 @@ class Daemon:
                                "state": self.capture.state.value},
                 "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
                             "state": self.playback.state.value}},
-            "wake_words": list(self.wake.detector.names),
+            "wake_words": list(self.wake_words),
+            "wake": dataclasses.asdict(self.listener.stats),
             **self.metrics.status(),
             "errors": self.errors,
         }
