@@ -4,7 +4,8 @@ The PortAudio callback only appends the buffer PortAudio gave it (already a fres
 and its arrival time to a bounded deque and, if no wake-up is pending, schedules one drain on
 the loop with ``call_soon_threadsafe``. It never blocks and never converts. The loop drains the
 deque, downmixes and resamples (streaming soxr) when the device is not 16 kHz mono, cuts
-fixed-size frames and calls ``on_frame(frame, t)`` for each, in order.
+fixed-size frames and calls ``on_frame(frame, t)`` for each, in order. A 16 kHz mono buffer
+of one frame is passed on as it came (no copy).
 
 Bounds: the hand-off deque holds at most ``max_pending_ms`` of device audio; when the loop falls
 behind further, the oldest buffers are dropped and counted (``stats.dropped_buffers``) — memory
@@ -227,20 +228,30 @@ class Capture(SupervisedStream):
         if self._resampler is not None:
             data = self._resampler.process(data)
         acc = self._acc
+        fb = self.frame_bytes
+        if not acc and len(data) == fb and type(data) is bytes:
+            # The usual case (a 16 kHz mono device, one frame per buffer): the buffer is
+            # already an immutable frame of its own.
+            self._deliver(data, t_end - self.frame_samples / SAMPLE_RATE)
+            return
         acc += data
         # The last sample in acc arrived at t_end: date frames backwards from there, so
         # timestamps do not drift however the device buffers relate to frames.
         t = t_end - (len(acc) // 2) / SAMPLE_RATE
         step = self.frame_samples / SAMPLE_RATE
-        while len(acc) >= self.frame_bytes:
-            frame = bytes(acc[: self.frame_bytes])
-            del acc[: self.frame_bytes]
-            self.frames += 1
-            try:
-                self.on_frame(frame, t)
-            except Exception:
-                self.log.exception("%s: on_frame failed; frame dropped", self.role)
+        while len(acc) >= fb:
+            with memoryview(acc) as view:
+                frame = bytes(view[:fb])  # one copy, not two (a slice of a bytearray is one)
+            del acc[:fb]
+            self._deliver(frame, t)
             t += step
+
+    def _deliver(self, frame: bytes, t: float) -> None:
+        self.frames += 1
+        try:
+            self.on_frame(frame, t)
+        except Exception:
+            self.log.exception("%s: on_frame failed; frame dropped", self.role)
 
     def _on_lost(self, reason: str) -> None:
         # On a failure, deliver what the dead stream had already handed over (it may be the

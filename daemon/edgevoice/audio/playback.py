@@ -233,6 +233,8 @@ class Playback(SupervisedStream):
         """The ``(t, level_dbfs)`` of periods handed to the device since the last call: ``t``
         is when the period reaches the DAC (``time.monotonic()`` plus PortAudio's reported
         output delay). At most the last few seconds are kept."""
+        if not self._reference:  # nothing played since (a deque's length needs no lock)
+            return []
         with self._lock:
             out = list(self._reference)
             self._reference.clear()
