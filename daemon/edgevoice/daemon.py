@@ -8,6 +8,11 @@ runs on the loop), whose detections come back to the loop and go to the core in 
 after the frames they were found in. Server events come from the link's queue, timer ticks
 from a 100 ms ticker; nothing here blocks the loop (ducking and tools run as tasks).
 
+Idle cost. Listening all day, the daemon wakes the loop as rarely as it can: while the core
+is idle the capture delivers the frames once per 80 ms wake-word chunk, in step with the
+worker's batches (:meth:`~edgevoice.audio.capture.Capture.wake_after`), and frames are
+delivered at once again from the moment a conversation starts.
+
 Guarantees:
 - :meth:`Daemon.run` returns only after the speaker was stopped, every ducked volume was
   restored (also on SIGTERM/exit through :func:`~edgevoice.ducking.ducking_guard`), the link
@@ -298,7 +303,6 @@ class Daemon:
         if not self.ready.is_set():  # the first frame: the microphone delivers
             log.info("listening for %s", ", ".join(self.wake_words))
             self.ready.set()
-        self.listener.put(frame, t)  # first: the wake word never misses a frame
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
@@ -308,6 +312,12 @@ class Daemon:
             log.exception("error while handling a microphone frame at %.3f", t)
         if self.metrics.needs_frame_time:  # once per turn, after the frame's actions
             self.metrics.frame_time(t)
+        # Last, so that the worker wakes as the loop is done with the frame (whatever failed
+        # above, the wake word gets it).
+        self.listener.put(frame, t)
+        if self.core.state is c.State.IDLE:
+            # Nothing but the wake word needs frames now: the next ones when its batch is full.
+            self.capture.wake_after(self.listener.samples_to_batch_end)
 
     def _on_detections(self, detections: list[Detection]) -> None:
         """The wake word's worker found these (oldest first), in frames the core has seen:
@@ -463,6 +473,8 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
+            if a.new is not c.State.IDLE:
+                self.capture.wake_after(0)  # every frame at once again
 
     def _stop_playback(self, a: c.StopPlayback, frame_t: float | None) -> None:
         if self.playback.state is DeviceState.OK:  # a lost speaker was flushed already

@@ -7,6 +7,11 @@ deque, downmixes and resamples (streaming soxr) when the device is not 16 kHz mo
 fixed-size frames and calls ``on_frame(frame, t)`` for each, in order. A 16 kHz mono buffer
 of one frame is passed on as it came (no copy).
 
+Wake-ups. By default the loop is woken for every device buffer. :meth:`Capture.wake_after`
+lets a caller that needs no frame for a while (the daemon while idle) be woken only once
+enough audio for the frames it waits for has come: frames are then delivered a little later,
+a few at a time, never lost or reordered.
+
 Bounds: the hand-off deque holds at most ``max_pending_ms`` of device audio; when the loop falls
 behind further, the oldest buffers are dropped and counted (``stats.dropped_buffers``) — memory
 stays bounded and, once the loop catches up, the freshest audio flows (the stale audio is what
@@ -124,6 +129,8 @@ class Capture(SupervisedStream):
         self._lock = threading.Lock()
         self._pending: deque[tuple[int, bytes, float, int]] = deque(maxlen=2)
         self._drain_scheduled = False
+        self._waiting = 0  # device frames handed over since the last drain
+        self._wake_after = 0  # ... needed before a drain is scheduled (see wake_after)
         # loop-side conversion state (reset on every open)
         self._resampler: Resampler | None = None
         self._channels = 1
@@ -158,6 +165,7 @@ class Capture(SupervisedStream):
         # Its bound depends only on buffer_ms, not on the format that opens.
         with self._lock:
             self._pending = deque(maxlen=max(2, self.max_pending_ms // self.buffer_ms))
+            self._waiting = 0
         return self._open_first(
             pa, device, _candidates(device, self.preferred_rate, self.preferred_channels),
             buffer_ms=self.buffer_ms, callback=self._make_callback(generation),
@@ -184,8 +192,10 @@ class Capture(SupervisedStream):
                 if len(pending) == pending.maxlen:
                     self.dropped_buffers += 1  # deque(maxlen) drops the oldest on append
                 pending.append((generation, in_data, now, status))
-                schedule = not self._drain_scheduled
-                self._drain_scheduled = True
+                self._waiting += frame_count
+                schedule = not self._drain_scheduled and self._waiting >= self._wake_after
+                if schedule:
+                    self._drain_scheduled = True
             if schedule:
                 try:
                     loop.call_soon_threadsafe(self._drain)
@@ -196,6 +206,23 @@ class Capture(SupervisedStream):
         return callback
 
     # -- loop side --
+
+    def wake_after(self, samples: int) -> None:
+        """Deliver the next frames only once ``samples`` more 16 kHz samples can be cut
+        (counting what is already converted and not yet delivered), instead of after every
+        device buffer: ``samples`` 0 (the default) goes back to every buffer at once,
+        delivering what waits now. Frames are delayed by at most about ``samples``, never lost
+        or reordered; device failures and stalls are seen as before."""
+        need = samples - len(self._acc) // 2
+        opened = self.opened
+        rate = opened.rate if opened is not None else SAMPLE_RATE
+        self._wake_after = max(0, -(-need * rate // SAMPLE_RATE))  # in device frames
+        if samples == 0 and self._loop is not None:
+            with self._lock:
+                schedule = bool(self._pending) and not self._drain_scheduled
+                self._drain_scheduled = self._drain_scheduled or schedule
+            if schedule:
+                self._loop.call_soon(self._drain)
 
     def _on_opened(self, opened: OpenedStream) -> None:
         self._channels = opened.channels
@@ -215,6 +242,7 @@ class Capture(SupervisedStream):
             early = [item for item in items if item[0] > generation]
             self._pending.extend(early)
             self._drain_scheduled = False
+            self._waiting = 0
         for gen, data, t_end, status in items:
             if gen != generation:
                 continue  # from a closed stream, or too early (kept above)

@@ -133,6 +133,12 @@ class WakeWorker:
                                round(self._late_max * 1000, 1), self._errors)
 
     @property
+    def samples_to_batch_end(self) -> int:
+        """16 kHz samples still to be put before the batch in progress is handed over (at the
+        end of the gate's current feature chunk)."""
+        return self._boundary - self._pos
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
