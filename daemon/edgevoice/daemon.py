@@ -5,8 +5,9 @@ frame goes to the :class:`~edgevoice.conversation.core.Core`, whose actions this
 carries out on the real parts: the Voice Live link, the playback, the ducker and the tools,
 and to the wake word's worker thread (:class:`~edgevoice.listen.worker.WakeWorker`: no model
 runs on the loop), whose detections come back to the loop and go to the core in stream order,
-after the frames they were found in. Server events come from the link's queue, timer ticks
-from a 100 ms ticker; nothing here blocks the loop (ducking and tools run as tasks).
+after the frames they were found in. Server events come from the link's queue; timer ticks come
+every 100 ms, with the microphone frames (a ticker task takes over while none come); nothing
+here blocks the loop (ducking and tools run as tasks).
 
 Idle cost. Listening all day, the daemon wakes the loop as rarely as it can: while the core
 is idle the capture delivers the frames once per 80 ms wake-word chunk, in step with the
@@ -78,6 +79,9 @@ from edgevoice.wire import events as ev
 log = logging.getLogger("edgevoice.daemon")
 
 TICK_S = 0.1
+#: While frames come, they carry the ticks (the loop is awake for them anyway); the ticker
+#: task then only checks this often whether they still come.
+TICK_FALLBACK_S = 1.0
 EARCON_RATE = 24000
 #: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
 WAKE_BACKLOG_S = 2.0
@@ -227,6 +231,7 @@ class Daemon:
         self._state_since = time.time()
         self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
         self._last_tick = clock()
+        self._last_frame_at = float("-inf")  # clock() when the last frame was handled
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -292,8 +297,9 @@ class Daemon:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     def healthy(self) -> bool:
-        """For the systemd watchdog: the loop still runs its 100 ms timer. (A missing
-        microphone is not a hang: its supervisor reopens it, and a restart would not help.)"""
+        """For the systemd watchdog: the loop still ticks (every 100 ms, with the frames or
+        from the ticker task). (A missing microphone is not a hang: its supervisor reopens it,
+        and a restart would not help.)"""
         return self.clock() - self._last_tick < 5.0
 
     # ------------------------------------------------------------------ inputs
@@ -318,6 +324,10 @@ class Daemon:
         if self.core.state is c.State.IDLE:
             # Nothing but the wake word needs frames now: the next ones when its batch is full.
             self.capture.wake_after(self.listener.samples_to_batch_end)
+        now = self.clock()
+        self._last_frame_at = now
+        if now - self._last_tick >= TICK_S:
+            self._run_tick(now)
 
     def _on_detections(self, detections: list[Detection]) -> None:
         """The wake word's worker found these (oldest first), in frames the core has seen:
@@ -392,14 +402,22 @@ class Daemon:
             log.info("%s", self.link.status_text)
 
     async def _tick(self) -> None:
+        """Ticks while no frame comes (the microphone is missing or hung); the frames carry
+        them otherwise (see :meth:`_on_frame`)."""
         while True:
-            await asyncio.sleep(TICK_S)
-            self._last_tick = self.clock()
-            try:
-                self._do(self.core.on_tick(self.clock()))
-            except Exception:
-                self.errors += 1
-                log.exception("error in the timer tick")
+            stalled = self.clock() - self._last_frame_at > 2 * TICK_S
+            await asyncio.sleep(TICK_S if stalled else TICK_FALLBACK_S)
+            now = self.clock()
+            if now - self._last_tick >= TICK_S:
+                self._run_tick(now)
+
+    def _run_tick(self, now: float) -> None:
+        self._last_tick = now
+        try:
+            self._do(self.core.on_tick(now))
+        except Exception:
+            self.errors += 1
+            log.exception("error in the timer tick")
 
     async def _ducking(self) -> None:
         """Carries out duck/unduck in order (the ducker is idempotent and bounded)."""
