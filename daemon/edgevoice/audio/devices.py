@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 #: Seconds a blocking PortAudio call (init/enumerate/open/close) may take before we give up.
 PA_CALL_TIMEOUT = 10.0
+#: How often a running stream is checked (at most; ``stall_timeout / 4`` when shorter): a
+#: stream PortAudio ended is noticed within this.
+WATCH_S = 0.5
 
 
 class DeviceError(Exception):
@@ -458,6 +461,7 @@ class SupervisedStream(ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._stop_signal: asyncio.Future[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None
         self._last_callback = 0.0  # monotonic; written by the callback thread
         self._generation = 0  # bumps on every open; callbacks tag their data with it
@@ -531,6 +535,7 @@ class SupervisedStream(ABC):
             return
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._stop_signal = self._loop.create_future()  # done once _stopping is set
         self._first_attempt = self._loop.create_future()
         self._set_state(DeviceState.STARTING, "")
         self._task = asyncio.create_task(self._supervise(), name=f"{self.role}-supervisor")
@@ -546,6 +551,8 @@ class SupervisedStream(ABC):
         if task is None:
             return
         self._stopping.set()
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result(None)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._set_state(DeviceState.STOPPED, "")
@@ -617,8 +624,12 @@ class SupervisedStream(ABC):
             self._first_attempt.set_result(None)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        # A wait on one future with a timeout: no task and no exception per call, as
+        # wait_for(event.wait()) made (twice a second per stream, all day long).
+        signal = self._stop_signal
+        if signal is None or signal.done():
+            return
+        await asyncio.wait((signal,), timeout=seconds)
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -684,7 +695,7 @@ class SupervisedStream(ABC):
 
     async def _watch(self, opened: OpenedStream) -> tuple[str, bool]:
         """Return why the stream must be closed (failure or stop) and whether it stalled."""
-        interval = max(0.01, min(0.25, self.stall_timeout / 4))
+        interval = max(0.01, min(WATCH_S, self.stall_timeout / 4))
         while True:
             silent = time.monotonic() - self._last_callback
             stalled = silent > self.stall_timeout
