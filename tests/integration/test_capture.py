@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
 import pytest
 
+from edgevoice.audio import devices
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
 from edgevoice.audio.devices import DeviceError, DeviceState
 from edgevoice.devkit.virtual import FifoSink, FifoSource, VirtualAlsa
@@ -222,3 +224,27 @@ async def test_wake_after_delivers_the_same_frames_a_few_at_a_time(tmp_path, mon
     finally:
         src.close()
 
+
+@pytest.mark.realtime  # a microphone FIFO paced in real time
+async def test_the_callback_thread_keeps_its_python_state_until_the_stream_closed(
+        tmp_path, monkeypatch):
+    # PyAudio's callback would otherwise build and tear down a thread state 50 times a
+    # second; the kept one is deleted once PortAudio ended the thread.
+    src = FifoSource(tmp_path / "mic.fifo", SAMPLE_RATE, 1)
+    try:
+        use(VirtualAlsa(tmp_path).capture("testmic", src.path), monkeypatch)
+        got = Frames()
+        cap = Capture(device="testmic", on_frame=got)
+        await cap.start(require_device=True)
+        try:
+            await until(lambda: len(got.frames) >= 5, what="first frames")
+            kept = dict(devices._kept_states)
+            assert len(kept) == 1, kept  # the callback thread's, one for all its calls
+            await until(lambda: len(got.frames) >= 25, what="more frames")
+            assert devices._kept_states == kept
+        finally:
+            await cap.stop()
+        assert devices._kept_states == {}
+        assert not any(os.path.exists(f"/proc/self/task/{tid}") for tid in kept)
+    finally:
+        src.close()

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import pyaudio
 
 from edgevoice.audio.convert import Resampler, downmix
-from edgevoice.audio.devices import DeviceInfo, DeviceState, OpenedStream, SupervisedStream
+from edgevoice.audio.devices import (
+    DeviceInfo,
+    DeviceState,
+    OpenedStream,
+    SupervisedStream,
+    keep_callback_thread_state,
+)
 
 #: Internal capture format: PCM16 little-endian mono at this rate.
 SAMPLE_RATE = 16000
@@ -183,6 +189,7 @@ class Capture(SupervisedStream):
         def callback(
             in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int
         ) -> tuple[None, int]:
+            keep_callback_thread_state()
             now = time.monotonic()
             self._last_callback = now
             if in_data is None:

@@ -407,6 +407,48 @@ async def run_blocking(fn: Callable[[], T], timeout: float, name: str = "pa-call
 StreamCallback = Callable[[bytes | None, int, dict[str, float], int], tuple[bytes | None, int]]
 
 
+# PyAudio enters Python from PortAudio's own callback thread with PyGILState_Ensure/Release.
+# On a thread Python did not create, each such pair builds a thread state and tears it down
+# again, its frame stack a fresh mmap/munmap: 50 times a second per 20 ms stream, a good part
+# of the idle daemon's CPU. One Ensure more on the first callback keeps the state for the
+# thread's life; once the thread is gone (the stream closed), the state is deleted.
+_capi = getattr(ctypes, "pythonapi", None)
+_KEEP_THREAD_STATES = (_capi is not None and hasattr(_capi, "PyGILState_GetThisThreadState")
+                       and os.path.isdir("/proc/self/task"))
+if _KEEP_THREAD_STATES:
+    _capi.PyGILState_GetThisThreadState.restype = ctypes.c_void_p
+    _capi.PyThreadState_Clear.argtypes = [ctypes.c_void_p]
+    _capi.PyThreadState_Delete.argtypes = [ctypes.c_void_p]
+_kept_states: dict[int, int] = {}  # native thread id -> its kept PyThreadState*
+_kept_lock = threading.Lock()
+
+
+def keep_callback_thread_state() -> None:
+    """Call at the start of every PortAudio callback: keeps the calling thread's Python
+    thread state until :func:`release_ended_callback_threads` (O(1) after the first call)."""
+    if not _KEEP_THREAD_STATES:
+        return
+    tid = threading.get_native_id()
+    if tid in _kept_states:
+        return
+    _capi.PyGILState_Ensure()  # the GIL is held: this only counts one more user
+    with _kept_lock:
+        _kept_states[tid] = _capi.PyGILState_GetThisThreadState()
+
+
+def release_ended_callback_threads() -> None:
+    """Delete the kept thread states of callback threads that have ended (after a stream
+    was closed: PortAudio joined its thread). A thread still alive keeps its state."""
+    if not _KEEP_THREAD_STATES:
+        return
+    with _kept_lock:
+        ended = [tid for tid in _kept_states if not os.path.exists(f"/proc/self/task/{tid}")]
+        states = [_kept_states.pop(tid) for tid in ended]
+    for state in states:
+        _capi.PyThreadState_Clear(state)
+        _capi.PyThreadState_Delete(state)
+
+
 def period_frames(rate: int, ms: int) -> int:
     """Frames in a device period of ``ms`` at ``rate`` (at least 1)."""
     return max(1, rate * ms // 1000)
@@ -618,6 +660,7 @@ class SupervisedStream(ABC):
         except Exception as exc:  # the device may already be gone
             log.debug("stream close failed: %s", exc)
         terminate_pyaudio(opened.pa)
+        release_ended_callback_threads()
 
     def _settle_first_attempt(self) -> None:
         if self._first_attempt is not None and not self._first_attempt.done():

@@ -39,6 +39,7 @@ from edgevoice.audio.devices import (
     DeviceState,
     OpenedStream,
     SupervisedStream,
+    keep_callback_thread_state,
     period_frames,
 )
 
@@ -385,6 +386,7 @@ class Playback(SupervisedStream):
         def callback(
             in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int
         ) -> tuple[bytes, int]:
+            keep_callback_thread_state()
             now = time.monotonic()
             self._last_callback = now
             first: list[str] = []
