@@ -11,8 +11,10 @@ microphone delivers at the device clock, in real time):
   conversations with the loopback simulator (run as a child process, so that its work is not
   on the measured loop), so replies, barge-ins and follow-ups happen as they would. The lag
   is measured by a probe task on the daemon's loop that sleeps :data:`PROBE_PERIOD_S` again
-  and again: how late each wake-up came. ``wake.loop_lag_ms_p99`` is its 99th percentile,
-  ``wake.loop_lag_wakes`` the wake words the daemon acted on (it did listen).
+  and again: how late each wake-up came. ``wake.loop_lag_ms_p99`` is its 99th percentile;
+  ``wake.loop_lag_detections`` the wake words the worker found (the daemon did listen),
+  ``wake.loop_lag_frames_dropped`` the frames it dropped and ``wake.loop_lag_late_ms_max``
+  how far the newest frame was past a detection when it reached the loop.
 * ``daemon.idle_cpu_s_per_audio_s`` — the whole ``edgevoice run`` process (a child process,
   on the default configuration, with the simulator as endpoint) listening to silence — the
   microphone floor, white noise at −70 dBFS — for ``idle_s`` seconds (at least 60): the
@@ -40,7 +42,6 @@ import numpy as np
 
 from bench.wake import BENCH_MODELS, load_corpus
 from edgevoice.config import Config
-from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 from edgevoice.devkit.demo import Rig, running_daemon
 from edgevoice.devkit.simulator import Simulator
 from edgevoice.secrets import ENV_API_KEY, Secret
@@ -131,14 +132,12 @@ async def _loop_lag(fixtures_dir: Path) -> dict[str, Any]:
     gap = bytes(int(GAP_S * MIC_BYTES_PER_S))
     spaced = b"".join(corpus.pcm[2 * c.start : 2 * c.end] + gap for c in corpus.clips)
     key = secrets.token_urlsafe(16)
-    timeline: list[Telemetry] = []
     async with simulator_process(key) as url:
         cfg = Config.model_validate({
             "wake": {"models": [{"name": m} for m in BENCH_MODELS]},
             "voicelive": {"endpoint": url}})
         with tempfile.TemporaryDirectory(prefix="ev-lag-") as tmp:
-            async with running_daemon(cfg, Path(tmp), api_key=Secret(key),
-                                      on_telemetry=timeline.append) as run:
+            async with running_daemon(cfg, Path(tmp), api_key=Secret(key)) as run:
                 mic = run.rig.mic
                 probe = LagProbe()
                 probe.start()
@@ -149,15 +148,16 @@ async def _loop_lag(fixtures_dir: Path) -> dict[str, Any]:
                     await asyncio.sleep(0.1)
                 await probe.stop()
                 errors = run.daemon.errors
+                stats = run.daemon.listener.stats
     lags = np.array(probe.lags) * 1000
-    wakes = [e for e in timeline if e.name is TelemetryName.WAKE
-             or (e.name is TelemetryName.BARGE_IN and e.fields.get("by") == "wake word")]
     return {
         "wake.loop_lag_ms_max": round(float(lags.max()), 1),
         "wake.loop_lag_ms_p99": round(float(np.percentile(lags, 99)), 1),
         "wake.loop_lag_audio_s": round(len(spaced) / MIC_BYTES_PER_S, 1),
         "wake.loop_lag_onsets": len(corpus.clips),
-        "wake.loop_lag_wakes": len(wakes),
+        "wake.loop_lag_detections": stats.detections,
+        "wake.loop_lag_frames_dropped": stats.frames_dropped,
+        "wake.loop_lag_late_ms_max": stats.late_ms_max,
         "wake.loop_lag_daemon_errors": errors,
     }
 
