@@ -23,6 +23,9 @@ given the frame that completed the detection (never before): the caller's view o
 is ahead of the detection, by the backlog and the time the gate took. Detections of frames
 handed over before :meth:`forget` are discarded (counted, logged).
 
+Priority. The thread runs :data:`NICER` nice levels below the process (Linux: per thread),
+so a replay never takes a core from the event loop; it gets every cycle the loop leaves.
+
 Lifecycle. :meth:`start` starts the thread; :meth:`aclose` discards the backlog, lets the
 batch in progress finish, ends the thread and joins it, and closes the gate's detector after
 its last frame — in the thread, or here if the thread never ran. Frames put after that are
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -46,6 +50,9 @@ log = logging.getLogger("edgevoice.listen")
 
 #: How long :meth:`WakeWorker.aclose` waits for the batch in progress.
 STOP_TIMEOUT_S = 10.0
+#: The thread runs this much nicer than the process: where the loop and a pre-roll replay
+#: compete for one core, the loop wins (Linux sets a nice value per thread).
+NICER = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +269,9 @@ class WakeWorker:
     def _run(self) -> None:
         gate = self.gate
         get = self._queue.get
+        with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICER)
         try:
             while (item := get()) is not None:
                 if isinstance(item, asyncio.Future):
