@@ -10,9 +10,10 @@ every 100 ms, with the microphone frames (a ticker task takes over while none co
 here blocks the loop (ducking and tools run as tasks).
 
 Idle cost. Listening all day, the daemon wakes the loop as rarely as it can: while the core
-is idle the capture delivers the frames once per 80 ms wake-word chunk, in step with the
-worker's batches (:meth:`~edgevoice.audio.capture.Capture.wake_after`), and frames are
-delivered at once again from the moment a conversation starts.
+is idle the capture delivers the frames in step with the wake word worker's batches
+(:meth:`~edgevoice.audio.capture.Capture.wake_after`): every 320 ms in silence, every 80 ms
+once the gate heard speech (:attr:`~edgevoice.listen.worker.WakeWorker.relaxed`); from the
+moment a conversation starts, every frame at once again.
 
 Guarantees:
 - :meth:`Daemon.run` returns only after the speaker was stopped, every ducked volume was
@@ -186,6 +187,7 @@ class Daemon:
         self.wake_words = list(self.wake.detector.names)  # the gate is the worker's
         self.listener = WakeWorker(self.wake, on_detections=self._on_detections,
                                    max_backlog=frames_for(WAKE_BACKLOG_S, cfg.audio.frame_ms))
+        self.listener.relaxed = True  # the core starts idle
         self.wake_late_s = wake_late_s(cfg)
         self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
@@ -491,6 +493,9 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
+            # Idle: nothing but the wake word needs the frames, and it only needs them soon
+            # once speech began (see WakeWorker.relaxed).
+            self.listener.relaxed = a.new is c.State.IDLE
             if a.new is not c.State.IDLE:
                 self.capture.wake_after(0)  # every frame at once again
 

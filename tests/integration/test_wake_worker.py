@@ -16,7 +16,7 @@ import pytest
 
 from bench.wake import load_corpus
 from edgevoice.listen import Detection, WakeGate, WakeWordDetector
-from edgevoice.listen.worker import NICER, WakeWorker
+from edgevoice.listen.worker import NICER, RELAXED_CHUNKS, WakeWorker
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wake"
 MODELS = ["hey_jarvis", "hey_rhasspy"]
@@ -71,12 +71,16 @@ class Receiver:
         return [d for d, *_ in self.got]
 
 
-async def test_detections_are_the_in_place_ones_in_stream_order_after_their_frames() -> None:
+@pytest.mark.parametrize("relaxed", [False, True])
+async def test_detections_are_the_in_place_ones_in_stream_order_after_their_frames(
+    relaxed: bool,
+) -> None:
     pcm = corpus_pcm(26.0)  # the eight wake clips
     reference = in_place(pcm)
     assert len(reference) >= 6, reference
     receiver = Receiver()
     worker = WakeWorker(gate(), on_detections=receiver, max_backlog=10_000)
+    worker.relaxed = relaxed
     worker.start()
     try:
         for i, (frame, t) in enumerate(frames(pcm)):
@@ -94,6 +98,35 @@ async def test_detections_are_the_in_place_ones_in_stream_order_after_their_fram
     stats = worker.stats
     assert stats.detections == len(reference) and stats.frames_dropped == 0
     assert stats.frames == len(pcm) // FRAME_BYTES
+
+
+async def test_relaxed_batches_span_four_chunks_in_silence_and_one_once_speech_began() -> None:
+    chunk = 1280  # samples
+    word = corpus_pcm(6.0)  # 2 s of silence, then "hey jarvis"
+    receiver = Receiver()
+    worker = WakeWorker(gate(), on_detections=receiver, max_backlog=10_000)
+    worker.relaxed = True
+    worker.start()
+    try:
+        assert worker.samples_to_batch_end == RELAXED_CHUNKS * chunk
+        steps = []
+        for frame, t in list(frames(word))[:100]:  # the silence: the gate stays closed
+            receiver.put(worker, frame, t)
+            steps.append(worker.samples_to_batch_end)
+        assert steps[:16] == [RELAXED_CHUNKS * chunk - 320 * (i + 1) for i in range(15)] + [
+            RELAXED_CHUNKS * chunk]
+        # A batch handed over every 16 frames (320 ms), nothing in between.
+        assert [i for i, v in enumerate(steps) if v == RELAXED_CHUNKS * chunk] == [
+            15, 31, 47, 63, 79, 95]
+        for frame, t in list(frames(word))[100:]:  # speech: the gate opens
+            receiver.put(worker, frame, t)
+        await worker.drain()
+        assert worker.samples_to_batch_end == chunk  # one chunk at a time now
+        assert [d.name for d in receiver.detections] == ["hey_jarvis"]
+        worker.relaxed = False
+        assert worker.samples_to_batch_end == chunk
+    finally:
+        await worker.aclose()
 
 
 async def test_a_full_backlog_drops_whole_batches_counts_them_and_logs_once(

@@ -11,7 +11,12 @@ Batches. A score — so a detection — can only come when an 80 ms feature chun
 the gate counts chunks from the start of its stream. So the frames are handed over in batches
 that end with the frame completing a chunk: the thread wakes once per chunk instead of once
 per frame, at no cost in detection latency (but for a detection inside a replayed pre-roll,
-which may come up to one chunk later).
+which may come up to one chunk later). With :attr:`WakeWorker.relaxed` (the caller has
+nothing else to do with the wake word's answer soon: the daemon while idle) and the gate
+closed, a batch spans :data:`RELAXED_CHUNKS` chunks (320 ms): a speech onset then reaches the
+gate up to that much later, which costs nothing either — the gate replays its pre-roll, and
+a wake word is found no sooner than 0.7 s after its onset (0.74–1.1 s on the corpus) — and
+once the gate is open, batches are one chunk again.
 
 Bounds. At most ``max_backlog`` frames wait for the thread. A batch that does not fit is
 dropped whole and counted (:attr:`WakeWorkerStats.frames_dropped`); the first drop of an
@@ -50,6 +55,8 @@ log = logging.getLogger("edgevoice.listen")
 
 #: How long :meth:`WakeWorker.aclose` waits for the batch in progress.
 STOP_TIMEOUT_S = 10.0
+#: Feature chunks per batch while :attr:`WakeWorker.relaxed` and the gate is closed.
+RELAXED_CHUNKS = 4
 #: The thread runs this much nicer than the process: where the loop and a pre-roll replay
 #: compete for one core, the loop wins (Linux sets a nice value per thread).
 NICER = 10
@@ -89,7 +96,10 @@ class WakeWorker:
     ``on_detections(detections)`` is called on the loop (the one running when :meth:`start`
     was called), oldest first; an exception from it is logged. ``max_backlog``: the frames
     that may wait for the thread (at least one batch). Call everything but the constructor on
-    that loop."""
+    that loop.
+
+    ``relaxed`` (set it any time): batches of :data:`RELAXED_CHUNKS` chunks while the gate is
+    closed, see the module docstring."""
 
     def __init__(
         self,
@@ -106,7 +116,9 @@ class WakeWorker:
         self.on_detections = on_detections
         self.max_backlog = max_backlog
         self.name = name
+        self.relaxed = False
         self._chunk = chunk
+        self._gate_open = False  # as of the last batch; written by the thread
         self._queue: queue.SimpleQueue[_Batch | asyncio.Future[None] | None] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
@@ -119,7 +131,8 @@ class WakeWorker:
         self._fresh = False
         self._batch: list[tuple[bytes, float]] = []
         self._pos = 0  # samples since the gate's stream start, as the gate counts them
-        self._boundary = chunk  # hand the batch over once _pos reaches this
+        self._boundary = chunk  # the end of the chunk in progress
+        self._chunks = 0  # chunks completed in the batch in progress
         self._newest = 0.0  # stream time of the end of the newest frame handed over
         self._handed = 0  # frames queued; only the loop writes it
         self._taken = 0  # frames the thread took off the queue; only the thread writes it
@@ -142,8 +155,12 @@ class WakeWorker:
     @property
     def samples_to_batch_end(self) -> int:
         """16 kHz samples still to be put before the batch in progress is handed over (at the
-        end of the gate's current feature chunk)."""
-        return self._boundary - self._pos
+        end of one of the gate's feature chunks)."""
+        more = max(0, self._batch_chunks() - self._chunks - 1)
+        return self._boundary - self._pos + more * self._chunk
+
+    def _batch_chunks(self) -> int:
+        return RELAXED_CHUNKS if self.relaxed and not self._gate_open else 1
 
     @property
     def running(self) -> bool:
@@ -172,10 +189,13 @@ class WakeWorker:
         self._pos += n
         if self._pos >= self._boundary:
             self._boundary = (self._pos // self._chunk + 1) * self._chunk
-            self._hand_over()
+            self._chunks += 1
+            if self._chunks >= self._batch_chunks():
+                self._hand_over()
 
     def _hand_over(self) -> None:
         batch, self._batch = self._batch, []
+        self._chunks = 0
         if not batch:
             return
         waiting = self._handed - self._taken
@@ -190,6 +210,7 @@ class WakeWorker:
             self._fresh = True
             self._pos = 0
             self._boundary = self._chunk
+            self._gate_open = False
             return
         if self._dropping:
             log.info("wake word: the worker caught up after dropping %d frames (%.2f s of "
@@ -207,9 +228,11 @@ class WakeWorker:
         discarded."""
         self._epoch += 1
         self._batch = []
+        self._chunks = 0
         self._fresh = True
         self._pos = 0
         self._boundary = self._chunk
+        self._gate_open = False
 
     async def drain(self) -> None:
         """Hand over the frames of the batch in progress and wait until the thread processed
@@ -290,6 +313,7 @@ class WakeWorker:
                         self._errors += 1
                         log.exception("wake word: processing the frame at %.3f failed", t)
                         gate.forget()
+                self._gate_open = gate.is_open
                 if found:
                     self._post(self._deliver, item.epoch, found)
         finally:
