@@ -16,7 +16,7 @@ import pytest
 
 from bench.wake import load_corpus
 from edgevoice.listen import Detection, WakeGate, WakeWordDetector
-from edgevoice.listen.worker import NICER, RELAXED_CHUNKS, WakeWorker
+from edgevoice.listen.worker import RELAXED_CHUNKS, WakeWorker
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wake"
 MODELS = ["hey_jarvis", "hey_rhasspy"]
@@ -236,26 +236,6 @@ async def test_aclose_stops_the_thread_discards_the_backlog_and_closes_after_the
     worker.put(pcm[:FRAME_BYTES], 99.0)
     await worker.aclose()  # idempotent
     assert worker.stats.frames == len(pcm) // FRAME_BYTES and closed_on == ["wake-test"]
-
-
-def nice(tid: int) -> int:
-    """The nice value of thread ``tid`` of this process (field 19 of its stat)."""
-    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[16])
-
-
-async def test_the_thread_runs_nicer_than_the_loop() -> None:
-    # A replay competing with the loop for one core must lose: the thread's nice value is
-    # higher than the loop's.
-    worker = WakeWorker(gate(), on_detections=lambda d: None, max_backlog=4)
-    worker.start()
-    try:
-        assert worker._thread is not None and worker._thread.native_id is not None
-        tid = worker._thread.native_id
-        await worker.drain()  # the thread runs (it sets its nice value first)
-        assert nice(tid) == min(19, nice(threading.get_native_id()) + NICER)
-    finally:
-        await worker.aclose()
 
 
 async def test_aclose_of_a_worker_that_never_ran_closes_the_models_here() -> None:

@@ -18,18 +18,20 @@ gate up to that much later, which costs nothing either — the gate replays its 
 a wake word is found no sooner than 0.7 s after its onset (0.74–1.1 s on the corpus) — and
 once the gate is open, batches are one chunk again.
 
-Bounds. At most ``max_backlog`` frames wait for the thread. A batch that does not fit is
-dropped whole and counted (:attr:`WakeWorkerStats.frames_dropped`); the first drop of an
-episode logs one warning, its end one line with the count. The batch after a drop starts a
-new stream (the gate forgets: the lost audio cannot be replayed), as after a microphone gap.
+Bounds. At most ``max_backlog`` frames wait for the thread (or one batch, if it is longer).
+A batch that does not fit is dropped whole and counted
+(:attr:`WakeWorkerStats.frames_dropped`); the first drop of an episode logs one warning, its
+end one line with the count. The batch after a drop starts a new stream (the gate forgets:
+the lost audio cannot be replayed), as after a microphone gap.
 
 Order. ``on_detections`` runs on the loop, in stream order, each time after :meth:`put` was
 given the frame that completed the detection (never before): the caller's view of the stream
 is ahead of the detection, by the backlog and the time the gate took. Detections of frames
 handed over before :meth:`forget` are discarded (counted, logged).
 
-Priority. The thread runs :data:`NICER` nice levels below the process (Linux: per thread),
-so a replay never takes a core from the event loop; it gets every cycle the loop leaves.
+Priority. The thread runs at the process's priority. A lower one would let the event loop
+win a core it shares with a replay, but it would also starve the wake word whenever other
+programs keep the device busy; the boards this runs on have four cores.
 
 Lifecycle. :meth:`start` starts the thread; :meth:`aclose` discards the backlog, lets the
 batch in progress finish, ends the thread and joins it, and closes the gate's detector after
@@ -42,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -57,9 +58,6 @@ log = logging.getLogger("edgevoice.listen")
 STOP_TIMEOUT_S = 10.0
 #: Feature chunks per batch while :attr:`WakeWorker.relaxed` and the gate is closed.
 RELAXED_CHUNKS = 4
-#: The thread runs this much nicer than the process: where the loop and a pre-roll replay
-#: compete for one core, the loop wins (Linux sets a nice value per thread).
-NICER = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +93,8 @@ class WakeWorker:
 
     ``on_detections(detections)`` is called on the loop (the one running when :meth:`start`
     was called), oldest first; an exception from it is logged. ``max_backlog``: the frames
-    that may wait for the thread (at least one batch). Call everything but the constructor on
-    that loop.
+    that may wait for the thread (a batch is always taken when none waits). Call everything
+    but the constructor on that loop.
 
     ``relaxed`` (set it any time): batches of :data:`RELAXED_CHUNKS` chunks while the gate is
     closed, see the module docstring."""
@@ -118,7 +116,9 @@ class WakeWorker:
         self.name = name
         self.relaxed = False
         self._chunk = chunk
-        self._gate_open = False  # as of the last batch; written by the thread
+        # Whether the gate was open after the last batch: written by the thread, reset by the
+        # loop at a gap (a race only makes a batch shorter); it only sizes the batches.
+        self._gate_open = False
         self._queue: queue.SimpleQueue[_Batch | asyncio.Future[None] | None] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
@@ -199,7 +199,7 @@ class WakeWorker:
         if not batch:
             return
         waiting = self._handed - self._taken
-        if waiting + len(batch) > self.max_backlog:
+        if waiting and waiting + len(batch) > self.max_backlog:
             if not self._dropping:
                 self._episodes += 1
                 log.warning("wake word: the worker is %d frames behind; dropping frames "
@@ -292,9 +292,6 @@ class WakeWorker:
     def _run(self) -> None:
         gate = self.gate
         get = self._queue.get
-        with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICER)
         try:
             while (item := get()) is not None:
                 if isinstance(item, asyncio.Future):
