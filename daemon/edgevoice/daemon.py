@@ -1,10 +1,19 @@
 """The daemon: builds the parts from the config and runs them around the conversation core.
 
 One asyncio loop owns everything. The capture callback thread hands frames to the loop; each
-frame goes to the wake gate and then to the :class:`~edgevoice.conversation.core.Core`, whose
-actions this module carries out on the real parts: the Voice Live link, the playback, the
-ducker and the tools. Server events come from the link's queue, timer ticks from a 100 ms
-ticker; nothing here blocks the loop (ducking and tools run as tasks).
+frame goes to the :class:`~edgevoice.conversation.core.Core`, whose actions this module
+carries out on the real parts: the Voice Live link, the playback, the ducker and the tools,
+and to the wake word's worker thread (:class:`~edgevoice.listen.worker.WakeWorker`: no model
+runs on the loop), whose detections come back to the loop and go to the core in stream order,
+after the frames they were found in. Server events come from the link's queue; timer ticks come
+every 100 ms, with the microphone frames (a ticker task takes over while none come); nothing
+here blocks the loop (ducking and tools run as tasks).
+
+Idle cost. Listening all day, the daemon wakes the loop as rarely as it can: while the core
+is idle the capture delivers the frames in step with the wake word worker's batches
+(:meth:`~edgevoice.audio.capture.Capture.wake_after`): every 320 ms in silence, every 80 ms
+once the gate heard speech (:attr:`~edgevoice.listen.worker.WakeWorker.relaxed`); from the
+moment a conversation starts, every frame at once again.
 
 Guarantees:
 - :meth:`Daemon.run` returns only after the speaker was stopped, every ducked volume was
@@ -13,6 +22,12 @@ Guarantees:
 - An exception while handling one frame, event or action is logged with what was being done
   and the daemon goes on; nothing the network or the model sends stops it.
 - ``ready`` is set once the microphone delivers frames and the wake word is listening.
+- The wake word's backlog is bounded (:data:`WAKE_BACKLOG_S`); frames it drops are counted
+  in the status (``wake.frames_dropped``) and logged once per episode. A detection reaches
+  the core at most about :attr:`Daemon.wake_late_s` after its frame and is still handled as
+  if on time (its request streamed from the word's end; see ``Core.on_wake``). The worker
+  thread is started with the daemon and ended (and joined, its models closed) after the
+  microphone closed.
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
   core is told at once (microphone: the turn is committed or ended, the wake word starts
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
@@ -25,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -54,6 +70,8 @@ from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen import setup
+from edgevoice.listen.wake import Detection
+from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
 from edgevoice.tools import ToolBox
 from edgevoice.util import data_path
@@ -62,7 +80,12 @@ from edgevoice.wire import events as ev
 log = logging.getLogger("edgevoice.daemon")
 
 TICK_S = 0.1
+#: While frames come, they carry the ticks (the loop is awake for them anyway); the ticker
+#: task then only checks this often whether they still come.
+TICK_FALLBACK_S = 1.0
 EARCON_RATE = 24000
+#: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
+WAKE_BACKLOG_S = 2.0
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -71,6 +94,12 @@ ToolRunner = Callable[[str, str, str], Awaitable[str]]
 async def no_tools(call_id: str, name: str, arguments: str) -> str:
     """The runner when no tools are declared: every call is an unknown tool, nothing runs."""
     return json.dumps({"ok": False, "error": f"unknown tool {name!r}: no such tool is declared"})
+
+
+def wake_late_s(cfg: Config) -> float:
+    """How late a wake detection may reach the core and still be judged as if on time: a
+    full backlog plus a pre-roll replay (on a board that replays about in real time)."""
+    return WAKE_BACKLOG_S + cfg.wake.preroll_ms / 1000
 
 
 def core_settings(cfg: Config) -> c.CoreSettings:
@@ -90,6 +119,7 @@ def core_settings(cfg: Config) -> c.CoreSettings:
         earcon=conv.earcon,
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
+        wake_late_s=wake_late_s(cfg),
     )
 
 
@@ -167,12 +197,23 @@ class Daemon:
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
+        self.wake_words = list(self.wake.detector.names)  # the gate is the worker's
+        self.listener = WakeWorker(self.wake, on_detections=self._on_detections,
+                                   max_backlog=frames_for(WAKE_BACKLOG_S, cfg.audio.frame_ms))
+        self.listener.relaxed = True  # the core starts idle
+        self.wake_late_s = wake_late_s(cfg)
+        self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
         barge = cfg.bargein
-        echo = EchoGuard(delay_s=barge.echo_delay_ms / 1000, spread_s=barge.echo_spread_ms / 1000,
-                         coupling_db=barge.echo_coupling_db, margin_db=barge.echo_margin_db)
-        self.core = c.Core(core_settings(cfg), upstream=setup.upstream_gate(cfg), echo=echo,
-                           endpointer=setup.endpointer(cfg))
+        delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
+        # The reference must reach back over a late wake word (Core.on_wake's echo check).
+        echo = EchoGuard(delay_s=delay_s, spread_s=spread_s, coupling_db=barge.echo_coupling_db,
+                         margin_db=barge.echo_margin_db,
+                         history_s=max(3.0, c.WAKE_WORD_S + delay_s + spread_s
+                                       + self.wake_late_s))
+        self.core = c.Core(core_settings(cfg),
+                           upstream=setup.upstream_gate(cfg, wake_late_s=self.wake_late_s),
+                           echo=echo, endpointer=setup.endpointer(cfg))
         session = cfg.request_session()
         self._upstream = _Upstream(session.input_audio_format or "pcm16",
                                    session.input_audio_sampling_rate or 16000)
@@ -205,6 +246,7 @@ class Daemon:
         self._state_since = time.time()
         self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
         self._last_tick = clock()
+        self._last_frame_at = float("-inf")  # clock() when the last frame was handled
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -223,6 +265,7 @@ class Daemon:
         Raises DeviceError only if an audio device cannot be opened at all at start."""
         async with ducking_guard(self.ducker):
             try:
+                self.listener.start()
                 await self.playback.start()
                 await self.capture.start()
                 self.link.start(wanted=self.cfg.conversation.connect_on_start)
@@ -234,6 +277,7 @@ class Daemon:
                 await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._listening = False  # a detection still on its way must not wake the core again
         with contextlib.suppress(Exception):
             self._do(self.core.shutdown(self.clock()))
         for task in list(self._tasks):
@@ -248,11 +292,11 @@ class Daemon:
             await self.toolbox.aclose()
         await self.capture.aclose()
         await self.playback.aclose()
-        # Release the wake word's TFLite interpreters now (no frame comes after the capture
-        # closed): a stopped Daemon sits in reference cycles until the cyclic GC runs, so
-        # every SIGHUP rebuild kept ~5 MB and 3 descriptors (the .tflite files) alive for
-        # a long while (found by the soak run). Idempotent.
-        self.wake.detector.close()
+        # No frame comes after the capture closed: end the worker and release the wake word's
+        # TFLite interpreters now (its last act). A stopped Daemon sits in reference cycles
+        # until the cyclic GC runs, so every SIGHUP rebuild kept ~5 MB and 3 descriptors (the
+        # .tflite files) alive for a long while (found by the soak run).
+        await self.listener.aclose()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -268,8 +312,9 @@ class Daemon:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     def healthy(self) -> bool:
-        """For the systemd watchdog: the loop still runs its 100 ms timer. (A missing
-        microphone is not a hang: its supervisor reopens it, and a restart would not help.)"""
+        """For the systemd watchdog: the loop still ticks (every 100 ms, with the frames or
+        from the ticker task). (A missing microphone is not a hang: its supervisor reopens it,
+        and a restart would not help.)"""
         return self.clock() - self._last_tick < 5.0
 
     # ------------------------------------------------------------------ inputs
@@ -277,20 +322,41 @@ class Daemon:
     def _on_frame(self, frame: bytes, t: float) -> None:
         """The hot path: once per microphone frame (every 20 ms by default)."""
         if not self.ready.is_set():  # the first frame: the microphone delivers
-            log.info("listening for %s", ", ".join(self.wake.detector.names))
+            log.info("listening for %s", ", ".join(self.wake_words))
             self.ready.set()
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
-            for det in self.wake.process(frame, t):
-                self._do(self.core.on_wake(det.name, det.score, det.t_audio,
-                                           word_end=det.t_end_estimate), t)
             self._do(self.core.on_frame(frame, t), t)
         except Exception:
             self.errors += 1
             log.exception("error while handling a microphone frame at %.3f", t)
         if self.metrics.needs_frame_time:  # once per turn, after the frame's actions
             self.metrics.frame_time(t)
+        # Last, so that the worker wakes as the loop is done with the frame (whatever failed
+        # above, the wake word gets it).
+        self.listener.put(frame, t)
+        if self.core.state is c.State.IDLE:
+            # Nothing but the wake word needs frames now: the next ones when its batch is full.
+            self.capture.wake_after(self.listener.samples_to_batch_end)
+        now = self.clock()
+        self._last_frame_at = now
+        if now - self._last_tick >= TICK_S:
+            self._run_tick(now)
+
+    def _on_detections(self, detections: list[Detection]) -> None:
+        """The wake word's worker found these (oldest first), in frames the core has seen:
+        applied between frames."""
+        if not self._listening:
+            return
+        for det in detections:
+            try:
+                self._do(self.core.on_wake(det.name, det.score, det.t_audio,
+                                           word_end=det.t_end_estimate))
+            except Exception:
+                self.errors += 1
+                log.exception("error while handling the wake word %s at %.3f", det.name,
+                              det.t_audio)
 
     # A device's supervisor calls these on the loop, once per state change; "missing" comes
     # right after the stream failed, before anything the failure woke (a playback drain).
@@ -299,7 +365,7 @@ class Daemon:
         if state is DeviceState.MISSING:
             self._missing.add("microphone")
             # The next frame is not contiguous with the last one: the wake word starts afresh.
-            self.wake.forget()
+            self.listener.forget()
             self._do(self.core.on_microphone_lost(self.clock()))
         elif state is DeviceState.OK and "microphone" in self._missing:
             self._missing.discard("microphone")
@@ -351,14 +417,22 @@ class Daemon:
             log.info("%s", self.link.status_text)
 
     async def _tick(self) -> None:
+        """Ticks while no frame comes (the microphone is missing or hung); the frames carry
+        them otherwise (see :meth:`_on_frame`)."""
         while True:
-            await asyncio.sleep(TICK_S)
-            self._last_tick = self.clock()
-            try:
-                self._do(self.core.on_tick(self.clock()))
-            except Exception:
-                self.errors += 1
-                log.exception("error in the timer tick")
+            stalled = self.clock() - self._last_frame_at > 2 * TICK_S
+            await asyncio.sleep(TICK_S if stalled else TICK_FALLBACK_S)
+            now = self.clock()
+            if now - self._last_tick >= TICK_S:
+                self._run_tick(now)
+
+    def _run_tick(self, now: float) -> None:
+        self._last_tick = now
+        try:
+            self._do(self.core.on_tick(now))
+        except Exception:
+            self.errors += 1
+            log.exception("error in the timer tick")
 
     async def _ducking(self) -> None:
         """Carries out duck/unduck in order (the ducker is idempotent and bounded)."""
@@ -433,6 +507,11 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
+            # Idle: nothing but the wake word needs the frames, and it only needs them soon
+            # once speech began (see WakeWorker.relaxed).
+            self.listener.relaxed = a.new is c.State.IDLE
+            if a.new is not c.State.IDLE:
+                self.capture.wake_after(0)  # every frame at once again
 
     def _stop_playback(self, a: c.StopPlayback, frame_t: float | None) -> None:
         if self.playback.state is DeviceState.OK:  # a lost speaker was flushed already
@@ -478,7 +557,8 @@ class Daemon:
                                "state": self.capture.state.value},
                 "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
                             "state": self.playback.state.value}},
-            "wake_words": list(self.wake.detector.names),
+            "wake_words": list(self.wake_words),
+            "wake": dataclasses.asdict(self.listener.stats),
             **self.metrics.status(),
             "errors": self.errors,
         }

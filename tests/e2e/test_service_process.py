@@ -68,6 +68,8 @@ async def test_ready_only_once_listening_then_watchdog_status_and_clean_stop():
         assert snap["state"] == "idle", snap
         assert snap["wake_words"] == ["hey_jarvis"], snap
         assert snap["turns"] == []
+        # The wake word's worker gets the frames and keeps up: none dropped.
+        assert snap["wake"]["frames"] > 0 and snap["wake"]["frames_dropped"] == 0, snap
 
         # A conversation: STATUS follows it and comes back to listening for the wake word.
         mark = len(svc.notify)

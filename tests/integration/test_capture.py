@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
 import pytest
 
+from edgevoice.audio import devices
 from edgevoice.audio.capture import SAMPLE_RATE, Capture
 from edgevoice.audio.devices import DeviceError, DeviceState
 from edgevoice.devkit.virtual import FifoSink, FifoSource, VirtualAlsa
@@ -174,3 +176,75 @@ async def test_device_vanishes_and_comes_back(tmp_path, monkeypatch, caplog):
     finally:
         src.close()
         tap.close(drain=0)
+
+
+@pytest.mark.realtime  # a microphone FIFO paced in real time
+async def test_wake_after_delivers_the_same_frames_a_few_at_a_time(tmp_path, monkeypatch):
+    src = FifoSource(tmp_path / "mic.fifo", SAMPLE_RATE, 1)
+    try:
+        use(VirtualAlsa(tmp_path).capture("testmic", src.path), monkeypatch)
+        got = Frames()
+        drains: list[int] = []  # frames delivered per wake-up of the loop
+        cap = Capture(device="testmic", on_frame=got)
+        drain = cap._drain
+
+        def counted() -> None:
+            before = len(got.frames)
+            drain()
+            if len(got.frames) > before:
+                drains.append(len(got.frames) - before)
+
+        cap._drain = counted  # type: ignore[method-assign]
+        await cap.start(require_device=True)
+        try:
+            await until(lambda: len(got.frames) >= 10, what="first frames")
+            assert max(drains[1:]) == 1  # by default each 20 ms buffer at once (the first
+            # drain takes what the pipe held before the stream started)
+            audio = noise(1.0, SAMPLE_RATE)
+            src.feed(audio)
+            cap.wake_after(4 * 320)  # four frames at a time
+            mark = len(drains)
+            await until(lambda: len(drains) >= mark + 15, what="15 wake-ups")
+            held = drains[mark + 1 : mark + 15]  # the first may have been on its way
+            assert held == [4] * len(held), held
+            cap.wake_after(0)  # back to every buffer, starting with what waits now
+            mark = len(drains)
+            await until(lambda: len(drains) >= mark + 10, what="10 more wake-ups")
+            assert drains[mark + 1 : mark + 10] == [1] * 9, drains[mark:]
+            await until(lambda: got.data().find(audio[:64]) >= 0 and len(got.data())
+                        >= got.data().find(audio[:64]) + len(audio), what="the audio back")
+        finally:
+            await cap.stop()
+        data = got.data()  # nothing lost, nothing reordered
+        start = data.find(audio[:64])
+        assert data[start : start + len(audio)] == audio
+        # Held frames keep the times their buffers arrived at (past the start-up backlog).
+        steps = np.diff(got.times[10:])
+        assert np.allclose(steps, 0.02, atol=0.015), steps
+    finally:
+        src.close()
+
+
+@pytest.mark.realtime  # a microphone FIFO paced in real time
+async def test_the_callback_thread_keeps_its_python_state_until_the_stream_closed(
+        tmp_path, monkeypatch):
+    # PyAudio's callback would otherwise build and tear down a thread state 50 times a
+    # second; the kept one is deleted once PortAudio ended the thread.
+    src = FifoSource(tmp_path / "mic.fifo", SAMPLE_RATE, 1)
+    try:
+        use(VirtualAlsa(tmp_path).capture("testmic", src.path), monkeypatch)
+        got = Frames()
+        cap = Capture(device="testmic", on_frame=got)
+        await cap.start(require_device=True)
+        try:
+            await until(lambda: len(got.frames) >= 5, what="first frames")
+            kept = dict(devices._kept_states)
+            assert len(kept) == 1, kept  # the callback thread's, one for all its calls
+            await until(lambda: len(got.frames) >= 25, what="more frames")
+            assert devices._kept_states == kept
+        finally:
+            await cap.stop()
+        assert devices._kept_states == {}
+        assert not any(os.path.exists(f"/proc/self/task/{tid}") for tid in kept)
+    finally:
+        src.close()

@@ -260,6 +260,46 @@ def test_audio_after_the_wake_word_streams_at_once_and_nothing_before() -> None:
     assert [a.t for a in more] == [1.0]  # the next frame follows, no VAD onset needed
 
 
+def test_a_late_wake_word_still_streams_the_request_from_the_word_end() -> None:
+    # The wake word runs in a worker thread: its detection reaches the core after later
+    # frames (here 1.8 s of them). The request is streamed from the word's end all the same,
+    # the frames already seen included, then each new frame: nothing lost, nothing twice.
+    speech = sentence()[: 140 * FRAME]  # 2.8 s
+    late = Core(CoreSettings(wake_late_s=2.0), echo=EchoGuard(),
+                upstream=UpstreamGate(prefix_padding_ms=300, tail_ms=700, lookback_ms=2500))
+    assert feed(late, speech, 0.0) == []
+    sent = actions_of(SendAudio, late.on_wake("hey_jarvis", 0.9, 1.0, word_end=0.9))
+    assert sent[0].t == 0.9 and b"".join(a.pcm for a in sent) == speech[int(0.9 * 32000):]
+    more = actions_of(SendAudio, late.on_frame(speech[:FRAME], 2.8))
+    assert [a.t for a in more] == [2.8]
+    # Without the look-back the gate holds only its padding: the request's start is lost.
+    short = make_core()
+    feed(short, speech, 0.0)
+    sent = actions_of(SendAudio, short.on_wake("hey_jarvis", 0.9, 1.0, word_end=0.9))
+    assert b"".join(a.pcm for a in sent) != speech[int(0.9 * 32000):]
+
+
+def test_a_late_wake_word_during_a_reply_is_judged_on_the_user_voice_before_it() -> None:
+    # The user says the wake word over a quiet reply (2.0-2.6 s); the detection (at 2.7)
+    # comes when the core is at 4.8. The echo guard's evidence that it was the user lies
+    # 2 s back: kept for wake_late_s, the word barges in; not kept, it counts as echo.
+    speech = sentence()
+    voiced = speech[16000 * 2 : 16000 * 2 + 30 * FRAME]  # 0.6 s past the leading silence
+    reference_db = level_dbfs(voiced) - 30
+
+    def run(wake_late_s: float) -> tuple[Core, list[Any]]:
+        core = responding_core(bargein_local_vad=False, wake_late_s=wake_late_s)
+        mic = bytes(FRAME * 45) + voiced + bytes(FRAME * 110)  # 0.9 s, word, 2.2 s
+        feed(core, mic, 1.1, on_frame=lambda t: core.on_playback_reference(reference_db, t))
+        assert core.state is State.RESPONDING
+        return core, core.on_wake("hey_jarvis", 0.9, 2.7, word_end=2.6)
+
+    core, out = run(2.0)
+    assert actions_of(StopPlayback, out) and core.state is State.LISTENING
+    core, out = run(0.0)
+    assert telemetry(out, TelemetryName.WAKE_IGNORED_ECHO) and core.state is State.RESPONDING
+
+
 def test_end_conversation_waits_for_the_reply_then_goes_idle_without_follow_up() -> None:
     core = responding_core(follow_up_s=6.0)
     assert core.end_conversation(1.5) == [] and core.state is State.RESPONDING

@@ -99,6 +99,14 @@ def test_format_status_shows_state_link_devices_turns_and_tools() -> None:
     assert any("open_door  failed  3 ms  (turn 3)  not allowed" in x for x in lines)
 
 
+def test_format_status_shows_wake_frames_dropped_only_when_there_are_some() -> None:
+    fine = {**IDLE, "wake": {"frames": 500, "frames_dropped": 0, "drop_episodes": 0}}
+    assert "dropped" not in format_status(fine, now=0)
+    behind = {**IDLE, "wake": {"frames": 500, "frames_dropped": 92, "drop_episodes": 2}}
+    assert ("  wake word:   92 frames dropped (the worker fell behind, 2 times)"
+            in format_status(behind, now=0).splitlines())
+
+
 def test_format_status_copes_with_a_sparse_snapshot() -> None:
     assert format_status({"state": "starting"}, now=0).splitlines() == [
         "edgevoice ?: starting", "  status:      starting"]

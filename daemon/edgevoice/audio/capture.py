@@ -4,7 +4,13 @@ The PortAudio callback only appends the buffer PortAudio gave it (already a fres
 and its arrival time to a bounded deque and, if no wake-up is pending, schedules one drain on
 the loop with ``call_soon_threadsafe``. It never blocks and never converts. The loop drains the
 deque, downmixes and resamples (streaming soxr) when the device is not 16 kHz mono, cuts
-fixed-size frames and calls ``on_frame(frame, t)`` for each, in order.
+fixed-size frames and calls ``on_frame(frame, t)`` for each, in order. A 16 kHz mono buffer
+of one frame is passed on as it came (no copy).
+
+Wake-ups. By default the loop is woken for every device buffer. :meth:`Capture.wake_after`
+lets a caller that needs no frame for a while (the daemon while idle) be woken only once
+enough audio for the frames it waits for has come: frames are then delivered a little later,
+a few at a time, never lost or reordered.
 
 Bounds: the hand-off deque holds at most ``max_pending_ms`` of device audio; when the loop falls
 behind further, the oldest buffers are dropped and counted (``stats.dropped_buffers``) — memory
@@ -26,7 +32,13 @@ from dataclasses import dataclass
 import pyaudio
 
 from edgevoice.audio.convert import Resampler, downmix
-from edgevoice.audio.devices import DeviceInfo, DeviceState, OpenedStream, SupervisedStream
+from edgevoice.audio.devices import (
+    DeviceInfo,
+    DeviceState,
+    OpenedStream,
+    SupervisedStream,
+    keep_callback_thread_state,
+)
 
 #: Internal capture format: PCM16 little-endian mono at this rate.
 SAMPLE_RATE = 16000
@@ -123,6 +135,8 @@ class Capture(SupervisedStream):
         self._lock = threading.Lock()
         self._pending: deque[tuple[int, bytes, float, int]] = deque(maxlen=2)
         self._drain_scheduled = False
+        self._waiting = 0  # device frames handed over since the last drain
+        self._wake_after = 0  # ... needed before a drain is scheduled (see wake_after)
         # loop-side conversion state (reset on every open)
         self._resampler: Resampler | None = None
         self._channels = 1
@@ -157,6 +171,7 @@ class Capture(SupervisedStream):
         # Its bound depends only on buffer_ms, not on the format that opens.
         with self._lock:
             self._pending = deque(maxlen=max(2, self.max_pending_ms // self.buffer_ms))
+            self._waiting = 0
         return self._open_first(
             pa, device, _candidates(device, self.preferred_rate, self.preferred_channels),
             buffer_ms=self.buffer_ms, callback=self._make_callback(generation),
@@ -174,6 +189,7 @@ class Capture(SupervisedStream):
         def callback(
             in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int
         ) -> tuple[None, int]:
+            keep_callback_thread_state()
             now = time.monotonic()
             self._last_callback = now
             if in_data is None:
@@ -183,8 +199,10 @@ class Capture(SupervisedStream):
                 if len(pending) == pending.maxlen:
                     self.dropped_buffers += 1  # deque(maxlen) drops the oldest on append
                 pending.append((generation, in_data, now, status))
-                schedule = not self._drain_scheduled
-                self._drain_scheduled = True
+                self._waiting += frame_count
+                schedule = not self._drain_scheduled and self._waiting >= self._wake_after
+                if schedule:
+                    self._drain_scheduled = True
             if schedule:
                 try:
                     loop.call_soon_threadsafe(self._drain)
@@ -195,6 +213,23 @@ class Capture(SupervisedStream):
         return callback
 
     # -- loop side --
+
+    def wake_after(self, samples: int) -> None:
+        """Deliver the next frames only once ``samples`` more 16 kHz samples can be cut
+        (counting what is already converted and not yet delivered), instead of after every
+        device buffer: ``samples`` 0 (the default) goes back to every buffer at once,
+        delivering what waits now. Frames are delayed by at most about ``samples``, never lost
+        or reordered; device failures and stalls are seen as before."""
+        need = samples - len(self._acc) // 2
+        opened = self.opened
+        rate = opened.rate if opened is not None else SAMPLE_RATE
+        self._wake_after = max(0, -(-need * rate // SAMPLE_RATE))  # in device frames
+        if samples == 0 and self._loop is not None:
+            with self._lock:
+                schedule = bool(self._pending) and not self._drain_scheduled
+                self._drain_scheduled = self._drain_scheduled or schedule
+            if schedule:
+                self._loop.call_soon(self._drain)
 
     def _on_opened(self, opened: OpenedStream) -> None:
         self._channels = opened.channels
@@ -214,6 +249,7 @@ class Capture(SupervisedStream):
             early = [item for item in items if item[0] > generation]
             self._pending.extend(early)
             self._drain_scheduled = False
+            self._waiting = 0
         for gen, data, t_end, status in items:
             if gen != generation:
                 continue  # from a closed stream, or too early (kept above)
@@ -227,20 +263,30 @@ class Capture(SupervisedStream):
         if self._resampler is not None:
             data = self._resampler.process(data)
         acc = self._acc
+        fb = self.frame_bytes
+        if not acc and len(data) == fb and type(data) is bytes:
+            # The usual case (a 16 kHz mono device, one frame per buffer): the buffer is
+            # already an immutable frame of its own.
+            self._deliver(data, t_end - self.frame_samples / SAMPLE_RATE)
+            return
         acc += data
         # The last sample in acc arrived at t_end: date frames backwards from there, so
         # timestamps do not drift however the device buffers relate to frames.
         t = t_end - (len(acc) // 2) / SAMPLE_RATE
         step = self.frame_samples / SAMPLE_RATE
-        while len(acc) >= self.frame_bytes:
-            frame = bytes(acc[: self.frame_bytes])
-            del acc[: self.frame_bytes]
-            self.frames += 1
-            try:
-                self.on_frame(frame, t)
-            except Exception:
-                self.log.exception("%s: on_frame failed; frame dropped", self.role)
+        while len(acc) >= fb:
+            with memoryview(acc) as view:
+                frame = bytes(view[:fb])  # one copy, not two (a slice of a bytearray is one)
+            del acc[:fb]
+            self._deliver(frame, t)
             t += step
+
+    def _deliver(self, frame: bytes, t: float) -> None:
+        self.frames += 1
+        try:
+            self.on_frame(frame, t)
+        except Exception:
+            self.log.exception("%s: on_frame failed; frame dropped", self.role)
 
     def _on_lost(self, reason: str) -> None:
         # On a failure, deliver what the dead stream had already handed over (it may be the

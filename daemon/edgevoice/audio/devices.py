@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 #: Seconds a blocking PortAudio call (init/enumerate/open/close) may take before we give up.
 PA_CALL_TIMEOUT = 10.0
+#: How often a running stream is checked (at most; ``stall_timeout / 4`` when shorter): a
+#: stream PortAudio ended is noticed within this.
+WATCH_S = 0.5
 
 
 class DeviceError(Exception):
@@ -404,6 +407,48 @@ async def run_blocking(fn: Callable[[], T], timeout: float, name: str = "pa-call
 StreamCallback = Callable[[bytes | None, int, dict[str, float], int], tuple[bytes | None, int]]
 
 
+# PyAudio enters Python from PortAudio's own callback thread with PyGILState_Ensure/Release.
+# On a thread Python did not create, each such pair builds a thread state and tears it down
+# again, its frame stack a fresh mmap/munmap: 50 times a second per 20 ms stream, a good part
+# of the idle daemon's CPU. One Ensure more on the first callback keeps the state for the
+# thread's life; once the thread is gone (the stream closed), the state is deleted.
+_capi = getattr(ctypes, "pythonapi", None)
+_KEEP_THREAD_STATES = (_capi is not None and hasattr(_capi, "PyGILState_GetThisThreadState")
+                       and os.path.isdir("/proc/self/task"))
+if _KEEP_THREAD_STATES:
+    _capi.PyGILState_GetThisThreadState.restype = ctypes.c_void_p
+    _capi.PyThreadState_Clear.argtypes = [ctypes.c_void_p]
+    _capi.PyThreadState_Delete.argtypes = [ctypes.c_void_p]
+_kept_states: dict[int, int] = {}  # native thread id -> its kept PyThreadState*
+_kept_lock = threading.Lock()
+
+
+def keep_callback_thread_state() -> None:
+    """Call at the start of every PortAudio callback: keeps the calling thread's Python
+    thread state until :func:`release_ended_callback_threads` (O(1) after the first call)."""
+    if not _KEEP_THREAD_STATES:
+        return
+    tid = threading.get_native_id()
+    if tid in _kept_states:
+        return
+    _capi.PyGILState_Ensure()  # the GIL is held: this only counts one more user
+    with _kept_lock:
+        _kept_states[tid] = _capi.PyGILState_GetThisThreadState()
+
+
+def release_ended_callback_threads() -> None:
+    """Delete the kept thread states of callback threads that have ended (after a stream
+    was closed: PortAudio joined its thread). A thread still alive keeps its state."""
+    if not _KEEP_THREAD_STATES:
+        return
+    with _kept_lock:
+        ended = [tid for tid in _kept_states if not os.path.exists(f"/proc/self/task/{tid}")]
+        states = [_kept_states.pop(tid) for tid in ended]
+    for state in states:
+        _capi.PyThreadState_Clear(state)
+        _capi.PyThreadState_Delete(state)
+
+
 def period_frames(rate: int, ms: int) -> int:
     """Frames in a device period of ``ms`` at ``rate`` (at least 1)."""
     return max(1, rate * ms // 1000)
@@ -458,6 +503,7 @@ class SupervisedStream(ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._stop_signal: asyncio.Future[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None
         self._last_callback = 0.0  # monotonic; written by the callback thread
         self._generation = 0  # bumps on every open; callbacks tag their data with it
@@ -531,6 +577,7 @@ class SupervisedStream(ABC):
             return
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._stop_signal = self._loop.create_future()  # done once _stopping is set
         self._first_attempt = self._loop.create_future()
         self._set_state(DeviceState.STARTING, "")
         self._task = asyncio.create_task(self._supervise(), name=f"{self.role}-supervisor")
@@ -546,6 +593,8 @@ class SupervisedStream(ABC):
         if task is None:
             return
         self._stopping.set()
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result(None)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._set_state(DeviceState.STOPPED, "")
@@ -611,14 +660,19 @@ class SupervisedStream(ABC):
         except Exception as exc:  # the device may already be gone
             log.debug("stream close failed: %s", exc)
         terminate_pyaudio(opened.pa)
+        release_ended_callback_threads()
 
     def _settle_first_attempt(self) -> None:
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_result(None)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        # A wait on one future with a timeout: no task and no exception per call, as
+        # wait_for(event.wait()) made (twice a second per stream, all day long).
+        signal = self._stop_signal
+        if signal is None or signal.done():
+            return
+        await asyncio.wait((signal,), timeout=seconds)
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -684,7 +738,7 @@ class SupervisedStream(ABC):
 
     async def _watch(self, opened: OpenedStream) -> tuple[str, bool]:
         """Return why the stream must be closed (failure or stop) and whether it stalled."""
-        interval = max(0.01, min(0.25, self.stall_timeout / 4))
+        interval = max(0.01, min(WATCH_S, self.stall_timeout / 4))
         while True:
             silent = time.monotonic() - self._last_callback
             stalled = silent > self.stall_timeout

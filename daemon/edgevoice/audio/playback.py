@@ -39,6 +39,7 @@ from edgevoice.audio.devices import (
     DeviceState,
     OpenedStream,
     SupervisedStream,
+    keep_callback_thread_state,
     period_frames,
 )
 
@@ -233,6 +234,8 @@ class Playback(SupervisedStream):
         """The ``(t, level_dbfs)`` of periods handed to the device since the last call: ``t``
         is when the period reaches the DAC (``time.monotonic()`` plus PortAudio's reported
         output delay). At most the last few seconds are kept."""
+        if not self._reference:  # nothing played since (a deque's length needs no lock)
+            return []
         with self._lock:
             out = list(self._reference)
             self._reference.clear()
@@ -383,6 +386,7 @@ class Playback(SupervisedStream):
         def callback(
             in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int
         ) -> tuple[bytes, int]:
+            keep_callback_thread_state()
             now = time.monotonic()
             self._last_callback = now
             first: list[str] = []

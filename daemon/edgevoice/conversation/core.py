@@ -177,6 +177,9 @@ class CoreSettings:
     # conversation: a lost response.done or a stray speech_started never leaves the
     # microphone streaming or the conversation hanging. 0 disables it.
     service_timeout_s: float = 20.0
+    # Wake detections may come this long after the frame that completed them (the wake word
+    # runs off the loop): the history that judges them is kept that much longer.
+    wake_late_s: float = 0.0
 
 
 class Core:
@@ -244,9 +247,10 @@ class Core:
 
     def _user_ms(self, t: float, window_s: float) -> float:
         """Milliseconds of voiced microphone audio in ``[t - window_s, t]`` that the echo guard
-        judged to be the user."""
+        judged to be the user (``t`` may lie before the newest frame: a late detection)."""
+        lo = t - window_s
         return self.s.frame_ms * sum(1 for (tv, user) in self._voiced
-                                     if user and tv >= t - window_s)
+                                     if user and lo <= tv <= t)
 
     def _echo_possible(self, t: float, window_s: float) -> bool:
         return self.echo.played_within(t - window_s - self.echo.delay_s, t)
@@ -258,7 +262,11 @@ class Core:
         before ``word_end`` (default ``t``): the audio from there on is the user's request and
         is streamed at once. While the assistant's voice may be in the microphone (it played
         within the word's length), the detection counts only if the echo guard heard the
-        user during the word."""
+        user during the word.
+
+        The detection may come after frames past ``t`` (up to ``wake_late_s``): it is judged
+        on the frames up to ``t``, and the request is streamed from ``word_end`` all the
+        same, the frames already seen included (as far as the upstream gate reaches back)."""
         out: list[Action] = []
         if (self.state is not State.IDLE and self._echo_possible(t, WAKE_WORD_S)
                 and self._user_ms(t, WAKE_WORD_S) < USER_EVIDENCE_MS):
@@ -297,7 +305,7 @@ class Core:
         user = self.echo.is_user(level_dbfs(pcm), t) and decision.voiced
         if decision.voiced:
             self._voiced.append((t, user))
-        while self._voiced and self._voiced[0][0] < t - VOICED_HISTORY_S:
+        while self._voiced and self._voiced[0][0] < t - VOICED_HISTORY_S - self.s.wake_late_s:
             self._voiced.popleft()
         if state is State.LISTENING:
             out.extend(chunks)

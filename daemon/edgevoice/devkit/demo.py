@@ -266,7 +266,7 @@ async def run_demo(
             if run.simulator is not None:
                 timeline.mark("simulator", url=run.simulator.url)
             daemon = run.daemon
-            timeline.mark("listening", words=",".join(daemon.wake.detector.names))
+            timeline.mark("listening", words=",".join(daemon.wake_words))
             t_feed = time.monotonic()
             run.rig.mic.feed(pcm)
             status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)

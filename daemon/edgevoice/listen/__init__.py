@@ -11,6 +11,9 @@ this package.
   with a pre-roll ring buffer; decisions identical to the ungated detector.
 * :mod:`edgevoice.listen.vad` — :class:`UpstreamGate` (what to stream while listening) and
   :class:`LocalEndpointer` (end of utterance when the server's turn detection is off).
+* :mod:`edgevoice.listen.worker` — :class:`~edgevoice.listen.worker.WakeWorker`: the gate in
+  one worker thread behind a bounded queue, so that no model runs on the event loop (the
+  one module here with a thread; not imported by this package).
 """
 
 from edgevoice.listen.gate import WakeGate

@@ -11,6 +11,9 @@ from edgevoice.listen.wake import WakeModelError, WakeWordDetector, WakeWordSpec
 #: Silence sent after speech beyond the server's own silence_duration_ms, so that its turn
 #: detection sees enough silence to close the turn even with network jitter.
 TAIL_MARGIN_MS = 200
+#: A wake word ends at most this long before its detection's stream time (the engines' lag,
+#: 0.1 s for openWakeWord, with room to spare).
+WORD_END_MARGIN_S = 0.5
 
 
 def word_spec(model: WakeModel) -> WakeWordSpec:
@@ -59,10 +62,13 @@ def upstream_tail_ms(cfg: Config) -> int:
     return max(cfg.vad.tail_ms, td.silence_duration_ms + TAIL_MARGIN_MS)
 
 
-def upstream_gate(cfg: Config) -> UpstreamGate:
+def upstream_gate(cfg: Config, *, wake_late_s: float = 0.0) -> UpstreamGate:
+    """The gate of what is streamed; ``wake_late_s``: how late a wake detection may come
+    (its request is still streamed from the word's end)."""
+    lookback_s = wake_late_s + WORD_END_MARGIN_S
     return UpstreamGate(aggressiveness=cfg.vad.aggressiveness, vad_frame_ms=cfg.vad.frame_ms,
                         prefix_padding_ms=cfg.vad.prefix_padding_ms,
-                        tail_ms=upstream_tail_ms(cfg))
+                        tail_ms=upstream_tail_ms(cfg), lookback_ms=round(lookback_s * 1000))
 
 
 def endpointer(cfg: Config) -> LocalEndpointer:

@@ -238,6 +238,7 @@ class UpstreamGate:
         tail_ms: int = 700,
         onset_min_voiced_ms: int = 40,
         onset_window_ms: int = 200,
+        lookback_ms: int = 0,
     ) -> None:
         """aggressiveness, vad_frame_ms, preemphasis: see :class:`SpeechDetector`.
         prefix_padding_ms: audio sent from before the speech start (Voice Live's own
@@ -246,17 +247,21 @@ class UpstreamGate:
             make it the session's ``silence_duration_ms`` + ~200 ms (default 500 + 200).
         onset_min_voiced_ms, onset_window_ms: speech starts when this much voiced audio falls
             within the window (two 20 ms VAD frames in 200 ms by default: one click does not
-            open the stream)."""
+            open the stream).
+        lookback_ms: how far before the newest frame :meth:`open` can still start (at least
+            the padding and the onset window): a wake word detected that late is streamed
+            from its end all the same."""
         self._vad = SpeechDetector(
             aggressiveness=aggressiveness, frame_ms=vad_frame_ms, preemphasis=preemphasis
         )
         fs = self._vad.frame_samples
         self._onset = _Onset.from_ms(onset_min_voiced_ms, onset_window_ms, fs)
-        if prefix_padding_ms < 0 or tail_ms < 0:
-            raise ValueError("prefix_padding_ms and tail_ms must be >= 0")
+        if prefix_padding_ms < 0 or tail_ms < 0 or lookback_ms < 0:
+            raise ValueError("prefix_padding_ms, tail_ms and lookback_ms must be >= 0")
         self.prefix_padding_samples = _ms_to_samples(prefix_padding_ms)
         self.tail_samples = _ms_to_samples(tail_ms)
-        self._ring = _Ring(self.prefix_padding_samples + self._onset.window_frames * fs)
+        self._ring = _Ring(max(self.prefix_padding_samples + self._onset.window_frames * fs,
+                               _ms_to_samples(lookback_ms)))
         self._pos = 0  # stream samples received
         self._streaming = False
         self._speech_end = 0  # end of the last voiced VAD frame while streaming
@@ -279,12 +284,13 @@ class UpstreamGate:
 
     def open(self, since_t: float) -> UpstreamDecision:
         """Start streaming now, from stream time ``since_t`` on (the end of the wake word):
-        the buffered audio from there is sent at once (clamped to what the buffer holds,
-        ``prefix_padding_ms`` + the onset window), then every frame until ``tail_ms`` passes
-        without speech — the user usually speaks right after the wake word, so nothing waits
-        for the VAD. Works in any state; audio before ``since_t`` is never returned. Audio
-        from ``since_t`` on is returned even if an earlier decision returned it: the caller
-        opens the gate when it did not send (while idle, the wake word was speech too)."""
+        the buffered audio from there is sent at once (clamped to what the buffer holds:
+        ``prefix_padding_ms`` + the onset window, or ``lookback_ms``), then every frame until
+        ``tail_ms`` passes without speech — the user usually speaks right after the wake word,
+        so nothing waits for the VAD. Works in any state; audio before ``since_t`` is never
+        returned. Audio from ``since_t`` on is returned even if an earlier decision returned
+        it: the caller opens the gate when it did not send (while idle, the wake word was
+        speech too)."""
         position = self._pos
         for s, c in self._ring._frames:
             end = s + len(c.pcm) // 2

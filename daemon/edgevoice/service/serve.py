@@ -174,17 +174,26 @@ class _Service:
         the daemon ended (None), or the daemon is idle with a reloaded config pending (that
         config)."""
         pending: Config | None = None
-        while not self.stopping.is_set() and not running.task.done():
-            await _first_of(self.stopping.wait(), self.reload_asked.wait(),
-                            asyncio.sleep(STATUS_EVERY_S))
-            if self.reload_asked.is_set():
-                self.reload_asked.clear()
-                pending = self._reload()
-                if pending is None:
-                    continue
-            if pending is not None and running.daemon.core.state is c.State.IDLE:
-                break
-            self.notifier.status(self._status())
+        # The waits are made once (the reload one again after each reload), not twice a
+        # second: a task less to make and cancel each time.
+        stop = asyncio.ensure_future(self.stopping.wait())
+        reload = asyncio.ensure_future(self.reload_asked.wait())
+        try:
+            while not self.stopping.is_set() and not running.task.done():
+                await asyncio.wait((stop, reload, running.task), timeout=STATUS_EVERY_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if self.reload_asked.is_set():
+                    self.reload_asked.clear()
+                    reload = asyncio.ensure_future(self.reload_asked.wait())
+                    pending = self._reload()
+                    if pending is None:
+                        continue
+                if pending is not None and running.daemon.core.state is c.State.IDLE:
+                    break
+                self.notifier.status(self._status())
+        finally:
+            stop.cancel()
+            reload.cancel()
         return None if self.stopping.is_set() else pending
 
     def _reload(self) -> Config | None:

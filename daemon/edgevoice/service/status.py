@@ -25,6 +25,15 @@ values::
         "speaker":    {"device": "default", "state": "ok"}   #   | missing | stopped
       },
       "wake_words": ["hey_jarvis"],
+      "wake": {                      # the wake word's worker thread (WakeWorkerStats)
+        "frames": 90000,             # microphone frames handed to it
+        "frames_dropped": 0,         # dropped because its backlog was full (never processed)
+        "drop_episodes": 0,          # runs of such drops
+        "backlog_max": 4,            # the most frames that waited for it at once
+        "detections": 3, "discarded": 0,  # detections delivered / dropped (mic lost since)
+        "late_ms_max": 0.0,          # newest frame − a detection's stream time, at delivery
+        "errors": 0
+      },
       "turns": [                     # the last few conversation turns, oldest first
         {"turn": 3,                  # running number since start
          "started": 1732200001.2,    # epoch seconds of the wake word (or follow-up speech)
@@ -261,6 +270,11 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
     words = snapshot.get("wake_words") or []
     if words:
         lines.append(f"  wake words:  {', '.join(map(str, words))}")
+    dropped = _section(snapshot, "wake").get("frames_dropped")
+    if _number(dropped) and dropped:
+        episodes = _section(snapshot, "wake").get("drop_episodes")
+        lines.append(f"  wake word:   {dropped} frames dropped (the worker fell behind"
+                     + (f", {episodes} times)" if _number(episodes) else ")"))
 
     turns = [t for t in snapshot.get("turns") or [] if isinstance(t, Mapping)]
     if turns:
