@@ -70,6 +70,7 @@ from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.link.protocol import LinkDown, LinkUp
 from edgevoice.listen import setup
+from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
@@ -96,13 +97,14 @@ async def no_tools(call_id: str, name: str, arguments: str) -> str:
     return json.dumps({"ok": False, "error": f"unknown tool {name!r}: no such tool is declared"})
 
 
-def wake_late_s(cfg: Config) -> float:
+def wake_late_s(gate: WakeGate) -> float:
     """How late a wake detection may reach the core and still be judged as if on time: a
-    full backlog plus a pre-roll replay (on a board that replays about in real time)."""
-    return WAKE_BACKLOG_S + cfg.wake.preroll_ms / 1000
+    full backlog plus the gate's pre-roll replay (on a board that replays about in real
+    time). The pre-roll is the configured one or the engines' context."""
+    return WAKE_BACKLOG_S + gate.pre_roll_samples / SAMPLE_RATE
 
 
-def core_settings(cfg: Config) -> c.CoreSettings:
+def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
     conv, barge, td = cfg.conversation, cfg.bargein, cfg.session.turn_detection
     return c.CoreSettings(
         output_format=cfg.session.output_audio_format,
@@ -119,7 +121,7 @@ def core_settings(cfg: Config) -> c.CoreSettings:
         earcon=conv.earcon,
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
-        wake_late_s=wake_late_s(cfg),
+        wake_late_s=wake_late,
     )
 
 
@@ -201,7 +203,7 @@ class Daemon:
         self.listener = WakeWorker(self.wake, on_detections=self._on_detections,
                                    max_backlog=frames_for(WAKE_BACKLOG_S, cfg.audio.frame_ms))
         self.listener.relaxed = True  # the core starts idle
-        self.wake_late_s = wake_late_s(cfg)
+        self.wake_late_s = wake_late_s(self.wake)
         self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
         barge = cfg.bargein
@@ -211,7 +213,7 @@ class Daemon:
                          margin_db=barge.echo_margin_db,
                          history_s=max(3.0, c.WAKE_WORD_S + delay_s + spread_s
                                        + self.wake_late_s))
-        self.core = c.Core(core_settings(cfg),
+        self.core = c.Core(core_settings(cfg, self.wake_late_s),
                            upstream=setup.upstream_gate(cfg, wake_late_s=self.wake_late_s),
                            echo=echo, endpointer=setup.endpointer(cfg))
         session = cfg.request_session()

@@ -25,8 +25,13 @@ RATE = 16000
 
 
 def corpus_pcm(seconds: float) -> bytes:
-    """The start of the wake corpus (2 s of silence, then the wake clips first)."""
-    return load_corpus(FIXTURES).pcm[: int(seconds * RATE) * 2]
+    """2 s of silence, then the corpus's wake clips of :data:`MODELS` in its order (the first
+    is "hey jarvis"), cut to ``seconds``. Each clip keeps its place on the 80 ms grid."""
+    corpus = load_corpus(FIXTURES)
+    parts = [corpus.pcm[: 2 * 2 * RATE]]
+    parts += [corpus.pcm[2 * c.start : 2 * c.end] for c in corpus.clips
+              if c.label == "wake" and c.model in MODELS]
+    return b"".join(parts)[: int(seconds * RATE) * 2]
 
 
 def frames(pcm: bytes, t0: float = 0.0) -> Iterator[tuple[bytes, float]]:
