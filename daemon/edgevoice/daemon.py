@@ -23,9 +23,10 @@ Guarantees:
   and the daemon goes on; nothing the network or the model sends stops it.
 - ``ready`` is set once the microphone delivers frames and the wake word is listening.
 - The wake word's backlog is bounded (:data:`WAKE_BACKLOG_S`); frames it drops are counted
-  in the status (``wake.frames_dropped``) and logged once per episode. A detection reaches
-  the core at most about :attr:`Daemon.wake_late_s` after its frame and is still handled as
-  if on time (its request streamed from the word's end; see ``Core.on_wake``). The worker
+  in the status (``wake.frames_dropped``) and logged once per episode. A detection that
+  reaches the core up to :attr:`Daemon.wake_late_s` after its frame (a full backlog and a
+  pre-roll replay) is handled as if on time (its request streamed from the word's end; see
+  ``Core.on_wake``); a later one streams what the upstream gate still holds. The worker
   thread is started with the daemon and ended (and joined, its models closed) after the
   microphone closed.
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
@@ -352,6 +353,10 @@ class Daemon:
         if not self._listening:
             return
         for det in detections:
+            late = self.listener.newest - det.t_audio
+            if late > self.wake_late_s:
+                log.warning("wake word %s came %.1f s late (the wake word's worker fell "
+                            "behind): the start of the request may be cut", det.name, late)
             try:
                 self._do(self.core.on_wake(det.name, det.score, det.t_audio,
                                            word_end=det.t_end_estimate))

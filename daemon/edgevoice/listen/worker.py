@@ -163,6 +163,11 @@ class WakeWorker:
         return RELAXED_CHUNKS if self.relaxed and not self._gate_open else 1
 
     @property
+    def newest(self) -> float:
+        """Stream time of the end of the newest frame handed over."""
+        return self._newest
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
