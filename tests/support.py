@@ -23,7 +23,7 @@ import pytest
 from edgevoice.audio.convert import read_wav, resample
 from edgevoice.devkit.simulator import SentError, Simulator
 from edgevoice.devkit.virtual import VirtualAlsa
-from edgevoice.link.protocol import BENIGN_ERRORS
+from edgevoice.link.protocol import is_benign
 
 T = TypeVar("T")
 
@@ -227,8 +227,8 @@ def client_errors(sim: Simulator) -> list[SentError]:
     not the script's own errors, and not the race the link itself treats as benign (a
     ``response.cancel`` that arrives after the response ended: "no active response")."""
     def benign(e: SentError) -> bool:
-        message = str(e.error.get("message", "")).lower()
-        return e.cause == "response.cancel" and any(text in message for text in BENIGN_ERRORS)
+        return e.cause == "response.cancel" and is_benign(str(e.error.get("message", "")),
+                                                            e.error.get("code"))
 
     return [e for e in sim.errors if not e.scripted and not benign(e)]
 

@@ -45,7 +45,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,9 @@ from edgevoice.listen import setup
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
-from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
+from edgevoice.metrics import Metrics, TurnFigures
 from edgevoice.tools import ToolBox
+from edgevoice.tools.confirm import Answer, YesRule
 from edgevoice.util import data_path
 from edgevoice.wire import events as ev
 
@@ -88,6 +89,9 @@ TICK_FALLBACK_S = 1.0
 EARCON_RATE = 24000
 #: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
 WAKE_BACKLOG_S = 2.0
+
+#: The longest a confirmation prompt may take to be spoken (on top of the answer's window).
+CONFIRM_PROMPT_MAX_S = 30.0
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -123,6 +127,8 @@ def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
         wake_late_s=wake_late,
+        confirm_answer_s=cfg.confirmation.answer_wait_s,
+        auto_response=td.type != "none" and td.create_response,
     )
 
 
@@ -196,7 +202,10 @@ class Daemon:
                                    state_dir=state_dir, clock=clock,
                                    max_processes=svc.tool_processes, max_queued=svc.tool_queue,
                                    default_rate_limit=svc.tool_rate_limit,
-                                   runner_socket=svc.tool_runner_path())
+                                   runner_socket=svc.tool_runner_path(),
+                                   ask=self._ask_user,
+                                   yes=YesRule(cfg.confirmation.yes,
+                                               cfg.confirmation.max_words))
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
@@ -247,7 +256,7 @@ class Daemon:
         self._earcons = 0
         self._started_wall = time.time()
         self._state_since = time.time()
-        self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
+        self._answers: dict[str, asyncio.Future[Answer]] = {}  # confirmations asked
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
 
@@ -403,22 +412,6 @@ class Daemon:
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ev.ResponseAudioDelta):
             self.metrics.on_reply_delta(event.item_id)
-        elif isinstance(event, ev.InputAudioBufferSpeechStarted | ev.InputAudioBufferCommitted):
-            self._item_started.setdefault(event.item_id, self.clock())
-            while len(self._item_started) > MAX_TURNS_KEPT:
-                self._item_started.popitem(last=False)
-        elif (isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted)
-                and self.toolbox is not None):
-            # What the user said (the service's transcription of the microphone) is the only
-            # thing that can confirm a confirm = true tool, and only for a turn that began
-            # after the question: its time is that of its own item (transcripts arrive late,
-            # out of step with newer speech).
-            began = self._item_started.get(event.item_id)
-            if began is not None:
-                self.toolbox.user_said(event.transcript, began)
-            else:
-                log.debug("transcript of unknown item %s not used for confirmation",
-                          event.item_id)
         self._do(self.core.on_event(event, self.clock()))
         if isinstance(event, LinkUp | LinkDown):
             log.info("%s", self.link.status_text)
@@ -462,6 +455,24 @@ class Daemon:
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
+
+    async def _ask_user(self, call_id: str, prompt: str, window_s: float) -> Answer:
+        """The ToolBox's asker: the core speaks ``prompt`` and listens for the answer (see
+        ``Core.ask_confirmation``). Bounded: the prompt's time, the window and the wait for
+        the answer's transcript; never raises but CancelledError."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._answers[call_id] = future
+        bound = CONFIRM_PROMPT_MAX_S + window_s + self.cfg.confirmation.answer_wait_s
+        try:
+            self._do(self.core.ask_confirmation(call_id, prompt, window_s, self.clock()))
+            async with asyncio.timeout(bound):
+                return await future
+        except TimeoutError:
+            return Answer(None, why=f"no answer within {bound:g} s")
+        finally:
+            self._answers.pop(call_id, None)
+            if not future.done():  # timed out or cancelled: the core stops asking
+                self._do(self.core.forget_confirmation(call_id, self.clock()))
 
     async def _drained(self) -> None:
         await self.playback.wait_drained()
@@ -507,6 +518,10 @@ class Daemon:
             self._spawn(self._tool(a), f"tool {a.name}")
         elif isinstance(a, c.Earcon):
             self._earcon()
+        elif isinstance(a, c.ConfirmationAnswer):
+            future = self._answers.get(a.call_id)
+            if future is not None and not future.done():
+                future.set_result(Answer(a.transcript, a.began, a.why))
         elif isinstance(a, c.Connect):
             self.link.set_wanted(a.wanted)
         elif isinstance(a, c.Telemetry):

@@ -26,7 +26,8 @@ from harness import Harness, nonzero, running, silence, wake_word
 from hypothesis import HealthCheck, Phase, given, settings
 
 from edgevoice.conversation.telemetry import TelemetryName
-from edgevoice.daemon import MAX_TURNS_KEPT, Daemon
+from edgevoice.daemon import Daemon
+from edgevoice.metrics import MAX_TURNS_KEPT
 from server_input import Event, Frame, bad_frames, describe, error_records, record_frames
 from support import espeak, until
 

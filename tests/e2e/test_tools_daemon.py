@@ -18,6 +18,7 @@ from harness import Harness, hear, running, said, silence, wake_word
 
 from edgevoice.conversation.core import State
 from edgevoice.conversation.telemetry import TelemetryName
+from edgevoice.devkit.virtual import EchoPath
 from edgevoice.link.backoff import Backoff
 from support import espeak, quiet, until
 
@@ -244,96 +245,90 @@ async def test_drop_while_the_tool_runs_reconnects_sends_the_output_once_and_run
 # -- 4. spoken confirmation ---------------------------------------------------------------
 
 
+PROMPT = "Open the {side} window? Say yes to confirm."
+
+
+async def prompt_played(h: Harness) -> None:
+    """Wait until the daemon's question played and it listens for the answer."""
+    await until(lambda: h.entries(TelemetryName.CONFIRM_LISTENING), 30,
+                what="the confirmation question to play")
+
+
+def answers(h: Harness) -> list[dict[str, Any]]:
+    return [e.fields for e in h.entries(TelemetryName.CONFIRM_ANSWER)]
+
+
 @pytest.mark.slow
-async def test_confirm_tool_runs_only_after_the_user_says_yes_and_never_twice_on_one_yes(
-        tmp_path):
+async def test_confirm_tool_runs_after_a_yes_to_the_daemons_own_question(tmp_path):
     window = {"name": "open_window", "arguments": {"side": "left"}}
-    script = {"turn": [
-        # The model asks for the action: not done, the reply asks the user.
-        {"user": "open the window", "calls": [window],
-         "after_tools": "Should I open the left window?"},
-        # The user's spoken yes, then the same call: it runs.
-        {"user": "yes, open it", "calls": [window], "after_tools": "The left window is open."},
-        # The user says "okay" (before the model's new call: it confirms nothing), then the
-        # model calls twice with no user turn in between: neither runs.
-        {"user": "okay, thanks", "calls": [window, window],
-         "after_tools": "I need your confirmation first."},
+    script = {"default_after_tools": "The left window is open.", "turn": [
+        {"user": "open the window", "calls": [window]},
+        # The transcript of the answer; the service's own reply to it is cancelled.
+        {"user": "yes", "say": "This reply must never be heard."},
     ]}
-    tools = [open_window(tmp_path, confirm=True)]
-    async with running(tmp_path, script, tools=tools,
-                       conversation={"follow_up_s": 8.0}) as h:
+    tools = [open_window(tmp_path, confirm=True, confirm_prompt=PROMPT)]
+    async with running(tmp_path, script, tools=tools) as h:
         ask(h, "open the window")
-        await hear(h, "Should I open the left window?")
-        (first,) = outputs(h)
-        assert first[1]["ok"] is False and first[1]["needs_confirmation"] is True
+        # The question is the declared one, spoken by the service as the daemon wrote it.
+        await hear(h, "Open the left window? Say yes to confirm.")
+        [create] = [e for e in h.sim.received("response.create")
+                    if (e.get("response") or {}).get("pre_generated_assistant_message")]
+        assert create["response"]["pre_generated_assistant_message"]["content"][0]["text"] == \
+            "Open the left window? Say yes to confirm."
         assert runs(tmp_path) == []
-
-        await follow_up(h, "yes, open it")
+        await prompt_played(h)
+        h.say(silence(0.4) + espeak("yes") + silence(1.5))  # an answer, after a breath
         await hear(h, "The left window is open.")
-        assert runs(tmp_path) == [["open_window", "left"]]
-        second = outputs(h)[1][1]
-        assert second == {"ok": True, "exit_status": 0, "stdout": "did open_window left"}
-
-        await follow_up(h, "okay, thanks")
-        await hear(h, "I need your confirmation first.")
-        assert runs(tmp_path) == [["open_window", "left"]]  # still the one run
-        assert len(outputs(h)) == 4
-        for _, output in outputs(h)[2:]:
-            assert output["ok"] is False and output["needs_confirmation"] is True
-
-        assert [e.fields["text"] for e in h.entries(TelemetryName.USER_SAID)] == [
-            "open the window", "yes, open it", "okay, thanks"]
-        assert [cid for cid, _ in outputs(h)] == [c["call_id"] for c in calls(h)]
-        assert len(h.sim.received("response.create")) == 3  # one per set of outputs
-        assert h.names().count(TelemetryName.WAKE) == 1  # one conversation
+        assert runs(tmp_path) == [["open_window", "left"]], h.dump()
+        assert outputs(h)[0][1] == {"ok": True, "exit_status": 0,
+                                    "stdout": "did open_window left"}
+        assert [a["text"] for a in answers(h)] == ["yes"]
+        assert "This reply must never be heard." not in said(h)
+        assert h.sim.received("response.cancel")  # the service's own reply to the "yes"
+        assert h.daemon.tool_calls[-1]["confirmed_by"] == "user"  # in the status
+        assert h.daemon.toolbox.audit(outputs(h)[0][0])["confirmation"] == "yes"  # the journal
+        # The input buffer was cleared before the answer's audio.
+        kinds = received_types(h)
+        assert kinds.index("input_audio_buffer.clear") > kinds.index("response.create")
 
 
 @pytest.mark.slow
-async def test_a_late_transcript_of_a_yes_said_before_the_question_confirms_nothing(
-        tmp_path, monkeypatch):
-    # The service transcribes asynchronously: here the transcript of the user's first turn
-    # ("yes, and open the left window", said before the model asked) arrives late, once the
-    # user has started speaking again (the service's next speech_started), before that turn
-    # is committed. It must still count as said before.
-    from edgevoice.devkit.simulator import connection as simmod
-
-    send = simmod.Connection.send
-    held: list[tuple[Any, dict[str, Any]]] = []
-
-    async def late_yes(self: Any, event: dict[str, Any]) -> None:
-        if (event.get("type") == "conversation.item.input_audio_transcription.completed"
-                and str(event.get("transcript", "")).startswith("yes")):
-            held.append((self, event))
-            return
-        await send(self, event)
-        if event.get("type") == "input_audio_buffer.speech_started":
-            while held:
-                session, late = held.pop(0)
-                await send(session, late)
-
-    monkeypatch.setattr(simmod.Connection, "send", late_yes)
+async def test_a_long_okay_declines_and_the_model_is_told(tmp_path):
     window = {"name": "open_window", "arguments": {"side": "left"}}
-    script = {"turn": [
-        {"user": "yes, and open the left window", "calls": [window], "after_tools": "Should I?"},
-        {"user": "hmm", "calls": [window], "after_tools": "Not without a yes."},
+    script = {"default_after_tools": "All right, I left it closed.", "turn": [
+        {"user": "open the window", "calls": [window]},
+        {"user": "okay, and what's the weather tomorrow?"},
     ]}
-    async with running(tmp_path, script, tools=[open_window(tmp_path, confirm=True)],
-                       conversation={"follow_up_s": 8.0}) as h:
-        ask(h, "yes, and open the left window")
-        await hear(h, "Should I?")
-        await follow_up(h, "hmm")
-        await hear(h, "Not without a yes.")
-        assert not held, "the late transcript was never sent"
-        # It came while the user spoke again, before the model's second call.
-        sent = [e["type"] if "transcript" not in e or not e["transcript"].startswith("yes")
-                else "late yes" for e in h.sim.connections[0].sent_events]
-        second_speech = [i for i, t in enumerate(sent)
-                         if t == "input_audio_buffer.speech_started"][1]
-        second_call = [i for i, t in enumerate(sent)
-                       if t == "response.function_call_arguments.done"][1]
-        assert second_speech < sent.index("late yes") < second_call, sent
+    tools = [open_window(tmp_path, confirm=True, confirm_prompt=PROMPT)]
+    async with running(tmp_path, script, tools=tools) as h:
+        ask(h, "open the window")
+        await prompt_played(h)
+        h.say(silence(0.4) + espeak("okay, and what's the weather tomorrow?") + silence(1.5))
+        await hear(h, "All right, I left it closed.")
         assert runs(tmp_path) == []
-        assert all(o["needs_confirmation"] for _, o in outputs(h))
+        assert outputs(h)[0][1] == {"ok": False, "error": "not done: declined by the user"}
+        assert h.daemon.tool_calls[-1]["outcome"] == "declined"
+
+
+@pytest.mark.slow
+async def test_the_questions_own_echo_never_confirms_and_silence_declines(tmp_path):
+    # The speaker leaks into the microphone; the question says "yes", and the simulator would
+    # transcribe any committed audio as "yes". Nobody answers: declined when the window ends.
+    window = {"name": "open_window", "arguments": {"side": "left"}}
+    script = {"default_after_tools": "Nothing was done.", "turn": [
+        {"user": "open the window", "calls": [window]},
+        {"user": "yes"},
+    ]}
+    tools = [open_window(tmp_path, confirm=True, confirm_prompt=PROMPT, confirm_window_s=2.0)]
+    async with running(tmp_path, script, tools=tools,
+                       echo=EchoPath(gain_db=-6.0, delay_ms=60)) as h:
+        ask(h, "open the window")
+        await hear(h, "Nothing was done.")
+        assert runs(tmp_path) == []
+        [answer] = answers(h)
+        assert answer["text"] is None and answer["why"] == "no answer within 2 s"
+        # Nothing but the request was committed: no audio of the question reached it.
+        assert len(h.sim.sent("input_audio_buffer.committed")) == 1
 
 
 # -- 5. invalid arguments and an unknown tool ----------------------------------------------

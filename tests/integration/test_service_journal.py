@@ -228,6 +228,7 @@ def test_tool_calls_reach_the_journal_with_arguments_and_confirmation(
     import json
 
     from edgevoice.tools import ToolBox, ToolSpec
+    from edgevoice.tools.confirm import Answer
 
     setup_logging("info", journal=True)
     marker = uuid.uuid4().hex
@@ -238,33 +239,31 @@ def test_tool_calls_reach_the_journal_with_arguments_and_confirmation(
             "required": ["door"]},
         "command": {"argv": ["/bin/true", "{door}"]}})
     now = [100.0]
-    box = ToolBox([spec], clock=lambda: now[0], confirm_wait_s=0)
+    asked: list[str] = []
+
+    async def ask(call_id: str, prompt: str, window_s: float) -> Answer:
+        asked.append(prompt)
+        return Answer("no" if len(asked) % 2 else "yes", now[0])
+
+    box = ToolBox([spec], clock=lambda: now[0], ask=ask)
     arguments = json.dumps({"door": "front\nforged line"})
-
-    async def calls() -> list[str]:
-        first = await box.call("c1", spec.name, arguments)  # asks
-        now[0] += 1
-        box.user_said("yes please", now[0])
-        now[0] += 1
-        return [first, await box.call("c2", spec.name, arguments)]
-
-    asked, ran = asyncio.run(calls())
+    out = asyncio.run(box.call("c1", spec.name, arguments))
     records = [r for r in fake_journal.records() if r.get("EDGEVOICE_TOOL") == spec.name]
-    # A newline in an argv value is refused before the confirmation is even asked for.
-    assert [r["EDGEVOICE_OUTCOME"] for r in records] == ["invalid", "invalid"], (asked, ran)
+    # A newline in an argv value is refused before the user is even asked.
+    assert [r["EDGEVOICE_OUTCOME"] for r in records] == ["invalid"], out
+    assert asked == []
     assert "\n" not in records[0]["MESSAGE"] and "forged line" in records[0]["MESSAGE"]
     clean = json.dumps({"door": "front"})
 
     async def again() -> str:
-        await box.call("c3", spec.name, clean)
-        now[0] += 1
-        box.user_said("yes", now[0])
-        now[0] += 1
-        return await box.call("c4", spec.name, clean)
+        assert json.loads(await box.call("c3", spec.name, clean))["ok"] is False  # "no"
+        return await box.call("c4", spec.name, clean)  # "yes"
 
     assert json.loads(asyncio.run(again()))["ok"] is True
     records = [r for r in fake_journal.records() if r.get("EDGEVOICE_TOOL") == spec.name]
-    done = records[-1]
+    declined, done = records[-2:]
+    assert declined["EDGEVOICE_OUTCOME"] == "declined"
+    assert declined["EDGEVOICE_CONFIRMATION"] == "no"
     assert done["EDGEVOICE_ARGUMENTS"] == '{"door":"front"}'
     assert done["EDGEVOICE_OUTCOME"] == "ok" and int(done["EDGEVOICE_DURATION_MS"]) >= 0
     assert done["EDGEVOICE_CONFIRMED_BY"] == "user"

@@ -21,6 +21,7 @@ import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
 from edgevoice.tools.actions import DEFAULT_PATH
+from edgevoice.tools.confirm import Answer
 from edgevoice.tools.store import (
     INTERRUPTED,
     MAX_FILE_BYTES,
@@ -28,7 +29,7 @@ from edgevoice.tools.store import (
     TOO_LARGE,
     CallRecordError,
 )
-from support import alive, quiet, until
+from support import alive, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -339,73 +340,68 @@ async def test_rate_limit_refuses_runs_beyond_the_limit(tmp_path: Path) -> None:
     assert len(runs(out)) == 3
 
 
-async def test_confirmation_comes_from_the_user_not_the_model(tmp_path: Path) -> None:
-    out, clock = tmp_path / "runs.jsonl", Clock()
-    box = ToolBox([recorder(out, "{room}", confirm=True, confirm_window_s=30)], clock=clock,
-                  confirm_wait_s=0.05)
-    hall = '{"room": "hall"}'
+class Asker:
+    """Stands for the daemon's spoken prompt: records what is asked, answers as told."""
 
-    async def call(call_id: str, arguments: str = hall) -> dict[str, Any]:
-        clock.t += 1
-        return json.loads(await box.call(call_id, "t", arguments))
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, str, float]] = []
 
-    first = await call("c1")
-    assert first["ok"] is False and first["needs_confirmation"] is True
-    assert "Ask the user to confirm" in first["error"]
-    # The model calling again on its own does not run it.
-    assert (await call("c2"))["needs_confirmation"] is True
-    # Nor does a "yes" the user said before the request.
-    box.user_said("yes", clock.t - 5)
-    assert (await call("c3"))["needs_confirmation"] is True
-    assert runs(out) == []
-
-    clock.t += 1
-    box.user_said("Yes, go ahead.", clock.t)
-    # A "yes" confirms exactly what was asked: other arguments are a new request.
-    assert (await call("c4", '{"room": "kitchen"}'))["needs_confirmation"] is True
-    assert (await call("c5"))["ok"] is True
-    assert [r["argv"] for r in runs(out)] == [["hall"]]
-    # Each run needs its own yes.
-    assert (await call("c6"))["needs_confirmation"] is True
-
-    clock.t += 1
-    box.user_said("No, don't do it", clock.t)
-    assert await call("c7") == {"ok": False, "error": "not done: the user declined"}
-    # The kitchen request, still open, was declined by the same "no".
-    assert (await call("c8", '{"room": "kitchen"}'))["error"] == "not done: the user declined"
-    assert len(runs(out)) == 1
-
-    # A yes after the window is over does not confirm the old request; it asks again.
-    assert (await call("c9"))["needs_confirmation"] is True
-    clock.t += 31
-    box.user_said("yes", clock.t)
-    assert (await call("c10"))["needs_confirmation"] is True
-    assert len(runs(out)) == 1
+    async def __call__(self, call_id: str, prompt: str, window_s: float) -> Answer:
+        self.asked.append((call_id, prompt, window_s))
+        return self.answers.pop(0)
 
 
-@pytest.mark.realtime  # waits for a transcript in wall-clock time, bounded
-async def test_a_yes_transcribed_after_the_models_call_still_confirms(tmp_path: Path) -> None:
-    # The service can send the model's second call before the transcript of the user's "yes":
-    # the call waits a moment for it instead of asking once more.
-    out, clock = tmp_path / "runs.jsonl", Clock()
-    box = ToolBox([recorder(out, "{room}", confirm=True)], clock=clock, confirm_wait_s=5)
-    assert json.loads(await box.call("c1", "t", '{"room": "hall"}'))["needs_confirmation"]
-    clock.t += 2
-    second = asyncio.create_task(box.call("c2", "t", '{"room": "hall"}'))
-    # Nothing may happen while the call waits for a transcript: it neither answers nor runs.
-    done, ran = await quiet(lambda: (second.done(), len(runs(out))), 0.2,
-                            what="the waiting call")
-    assert not done and ran == 0
-    t0 = time.monotonic()
-    box.user_said("yes please", clock.t - 1)  # the user began speaking before the call came
-    assert json.loads(await second)["ok"] is True
-    assert time.monotonic() - t0 < 2 and len(runs(out)) == 1
-    # Without any answer the wait is bounded and the model is told to ask.
-    box = ToolBox([recorder(out, "{room}", confirm=True)], clock=clock, confirm_wait_s=0.3)
-    await box.call("c3", "t", '{"room": "hall"}')
-    t0 = time.monotonic()
-    assert json.loads(await box.call("c4", "t", '{"room": "hall"}'))["needs_confirmation"]
-    assert 0.3 <= time.monotonic() - t0 < 2 and len(runs(out)) == 1
+async def test_confirmation_runs_only_on_a_short_yes_to_the_daemons_own_question(
+        tmp_path: Path) -> None:
+    out = tmp_path / "runs.jsonl"
+    ask = Asker(Answer("Yes, go ahead.", 1000.0), Answer("Okay, and what's the weather?", 1.0),
+                Answer("no", 2.0), Answer(None, why="no answer within 8 s"),
+                Answer("yes please", 3.0))
+    tool = recorder(out, "{room}", confirm=True, confirm_prompt="Open the {room} window?")
+    box = ToolBox([tool], ask=ask)
+
+    async def call(call_id: str, room: str = "hall") -> dict[str, Any]:
+        return json.loads(await box.call(call_id, "t", json.dumps({"room": room})))
+
+    assert (await call("c1"))["ok"] is True
+    # The question is the declared template with the validated arguments, not the model's.
+    assert ask.asked[0] == ("c1", "Open the hall window?", 8.0)
+    declined = {"ok": False, "error": "not done: declined by the user"}
+    for call_id in ("c2", "c3", "c4"):  # a long "okay...", a no, silence
+        assert await call(call_id, "kitchen") == declined
+    assert (await call("c5", "kitchen"))["ok"] is True
+    assert [r["argv"] for r in runs(out)] == [["hall"], ["kitchen"]]
+    # The audit names the answer, also for a decline.
+    assert box.audit("c1")["confirmed_by"] == "user"
+    assert box.audit("c1")["confirmation"] == "Yes, go ahead."
+    assert box.audit("c3")["outcome"] == "declined" and box.audit("c3")["confirmation"] == "no"
+    assert box.audit("c4")["confirmation"] == "(no answer within 8 s)"
+    # Invalid arguments are refused before anybody is asked; a repeated call id is not
+    # asked again.
+    bad = json.loads(await box.call("c6", "t", '{"room": "-rf"}'))
+    assert bad["ok"] is False and len(ask.asked) == 5
+    assert (await call("c1"))["ok"] is True and len(ask.asked) == 5
+
+
+async def test_without_anybody_to_ask_a_confirm_tool_never_runs(tmp_path: Path) -> None:
+    out = tmp_path / "runs.jsonl"
+    box = ToolBox([recorder(out, "{room}", confirm=True)])
+    result = json.loads(await box.call("c1", "t", '{"room": "hall"}'))
+    assert result == {"ok": False, "error": "not done: declined by the user"}
+    assert runs(out) == [] and "nobody can be asked" in box.audit("c1")["error"]
+
+
+async def test_a_declined_call_does_not_use_up_the_rate_limit(tmp_path: Path) -> None:
+    out = tmp_path / "runs.jsonl"
+    ask = Asker(Answer("no"), Answer("yes"))
+    box = ToolBox([recorder(out, "{room}", confirm=True,
+                            rate_limit={"max_calls": 1, "per_s": 60})], ask=ask)
+    assert json.loads(await box.call("c1", "t", '{"room": "hall"}'))["ok"] is False
+    assert json.loads(await box.call("c2", "t", '{"room": "hall"}'))["ok"] is True
+    # Rate limited: refused before the user is asked.
+    assert "rate limit" in json.loads(await box.call("c3", "t", '{"room": "hall"}'))["error"]
+    assert len(ask.asked) == 2
 
 
 @pytest.mark.realtime  # elapsed wall-clock time and loop ticks

@@ -1,67 +1,70 @@
-"""Spoken confirmation: what counts as yes or no, and which turns answer which request."""
+"""Which spoken answers confirm a ``confirm = true`` tool, and the question the daemon asks."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgevoice.tools.confirm import Confirmations, Decision, Verdict
+from edgevoice.config.tools import ToolSpec
+from edgevoice.tools.confirm import YesRule, prompt_text
 
 
 @pytest.mark.parametrize(
-    ("said", "verdict"),
+    ("said", "confirms"),
     [
-        ("Yes.", Verdict.YES),
-        ("yeah go ahead", Verdict.YES),
-        ("Do it!", Verdict.YES),
-        ("OK, confirm", Verdict.YES),
-        ("That's right", Verdict.YES),
-        ("That\u2019s right", Verdict.YES),  # typographic apostrophe from the transcriber
-        ("No.", Verdict.NO),
-        ("Don't do it", Verdict.NO),  # "do it" inside a no is a no
-        ("do not", Verdict.NO),
-        ("yes... no wait", Verdict.NO),  # both: no wins
-        ("I'm not sure", Verdict.NO),
-        ("cancel that", Verdict.NO),
-        ("what's the weather", Verdict.NEITHER),
-        ("I know the answer", Verdict.NEITHER),  # "no" is a word, not a substring
-        ("yesterday", Verdict.NEITHER),
-        ("", Verdict.NEITHER),
+        ("Yes.", True),
+        ("yeah, go ahead", True),
+        ("Do it!", True),
+        ("OK, confirm", True),
+        ("That\u2019s right", True),  # typographic apostrophe from the transcriber
+        ("yes please", True),
+        ("Sure, thanks.", True),
+        ("please", False),  # a filler alone is no answer
+        ("Okay, and what's the weather tomorrow?", False),  # the whole utterance must be yes
+        ("yes but not the front door", False),
+        ("No.", False),
+        ("Don't do it", False),
+        ("yes... no wait", False),
+        ("yes yes yes yes yes", False),  # more than four words
+        ("I know", False),
+        ("yesterday", False),
+        ("", False),
     ],
 )
-def test_classify(said: str, verdict: Verdict) -> None:
-    assert Confirmations().classify(said) is verdict
+def test_only_a_short_whole_yes_confirms(said: str, confirms: bool) -> None:
+    assert YesRule().accepts(said) is confirms
 
 
-def test_custom_phrases() -> None:
-    c = Confirmations(affirmative=["ja", "mach das"], negative=["nein"])
-    assert c.classify("Ja, mach das") is Verdict.YES
-    assert c.classify("nein") is Verdict.NO
-    assert c.classify("yes") is Verdict.NEITHER
+def test_the_list_and_the_length_are_configurable() -> None:
+    rule = YesRule(["ja", "mach das"], max_words=2)
+    assert rule.accepts("Ja, mach das") is False  # three words
+    assert rule.accepts("mach das") is True and rule.accepts("yes") is False
+    with pytest.raises(ValueError):
+        YesRule(["..."])
 
 
-def test_a_request_is_answered_only_by_a_later_turn_within_the_window() -> None:
-    c = Confirmations()
-    assert c.decide("k", 10.0, 30) is Decision.ASK
-    c.heard("yes", 9.0)  # began before the request
-    c.heard("the weather", 11.0)
-    assert c.decide("k", 12.0, 30) is Decision.WAITING  # asked, not answered
-    c.heard("yes", 13.0)
-    assert c.decide("other", 14.0, 30) is Decision.ASK  # a yes answers what was asked...
-    assert c.decide("k", 14.0, 30) is Decision.RUN  # ...including what was asked before it
-    assert c.decide("k", 15.0, 30) is Decision.ASK  # used up: a new request
-    c.heard("no", 16.0)
-    assert c.decide("k", 17.0, 30) is Decision.DECLINED
-    assert c.decide("k", 18.0, 30) is Decision.ASK
-    c.heard("yes", 50.0)
-    assert c.decide("k", 50.5, 30) is Decision.ASK  # the request of 18.0 had expired
+def test_the_question_is_the_template_with_the_validated_arguments() -> None:
+    assert prompt_text("open_window", "Open the {side} window to {percent} percent?",
+                       {"side": "left", "percent": 40.0}) == \
+        "Open the left window to 40 percent?"
+    assert prompt_text("unlock_front_door", None, {}) == \
+        "Should I unlock front door? Please say yes or no."
+    assert prompt_text("set_fan", None, {"on": True}) == \
+        "Should I set fan with on yes? Please say yes or no."
 
 
-def test_bounded() -> None:
-    c = Confirmations(max_pending=3, max_turns=2)
-    for i in range(10):
-        c.decide(f"k{i}", float(i), 100)
-        c.heard("yes", i + 0.5)
-    assert len(c._pending) == 3 and len(c._turns) == 2
-    # The oldest requests were dropped: they ask again instead of running.
-    assert c.decide("k0", 20.0, 100) is Decision.ASK
-    assert c.decide("k9", 20.0, 100) is Decision.RUN
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"confirm_prompt": "Open it?"}, "confirm_prompt is only for confirm = true"),
+        ({"confirm": True, "confirm_prompt": "Open the {door}?"},
+         "confirm_prompt: placeholder {door} is not a declared parameter"),
+        ({"confirm": True, "confirm_prompt": "Open the {side!r}?"}, "plain {name}"),
+        ({"confirm": True, "confirm_window_s": 120}, "less than or equal to 60"),
+    ],
+)
+def test_bad_confirmation_settings_are_refused(fields: dict, error: str) -> None:
+    base = {"name": "open_window", "command": {"argv": ["true", "{side}"]},
+            "parameters": {"type": "object", "required": ["side"],
+                           "properties": {"side": {"type": "string", "enum": ["left"]}}}}
+    with pytest.raises(ValueError, match=error.replace("{", r"\{").replace("(", r"\(")):
+        ToolSpec.model_validate(base | fields)

@@ -26,7 +26,13 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set, declared
+from edgevoice.config.tools import (
+    ConfirmationConfig,
+    RateLimit,
+    ToolSpec,
+    check_tool_set,
+    declared,
+)
 from edgevoice.util import between, is_loopback_host
 from edgevoice.wire.session import (
     AzureSemanticVad,
@@ -435,6 +441,7 @@ class Config(Strict):
     bargein: BargeInConfig = Field(default_factory=BargeInConfig)
     ducking: DuckingConfig = Field(default_factory=DuckingConfig)
     tools: list[ToolConfig] = Field(default_factory=list)
+    confirmation: ConfirmationConfig = Field(default_factory=ConfirmationConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     def request_session(self) -> RequestSession:

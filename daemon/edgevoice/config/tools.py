@@ -372,6 +372,25 @@ def _types(schema: Mapping[str, Any]) -> set[str]:
     return {t} if isinstance(t, str) else set(t) if isinstance(t, list) else set()
 
 
+#: Answers that confirm a ``confirm = true`` tool, whole (several may follow each other:
+#: "yes, go ahead"); see :mod:`edgevoice.tools.confirm`.
+DEFAULT_YES: tuple[str, ...] = (
+    "yes", "yeah", "yep", "yup", "sure", "ok", "okay", "confirm", "confirmed", "do it",
+    "go ahead", "please do", "affirmative", "correct", "that's right", "yes please",
+)
+
+
+class ConfirmationConfig(Strict):
+    """``[confirmation]``: which spoken answers confirm a ``confirm = true`` tool."""
+
+    yes: list[Annotated[str, Field(min_length=1, max_length=40, pattern=r"[A-Za-z0-9]")]] = \
+        Field(default_factory=lambda: list(DEFAULT_YES), min_length=1, max_length=64)
+    # Longer answers never confirm ("okay, and what's the weather?").
+    max_words: Annotated[int, Field(ge=1, le=8)] = 4
+    # How long the answer's transcript may take after its speech began.
+    answer_wait_s: Annotated[float, Field(gt=0, le=30)] = 8.0
+
+
 class ToolSpec(FunctionTool):
     """One ``[[tools]]`` entry (see the module docs). Only ``name``, ``description`` and
     ``parameters`` go on the wire (:func:`declared`); the rest stays on the device."""
@@ -379,7 +398,10 @@ class ToolSpec(FunctionTool):
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     rate_limit: RateLimit | None = None
     confirm: bool = False
-    confirm_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # The question the daemon speaks (``{parameter}`` fields); None: built from the name.
+    confirm_prompt: str | None = Field(default=None, min_length=1, max_length=300)
+    # How long after the prompt played the user's answer may start.
+    confirm_window_s: Annotated[float, Field(gt=0, le=60)] = 8.0
     command: CommandAction | None = None
     gpio: GpioAction | None = None
     mqtt: MqttAction | None = None
@@ -432,6 +454,14 @@ class ToolSpec(FunctionTool):
                 self.mqtt.reply_timeout_s > self.timeout_s:
             raise ValueError(f"mqtt.reply_timeout_s ({self.mqtt.reply_timeout_s:g}) must not "
                              f"exceed timeout_s ({self.timeout_s:g})")
+        if self.confirm_prompt is not None:
+            if not self.confirm:
+                raise ValueError("confirm_prompt is only for confirm = true")
+            try:
+                for name in placeholders(self.confirm_prompt):
+                    _param_schema(self.parameters, name)
+            except ValueError as exc:
+                raise ValueError(f"confirm_prompt: {exc}") from None
         self.parameters = _harden(self)
         return self
 

@@ -133,19 +133,34 @@ class Connect:
 
 
 @dataclass(frozen=True)
+class ConfirmationAnswer:
+    """The user's answer to the confirmation prompt of ``call_id``: exactly one per
+    :meth:`Core.ask_confirmation`. ``transcript`` is the service's transcription of the first
+    user turn that began (at ``began``) after the prompt played; None when there is none,
+    ``why`` says what happened instead."""
+
+    call_id: str
+    transcript: str | None
+    began: float | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class StateChanged:
     old: State
     new: State
     t: float
 
 
+#: The pause after a confirmation prompt (reaching past its echo) before speech can answer.
+CONFIRM_PAUSE_MS = 100
 WAKE_WORD_S = 1.5  # how far back a wake word's audio reaches
 USER_EVIDENCE_MS = 120  # user speech needed within it while echo is possible
 VOICED_HISTORY_S = 2.0
 
 Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | PausePlayback
           | ResumePlayback | Duck | Unduck | RunTool | Earcon | Connect | Telemetry
-          | StateChanged)
+          | StateChanged | ConfirmationAnswer)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -180,6 +195,29 @@ class CoreSettings:
     # Wake detections may come this long after the frame that completed them (the wake word
     # runs off the loop): the history that judges them is kept that much longer.
     wake_late_s: float = 0.0
+    # Confirmations: how long an answer's transcript may take after its speech began, and
+    # whether the service answers a committed turn by itself (server VAD, create_response).
+    confirm_answer_s: float = 8.0
+    auto_response: bool = True
+
+
+@dataclass
+class _Confirmation:
+    """One confirmation prompt: queued, then ``prompt`` (being spoken), then ``answer``
+    (listening for the answer)."""
+
+    call_id: str
+    prompt: str
+    window_s: float
+    phase: str = "queued"
+    response_id: str | None = None  # the prompt's response
+    prompt_done: bool = False  # its response.done came
+    open_at: float = 0.0  # answers may start from here on (the prompt and its echo are over)
+    deadline: float = 0.0  # ... until here
+    armed: bool = False  # a pause reaching past open_at was heard: the next speech is new
+    quiet_ms: float = 0.0  # the current pause since the prompt played
+    began: float | None = None  # the answer's speech began
+    item_id: str | None = None  # the answer's user item at the service
 
 
 class Core:
@@ -221,6 +259,10 @@ class Core:
         # (t, is the user) of recent voiced frames: a wake word or follow-up speech while the
         # assistant's voice may still come back from the room needs the user's own voice.
         self._voiced: deque[tuple[float, bool]] = deque()
+        # Confirmation prompts, the first one active (see ask_confirmation).
+        self._confirms: deque[_Confirmation] = deque()
+        self._cancel_auto = False  # the service's own reply to an answer is due: cancel it
+        self._ignored: deque[str] = deque(maxlen=8)  # responses cancelled for that
 
     # ------------------------------------------------------------------ helpers
 
@@ -236,6 +278,7 @@ class Core:
             self._turn_committed = False  # a new user turn
 
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
+        self._decline_all(t, out, f"the conversation ended: {why}")
         self._go(State.IDLE, t, out)
         out.append(Unduck())
         out.append(Telemetry(TelemetryName.IDLE, t, {"why": why}))
@@ -307,7 +350,9 @@ class Core:
             self._voiced.append((t, user))
         while self._voiced and self._voiced[0][0] < t - VOICED_HISTORY_S - self.s.wake_late_s:
             self._voiced.popleft()
-        if state is State.LISTENING:
+        if state is State.LISTENING and self._answering():
+            self._answer_frame(pcm, t, decision.speech_started, decision.voiced, chunks, out)
+        elif state is State.LISTENING:
             out.extend(chunks)
             if decision.voiced:
                 self._heard_speech = True
@@ -371,7 +416,10 @@ class Core:
         out: list[Action] = []
         self._drained = True
         self._progress_at = t
-        if self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs:
+        head = self._confirms[0] if self._confirms else None
+        if head is not None and head.phase == "prompt" and head.prompt_done:
+            self._begin_answer(head, t, out)
+        elif self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs:
             self._to_follow_up(t, out)
         return out
 
@@ -412,7 +460,13 @@ class Core:
             self._idle_since = None
             self._link_up = False
             out.append(Connect(False))
-        if (self.state is State.LISTENING and not self._heard_speech
+        if self._answering():
+            head = self._confirms[0]
+            if head.began is None and t >= head.deadline:
+                self._answered(t, out, None, f"no answer within {head.window_s:g} s")
+            elif head.began is not None and t - head.began >= self.s.confirm_answer_s:
+                self._answered(t, out, None, "no transcript of the answer came")
+        elif (self.state is State.LISTENING and not self._heard_speech
                 and self.s.listen_timeout_s > 0 and t - self._t_state >= self.s.listen_timeout_s):
             self._end_conversation(t, out, "no speech after the wake word")
         if (self.state is State.LISTENING and self._mic_lost_at is not None
@@ -446,7 +500,10 @@ class Core:
         self._voiced_ms = 0.0
         self._pending_chunks = []
         fields: dict[str, Any] = {"state": state.value}
-        if state is State.LISTENING and self._heard_speech:
+        if self._answering():
+            self._answered(t, out, None, "the microphone was lost")
+            fields["then"] = "the confirmation was declined"
+        elif state is State.LISTENING and self._heard_speech:
             if not self._turn_committed:
                 self._turn_committed = True
                 out.append(SendEvent(ev.InputAudioBufferCommit()))
@@ -459,7 +516,7 @@ class Core:
             out.append(ResumePlayback())
             fields["then"] = "reply resumed"
         out.insert(0, Telemetry(TelemetryName.MICROPHONE_LOST, t, fields))
-        if state is State.LISTENING and not self._heard_speech:
+        if self.state is State.LISTENING and not self._heard_speech:
             self._end_conversation(t, out, "microphone lost before any speech")
         return out
 
@@ -509,6 +566,7 @@ class Core:
         elif isinstance(event, LinkDown):
             self._link_up = False  # an outage is the link's to bound (offline_buffer_s)
             out.append(Telemetry(TelemetryName.LINK_DOWN, t, {"reason": event.reason}))
+            self._decline_all(t, out, "the connection to the service was lost")
         elif isinstance(event, TurnAbandoned):
             out.append(Telemetry(TelemetryName.TURN_ABANDONED, t, {"reason": event.reason}))
             if self.state is not State.IDLE:
@@ -519,6 +577,7 @@ class Core:
         elif isinstance(event, ev.InputAudioBufferSpeechStarted):
             out.append(Telemetry(TelemetryName.SPEECH_START_SERVER, t,
                                  {"audio_start_ms": event.audio_start_ms}))
+            self._answer_item(event.item_id)
             self._heard_speech = True
             if (self.state is State.RESPONDING and self._playing_item is not None
                     and self.s.bargein_server_vad):
@@ -536,9 +595,27 @@ class Core:
         elif isinstance(event, ev.InputAudioBufferCommitted):
             if self.state is State.LISTENING:
                 self._turn_committed = True
+            if self._answer_item(event.item_id) and self.s.auto_response:
+                self._cancel_auto = True  # the service replies to a committed turn itself
         elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
             out.append(Telemetry(TelemetryName.USER_SAID, t, {"text": event.transcript}))
+            if self._answering() and event.item_id == self._confirms[0].item_id:
+                self._answered(t, out, event.transcript, "")
+        elif isinstance(event, ev.ConversationItemInputAudioTranscriptionFailed):
+            if self._answering() and event.item_id == self._confirms[0].item_id:
+                self._answered(t, out, None, "the answer could not be transcribed")
         elif isinstance(event, ev.ResponseCreated):
+            head = self._confirms[0] if self._confirms else None
+            if self._cancel_auto or (head is not None and head.phase == "answer"):
+                # The service's own reply to an answer (it replies to a committed turn at
+                # once, before anything asked later): the tool's output decides the reply.
+                self._cancel_auto = False
+                self._ignored.append(event.response.id)
+                out.append(SendEvent(ev.ResponseCancel(response_id=event.response.id)))
+                log.info("the service's reply to a confirmation answer was cancelled")
+                return out
+            if head is not None and head.phase == "prompt" and head.response_id is None:
+                head.response_id = event.response.id
             self._response_id = event.response.id
             self._response_done = False
             self._first_delta_seen = False
@@ -547,7 +624,7 @@ class Core:
                 self._voiced_ms = 0.0
                 self._pending_chunks = []
         elif isinstance(event, ev.ResponseAudioDelta):
-            if self.state is State.RESPONDING:
+            if self.state is State.RESPONDING and event.response_id not in self._ignored:
                 try:
                     data = event.audio_bytes()
                 except ev.MalformedEvent as exc:
@@ -566,9 +643,12 @@ class Core:
             if event.item_id == self._playing_item:
                 out.append(FinishItem(event.item_id))
         elif isinstance(event, ev.ResponseAudioTranscriptDone):
+            if event.response_id in self._ignored:
+                return out
             out.append(Telemetry(TelemetryName.ASSISTANT_SAID, t, {"text": event.transcript}))
         elif isinstance(event, ev.ResponseFunctionCallArgumentsDone):
-            self._calls[event.call_id] = event
+            if event.response_id not in self._ignored:
+                self._calls[event.call_id] = event
         elif isinstance(event, ev.ResponseDone):
             self._on_response_done(event, t, out)
         return out
@@ -583,20 +663,65 @@ class Core:
             self._end_conversation(t, out, "ended on request")
         return out
 
+    def ask_confirmation(self, call_id: str, prompt: str, window_s: float,
+                         t: float) -> list[Action]:
+        """Ask the user to confirm the tool call ``call_id``: speak ``prompt`` (a
+        ``response.create`` with it as ``pre_generated_assistant_message``), then take the
+        first user turn whose speech starts after the prompt finished playing and its echo's
+        tail passed (``echo_delay + echo_spread``), within ``window_s``. Audio from before
+        that is never sent (the service's input buffer is cleared first), so the prompt's
+        own echo cannot answer it, and the service's own reply to the answer is cancelled.
+
+        Exactly one :class:`ConfirmationAnswer` comes for each call: with the answer's
+        transcript, or None when there is none in time, the answer could not be
+        transcribed, the question was interrupted (a barge-in), the link or the microphone
+        was lost, or the conversation ended. Prompts are asked one at a time, in order."""
+        out: list[Action] = []
+        if not self._link_up or self.state is State.IDLE:
+            why = ("the service is unreachable" if not self._link_up
+                   else "the conversation is over")
+            out.append(ConfirmationAnswer(call_id, None, None, why))
+            out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
+                                 {"call_id": call_id, "text": None, "why": why}))
+            return out
+        self._confirms.append(_Confirmation(call_id, prompt, window_s))
+        if len(self._confirms) == 1:
+            self._start_prompt(t, out)
+        return out
+
+    def forget_confirmation(self, call_id: str, t: float) -> list[Action]:
+        """The asker gave up on ``call_id`` (cancelled or timed out): stop asking it."""
+        out: list[Action] = []
+        if self._confirms and self._confirms[0].call_id == call_id:
+            self._answered(t, out, None, "the question was withdrawn")
+        else:
+            self._confirms = deque(c for c in self._confirms if c.call_id != call_id)
+        return out
+
     def shutdown(self, t: float) -> list[Action]:
         """Stop everything: playback off, volumes back, connection closed."""
         out: list[Action] = [StopPlayback(self._playing_item), Unduck(), Connect(False)]
+        self._decline_all(t, out, "the daemon is stopping")
         self._go(State.IDLE, t, out)
         return out
 
     # ------------------------------------------------------------------ internals
 
     def _on_response_done(self, event: ev.ResponseDone, t: float, out: list[Action]) -> None:
-        if self._response_id is None:
-            return  # the conversation gave up on it (service_timeout_s)
+        if event.response.id in self._ignored or self._response_id is None:
+            return  # cancelled for a confirmation, or given up on (service_timeout_s)
         self._response_done = True
         self._response_id = None
         out.append(Telemetry(TelemetryName.REPLY_DONE, t, {"status": event.response.status}))
+        head = self._confirms[0] if self._confirms else None
+        if head is not None and head.response_id == event.response.id:
+            if event.response.status != "completed":
+                self._answered(t, out, None, f"the question was not spoken "
+                                             f"({event.response.status})")
+            else:
+                head.prompt_done = True
+                if self._drained:
+                    self._begin_answer(head, t, out)
         self._run_calls(t, out)
         if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
             self._to_follow_up(t, out)
@@ -626,6 +751,9 @@ class Core:
 
     def _barge_in(self, t: float, out: list[Action], why: str, *, then: State) -> None:
         out.append(Telemetry(TelemetryName.BARGE_IN, t, {"by": why}))
+        if self._confirms and self._confirms[0].phase == "prompt":
+            # Only an answer after the whole question counts: talking over it says no.
+            self._decline_all(t, out, f"the question was interrupted ({why})")
         if self._response_id is not None:  # cancel first, then truncate (after the stop)
             out.append(SendEvent(ev.ResponseCancel()))
         out.append(StopPlayback(self._playing_item))
@@ -642,6 +770,112 @@ class Core:
             self._go(then, t, out)
             self.upstream.reset()
         self._pending_chunks = []
+
+
+    # ------------------------------------------------------------------ confirmations
+
+    def _answering(self) -> bool:
+        return bool(self._confirms) and self._confirms[0].phase == "answer"
+
+    def _start_prompt(self, t: float, out: list[Action]) -> None:
+        head = self._confirms[0]
+        head.phase = "prompt"
+        self._progress_at = t
+        params = ev.ResponseCreateParams(
+            pre_generated_assistant_message=ev.AssistantMessage.from_text(head.prompt))
+        out.append(SendEvent(ev.ResponseCreate(response=params)))
+        out.append(Telemetry(TelemetryName.CONFIRM_ASKED, t,
+                             {"call_id": head.call_id, "prompt": head.prompt}))
+
+    def _begin_answer(self, head: _Confirmation, t: float, out: list[Action]) -> None:
+        """The prompt finished playing at ``t``: listen for the answer."""
+        head.phase = "answer"
+        head.open_at = t + self.echo.delay_s + self.echo.spread_s
+        head.deadline = t + head.window_s
+        out.append(SendEvent(ev.InputAudioBufferClear()))
+        out.append(Telemetry(TelemetryName.CONFIRM_LISTENING, t,
+                             {"call_id": head.call_id, "window_s": head.window_s}))
+        self.turn += 1
+        self._heard_speech = False
+        self._pending_chunks = []
+        self._playing_item = None
+        self._paused = False
+        self.upstream.reset()
+        self._go(State.LISTENING, t, out)
+
+    def _answer_frame(self, pcm: bytes, t: float, speech_started: bool, voiced: bool,
+                      chunks: list[SendAudio], out: list[Action]) -> None:
+        """One frame while listening for a confirmation answer (see ask_confirmation)."""
+        head = self._confirms[0]
+        if head.began is None:
+            if t >= head.deadline:
+                self._answered(t, out, None, f"no answer within {head.window_s:g} s")
+                return
+            if not head.armed:
+                # Speech going on as the question ended (its echo, or an answer begun over
+                # it) is not an answer: wait for a pause; nothing before it is ever sent.
+                head.quiet_ms = 0.0 if voiced else head.quiet_ms + self.s.frame_ms
+                if t >= head.open_at and head.quiet_ms >= CONFIRM_PAUSE_MS:
+                    head.armed = True
+                    self.upstream.reset()
+                    if self.endpointer is not None:
+                        self.endpointer.reset()
+                return
+            if self.endpointer is not None and self.s.local_end_of_utterance:
+                self.endpointer.process(pcm, t)
+            if not speech_started:
+                return
+            if self._echo_possible(t, 0.3) and self._user_ms(t, 0.3) < self.s.frame_ms:
+                out.append(Telemetry(TelemetryName.SPEECH_IGNORED_ECHO, t))
+                self.upstream.reset()
+                return
+            head.began = t
+            self._heard_speech = True
+            self._progress_at = t
+            out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
+            out.extend(chunks)
+            return
+        out.extend(chunks)
+        if self.endpointer is not None and self.s.local_end_of_utterance \
+                and not self._turn_committed and self.endpointer.process(pcm, t).end_of_utterance:
+            self._turn_committed = True  # no response.create: the tool's output decides
+            out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
+            out.append(SendEvent(ev.InputAudioBufferCommit()))
+        if t - head.began >= self.s.confirm_answer_s:
+            self._answered(t, out, None, "no transcript of the answer came")
+
+    def _answer_item(self, item_id: str) -> bool:
+        """Take ``item_id`` as the answer's user item if it is the first since the answer
+        began (nothing was sent before: no older item can start now). True if it is it."""
+        if not self._answering():
+            return False
+        head = self._confirms[0]
+        if head.began is not None and head.item_id is None:
+            head.item_id = item_id
+        return head.item_id == item_id
+
+    def _answered(self, t: float, out: list[Action], transcript: str | None, why: str) -> None:
+        """The active confirmation is decided: report it; wait for the tool's output (which
+        asks for the reply) with the microphone closed; ask the next question."""
+        head = self._confirms.popleft()
+        self._report(head, t, out, transcript, why)
+        if head.phase == "answer" and self.state is State.LISTENING:
+            self._go(State.RESPONDING, t, out)
+            self._heard_speech = True
+            self._drained = True
+            self.upstream.reset()
+        if self._confirms:
+            self._start_prompt(t, out)
+
+    def _decline_all(self, t: float, out: list[Action], why: str) -> None:
+        while self._confirms:
+            self._report(self._confirms.popleft(), t, out, None, why)
+
+    def _report(self, head: _Confirmation, t: float, out: list[Action],
+                transcript: str | None, why: str) -> None:
+        out.append(ConfirmationAnswer(head.call_id, transcript, head.began, why))
+        out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
+                             {"call_id": head.call_id, "text": transcript, "why": why}))
 
 
 def actions_of(kind: type, actions: Iterable[Action]) -> list[Any]:

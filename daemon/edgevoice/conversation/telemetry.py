@@ -43,6 +43,9 @@ class TelemetryName(enum.StrEnum):
     # Tools.
     TOOL_CALL = "tool call"  # name, call_id: the tool runs now
     TOOL_OUTPUT = "tool output"  # call_id: its output went back to the service
+    CONFIRM_ASKED = "confirmation asked"  # call_id, prompt: the fixed question is spoken
+    CONFIRM_LISTENING = "confirmation listening"  # call_id, window_s: it played; the answer?
+    CONFIRM_ANSWER = "confirmation answer"  # call_id, text (None: none), why
     # The end of a conversation.
     IDLE = "idle"  # why
     # The link and the devices.

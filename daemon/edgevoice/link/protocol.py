@@ -86,6 +86,15 @@ LinkEvent = LinkUp | LinkDown | TurnAbandoned | ServiceError
 Inbound = ev.ServerEvent | LinkEvent
 
 BENIGN_ERRORS = ("no active response",)
+#: Error codes of the same race for a cancel naming its response (the response ended, or
+#: another replaced it, before the cancel arrived): benign too, but another response may be
+#: in progress, so the link's own count stays.
+BENIGN_CODES = ("response_cancel_not_active",)
+
+
+def is_benign(message: str, code: str | None) -> bool:
+    """Whether a service error is the harmless race of a cancel that came too late."""
+    return any(text in message.lower() for text in BENIGN_ERRORS) or code in BENIGN_CODES
 #: Client events that carry the current user turn: written ones stay unacked (kept for a
 #: resend) until the service commits or clears the input buffer.
 TURN_AUDIO_EVENTS = ("input_audio_buffer.append", "input_audio_buffer.commit")
@@ -515,8 +524,9 @@ class VoiceLiveProtocol:
     def _service_error(self, event: ev.ErrorEvent) -> ServiceError:
         caused_by = self._sent_types.get(event.error.event_id or "")
         message = event.error.message
-        benign = any(text in message.lower() for text in BENIGN_ERRORS)
-        if benign and caused_by == "response.cancel":
+        benign = is_benign(message, event.error.code)
+        if caused_by == "response.cancel" and any(
+                text in message.lower() for text in BENIGN_ERRORS):
             # Nothing to cancel: whatever response the link still counted as in progress (a
             # response.done lost or never sent) is over, so the link can be quiet again.
             self.response_id = None

@@ -13,8 +13,8 @@ an output, and nothing is run unless every step passed:
 2. an unknown tool name fails;
 3. the arguments must be JSON and valid under the tool's schema (jsonschema: types, enums,
    ranges, required, formats); the error names the field;
-4. ``confirm = true``: the spoken confirmation flow (below);
-5. the rate limit (``max_calls`` runs in any ``per_s`` seconds; only runs count);
+4. the rate limit (``max_calls`` runs in any ``per_s`` seconds; only runs count);
+5. ``confirm = true``: the spoken confirmation flow (below);
 6. the action runs, bounded by ``timeout_s`` (a command's whole process group is killed).
 
 Output format (every call, success or not, is one JSON object as a string)::
@@ -27,16 +27,13 @@ Action fields: command ``exit_status``, ``stdout`` (trimmed, capped at
 the same fields and stderr's last line in ``error``; gpio ``pin`` and ``value`` (``pulsed_s``
 for a pulse); mqtt ``published`` (the topic) and ``reply``; ``get_time`` ``time`` (local ISO
 8601) and ``weekday``; ``set_volume`` ``volume_percent``; ``stop_conversation`` nothing.
-Failures may add ``field`` (the invalid argument) or ``needs_confirmation: true``.
+Failures may add ``field`` (the invalid argument).
 
-Spoken confirmation (``confirm = true``), so that the model cannot confirm on the user's
-behalf: the first call does not run and answers ``needs_confirmation`` ("ask the user"); the
-daemon passes every user turn's *transcription of the microphone* to
-:meth:`ToolBox.user_said`; an identical later call (same tool, same validated arguments)
-within ``confirm_window_s`` runs only if a user turn that began after the first call was
-affirmative ("yes", "go ahead", "do it"…) and none was negative ("no", "don't", "cancel",
-"wait"…; a turn with both counts as negative). A negative answer declines it. See
-:mod:`edgevoice.tools.confirm`.
+Spoken confirmation (``confirm = true``), owned by the daemon so that the model can neither
+confirm on the user's behalf nor choose the question: the call waits while the daemon speaks
+the tool's fixed ``confirm_prompt`` (with the validated arguments) and listens for the next user
+turn that starts after it played; only a short whole "yes" runs it, anything else answers
+"declined by the user". See :mod:`edgevoice.tools.confirm`.
 
 Exactly once: a ``call_id`` runs at most once. A repeated call with the same id — also one
 that arrives while the first still runs — returns the first one's output. The last 256 ids
@@ -46,7 +43,7 @@ it, so that a restart does not run a call again (one cut short by the restart an
 
 Audit: every call is logged on ``edgevoice.tools`` with the fields ``tool``, ``call_id``,
 ``arguments`` (the validated ones; None when invalid), ``outcome`` (``ok``, ``failed``,
-``timeout``, ``invalid``, ``unknown_tool``, ``rate_limited``, ``confirmation_needed``,
+``timeout``, ``invalid``, ``unknown_tool``, ``rate_limited``,
 ``declined``, ``duplicate``, ``interrupted``, ``error``), ``duration_ms`` and ``error``.
 Never logged: the command's environment, the MQTT password.
 """

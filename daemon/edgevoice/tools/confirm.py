@@ -1,117 +1,105 @@
-"""Spoken confirmation of ``confirm = true`` tools.
+"""Spoken confirmation of ``confirm = true`` tools, owned by the daemon.
 
-The model must not be able to confirm on the user's behalf, so nothing the model sends
-counts: only what the user said does, as transcribed by the service from the microphone
-(``conversation.item.input_audio_transcription.completed``) and handed to
-:meth:`Confirmations.heard` by the daemon.
+The model can never confirm on the user's behalf, nor choose what the user is asked:
 
-1. The first call of a tool with some arguments does not run: it opens a *pending
-   confirmation* for exactly that tool and those validated arguments, and the model is told to
-   ask the user.
-2. Each user turn is classified as affirmative (``yes``, ``go ahead``, ``do it``…),
-   negative (``no``, ``don't``, ``cancel``, ``wait``…; a turn with both is negative) or
-   neither.
-3. A later identical call within the tool's ``confirm_window_s`` of the first runs only if a
-   user turn that *began after* the request was affirmative and none since was negative. A
-   negative turn declines it; a call with no user answer yet is told to ask again (the
-   ToolBox first waits briefly for a transcript, which can arrive after the model's call).
-   Running or declining closes the pending confirmation, so each run needs its own "yes".
+1. A call of a ``confirm = true`` tool with valid arguments does not run. The daemon speaks a
+   fixed prompt built here (:func:`prompt_text`) from the tool's declared ``confirm_prompt``
+   template and the validated arguments — through ``response.create`` with
+   ``pre_generated_assistant_message``, so the service speaks exactly that text.
+2. Only the next user turn whose speech *starts after the prompt finished playing* (plus the
+   echo's tail), within the tool's ``confirm_window_s``, is taken as the answer; audio from
+   before that is never sent, so the prompt's own echo cannot answer it (the conversation
+   core owns this timing, see :meth:`edgevoice.conversation.core.Core.ask_confirmation`).
+3. The answer runs the tool only if its whole transcript is an affirmative (:class:`YesRule`:
+   phrases of a configurable list, a few words at most). Anything else — "no", "okay, and
+   what's the weather?", silence, a timeout, a transcript that never comes, a lost link —
+   declines it, and the model is told "declined by the user".
 
-Bounded: at most ``max_pending`` open confirmations and ``max_turns`` remembered turns.
+Each run needs its own answer: nothing is remembered between calls.
 """
 
 from __future__ import annotations
 
-import enum
 import re
-from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-DEFAULT_AFFIRMATIVE: tuple[str, ...] = (
-    "yes", "yeah", "yep", "yup", "sure", "ok", "okay", "confirm", "confirmed", "do it",
-    "go ahead", "please do", "affirmative", "correct", "proceed", "that's right",
-)
-DEFAULT_NEGATIVE: tuple[str, ...] = (
-    "no", "nope", "not", "don't", "dont", "do not", "stop", "cancel", "wait", "abort",
-    "never", "negative", "hold on", "nah",
-)
+from edgevoice.config.tools import DEFAULT_YES
 
-
-class Verdict(enum.Enum):
-    NEITHER = "neither"
-    YES = "yes"
-    NO = "no"
+#: Words that may stand beside an affirmative without changing it ("yes please").
+FILLERS: tuple[str, ...] = ("please", "thanks", "thank you")
+DEFAULT_MAX_WORDS = 4
+DECLINED = "declined by the user"
 
 
-class Decision(enum.Enum):
-    ASK = "ask"  # a new request: ask the user
-    WAITING = "waiting"  # asked before, no answer yet (the transcript may still be coming)
-    RUN = "run"  # confirmed: run now
-    DECLINED = "declined"  # the user said no
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text`` (apostrophes kept, other punctuation dropped)."""
+    return re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'"))
 
 
-def _words(text: str) -> list[str]:
-    text = text.lower().replace("\u2019", "'")
-    return re.findall(r"[a-z0-9']+", text)
+class YesRule:
+    """Whether an answer confirms: the whole utterance is made of affirmative phrases (at
+    least one) and fillers, and has at most ``max_words`` words. Raises ValueError for an
+    empty list or a phrase without words."""
+
+    def __init__(self, yes: Iterable[str] = DEFAULT_YES,
+                 max_words: int = DEFAULT_MAX_WORDS) -> None:
+        self._yes = {tuple(words(p)) for p in yes}
+        if not self._yes or () in self._yes:
+            raise ValueError("the list of affirmative answers must hold phrases with words")
+        self._fillers = {tuple(words(p)) for p in FILLERS}
+        self.max_words = max_words
+
+    def accepts(self, transcript: str) -> bool:
+        said = tuple(words(transcript))
+        if not said or len(said) > self.max_words:
+            return False
+        # covered[i]: said[:i] splits into phrases; with_yes[i]: one of them an affirmative.
+        covered = [True] + [False] * len(said)
+        with_yes = [False] * (len(said) + 1)
+        for end in range(1, len(said) + 1):
+            for start in range(end):
+                if not covered[start]:
+                    continue
+                piece = said[start:end]
+                if piece in self._yes:
+                    covered[end] = with_yes[end] = True
+                elif piece in self._fillers:
+                    covered[end] = True
+                    with_yes[end] = with_yes[end] or with_yes[start]
+        return covered[-1] and with_yes[-1]
 
 
-def _contains(words: list[str], phrase: list[str]) -> bool:
-    n = len(phrase)
-    return any(words[i:i + n] == phrase for i in range(len(words) - n + 1))
+def prompt_text(name: str, template: str | None, args: Mapping[str, Any]) -> str:
+    """The fixed question spoken before ``name`` runs with the validated ``args``: the tool's
+    template with the arguments filled in, or a question built from the tool's name."""
+    if template is None:
+        action = name.replace("_", " ")
+        shown = ", ".join(f"{k.replace('_', ' ')} {_spoken(v)}" for k, v in args.items())
+        return f"Should I {action}{f' with {shown}' if shown else ''}? Please say yes or no."
+    return template.format_map({k: _spoken(v) for k, v in args.items()})
 
 
-class Confirmations:
-    """Pending confirmations and the user's recent turns (see the module docs). Time is
-    passed in (any monotonic clock, the same for calls and turns)."""
+def _spoken(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
-    def __init__(
-        self,
-        affirmative: Iterable[str] = DEFAULT_AFFIRMATIVE,
-        negative: Iterable[str] = DEFAULT_NEGATIVE,
-        *,
-        max_pending: int = 64,
-        max_turns: int = 64,
-    ) -> None:
-        self._yes = [_words(p) for p in affirmative if _words(p)]
-        self._no = [_words(p) for p in negative if _words(p)]
-        self._pending: OrderedDict[str, float] = OrderedDict()
-        self._max_pending = max_pending
-        self._turns: deque[tuple[float, Verdict, str]] = deque(maxlen=max_turns)
-        #: The user turn that confirmed the last call decided RUN: (its start, its words),
-        #: for the audit trail.
-        self.confirmed_by: tuple[float, str] | None = None
 
-    def classify(self, transcript: str) -> Verdict:
-        words = _words(transcript)
-        if any(_contains(words, p) for p in self._no):
-            return Verdict.NO
-        if any(_contains(words, p) for p in self._yes):
-            return Verdict.YES
-        return Verdict.NEITHER
+@dataclass(frozen=True)
+class Answer:
+    """The user's answer to one prompt: ``transcript`` (None: no usable answer, ``why`` says
+    what happened instead) and ``began``, when the answer's speech started (the daemon's
+    clock)."""
 
-    def heard(self, transcript: str, t: float) -> Verdict:
-        """A user turn that began at ``t``."""
-        verdict = self.classify(transcript)
-        if verdict is not Verdict.NEITHER:
-            self._turns.append((t, verdict, transcript))
-        return verdict
+    transcript: str | None
+    began: float | None = None
+    why: str = ""
 
-    def decide(self, key: str, now: float, window_s: float) -> Decision:
-        """What to do with a call of ``key`` (tool and canonical arguments) at ``now``."""
-        asked = self._pending.get(key)
-        if asked is None or now - asked > window_s:
-            self._pending[key] = now
-            self._pending.move_to_end(key)
-            while len(self._pending) > self._max_pending:
-                self._pending.popitem(last=False)
-            return Decision.ASK
-        turns = [(t, v, text) for t, v, text in self._turns if asked < t <= now]
-        answers = [v for _t, v, _text in turns]
-        if Verdict.NO in answers:
-            del self._pending[key]
-            return Decision.DECLINED
-        if Verdict.YES in answers:
-            del self._pending[key]
-            self.confirmed_by = next((t, text) for t, v, text in turns if v is Verdict.YES)
-            return Decision.RUN
-        return Decision.WAITING
+
+#: ``async (call_id, prompt, window_s) -> Answer``: asks the user (the daemon's). Never raises
+#: except CancelledError; bounded in time by its owner.
+Asker = Callable[[str, str, float], Awaitable[Answer]]

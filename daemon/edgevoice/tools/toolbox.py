@@ -6,7 +6,6 @@ See :mod:`edgevoice.tools` for the output format, the confirmation flow and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set
 from edgevoice.tools import builtins
 from edgevoice.tools.actions import GpioPins, ToolFailure, run_command, run_mqtt
 from edgevoice.tools.arguments import ArgumentError, parse_arguments, refusal
-from edgevoice.tools.confirm import Confirmations, Decision
+from edgevoice.tools.confirm import DECLINED, Answer, Asker, YesRule, prompt_text
 from edgevoice.tools.store import INTERRUPTED, CallStore
 
 log = logging.getLogger("edgevoice.tools")
@@ -63,9 +62,10 @@ class _Result:
     arguments: dict[str, Any] | None = None
     error: str | None = None
     confirmed: tuple[float, str] | None = None  # the confirming user turn: (start, words)
+    answer: Answer | None = None  # the user's answer to a confirmation prompt
 
 
-_QUIET = {"ok", "duplicate", "confirmation_needed", "declined"}
+_QUIET = {"ok", "duplicate", "declined"}
 _PROCESS_BUILTINS = {"set_volume"}  # built-ins that start a process (amixer)
 
 
@@ -75,11 +75,12 @@ class ToolBox:
     ``tools``: the validated ``[[tools]]`` entries. ``stop_conversation``: called by the
     ``stop_conversation`` built-in (a function or a coroutine function). ``state_dir``: where
     the record of recent call ids is kept across restarts (None: memory only).
-    ``clock``: monotonic seconds, the clock of :meth:`user_said`'s ``t``; it times rate
-    limits and confirmation windows. ``pin_factory``: a gpiozero pin factory (None: the
-    board's default). ``remember``: how many call ids are kept for exactly-once.
-    ``confirm_wait_s``: how long a repeated confirm call waits for a user transcript still on
-    its way. ``max_processes``: tool processes (commands, amixer) that run at once; a call
+    ``clock``: monotonic seconds (the asker's clock too); it times rate limits.
+    ``pin_factory``: a gpiozero pin factory (None: the board's default).
+    ``remember``: how many call ids are kept for exactly-once. ``ask``: asks the user to
+    confirm a ``confirm = true`` call (the daemon's spoken prompt; None: such calls are
+    declined, nobody can answer); ``yes``: which answers confirm. ``max_processes``: tool
+    processes (commands, amixer) that run at once; a call
     beyond that waits in a queue of at most ``max_queued`` (for up to its ``timeout_s``) and
     is refused as busy when the queue is full or the wait too long. ``default_rate_limit``:
     the rate limit of tools that declare none (None: no limit). ``runner_socket``: the tool
@@ -99,7 +100,8 @@ class ToolBox:
         clock: Callable[[], float] = time.monotonic,
         pin_factory: Any = None,
         remember: int = 256,
-        confirm_wait_s: float = 2.0,
+        ask: Asker | None = None,
+        yes: YesRule | None = None,
         max_processes: int = 4,
         max_queued: int = 8,
         default_rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
@@ -116,9 +118,8 @@ class ToolBox:
         self._gpio = GpioPins([t.gpio for t in tools if t.gpio is not None], pin_factory)
         self._store = CallStore(remember, state_dir / STATE_FILE if state_dir else None)
         self._runs: dict[str, deque[float]] = {}
-        self._confirm = Confirmations()
-        self._confirm_wait_s = confirm_wait_s
-        self._heard = asyncio.Event()
+        self._ask = ask
+        self._yes = yes or YesRule()
         self._stop_conversation = stop_conversation
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
@@ -135,16 +136,6 @@ class ToolBox:
     def audit(self, call_id: str) -> dict[str, Any] | None:
         """The audit record of a recent call (the fields of its log line), or None."""
         return self._audits.get(call_id)
-
-    def user_said(self, transcript: str, t: float) -> None:
-        """Tell the ToolBox about a user turn: ``transcript`` is the service's transcription
-        of the user's microphone audio (never text from the model), ``t`` the time on
-        ``clock`` at which the user began speaking that turn (the ``speech_started`` of its
-        item; the transcript's own arrival time if that is not known)."""
-        verdict = self._confirm.heard(transcript, t)
-        log.debug("tools: user turn at %.2f classified %s", t, verdict.value)
-        heard, self._heard = self._heard, asyncio.Event()
-        heard.set()  # wakes the calls waiting for an answer
 
     async def call(self, call_id: str, name: str, arguments: str) -> str:
         """Run one function call and return its output (a JSON object as a string).
@@ -198,33 +189,23 @@ class ToolBox:
             extra = {"field": exc.field} if exc.field else {}
             return _Result(failed(msg, **extra), "invalid", error=msg)
         now = self._clock()
-        confirmed: tuple[float, str] | None = None
-        if spec.confirm:
-            key = json.dumps([name, args], sort_keys=True, separators=(",", ":"))
-            decision = self._confirm.decide(key, now, spec.confirm_window_s)
-            if decision is Decision.WAITING and self._confirm_wait_s > 0:
-                # The service may send the model's call before the transcript of the user's
-                # answer: give that transcript a moment to arrive.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._heard.wait(), self._confirm_wait_s)
-                now = self._clock()
-                decision = self._confirm.decide(key, now, spec.confirm_window_s)
-            if decision in (Decision.ASK, Decision.WAITING):
-                return _Result(failed(
-                    f"not done: {name} needs the user's spoken confirmation. Ask the user to "
-                    f"confirm; if they agree, call {name} again with the same arguments",
-                    needs_confirmation=True), "confirmation_needed", args)
-            if decision is Decision.DECLINED:
-                msg = "not done: the user declined"
-                return _Result(failed(msg), "declined", args, msg)
-            confirmed = self._confirm.confirmed_by
         limit = spec.rate_limit or self._default_rate_limit
         wait = self._rate_limited(spec.name, limit, now)
         if wait is not None:
             assert limit is not None
             msg = (f"rate limit: at most {limit.max_calls} call(s) per "
                    f"{limit.per_s:g} s; try again in {wait:.0f} s")
-            return _Result(failed(msg), "rate_limited", args, msg, confirmed)
+            return _Result(failed(msg), "rate_limited", args, msg)
+        confirmed: tuple[float, str] | None = None
+        if spec.confirm:
+            answer = await self._confirmation(call_id, spec, args)
+            if answer.transcript is None or not self._yes.accepts(answer.transcript):
+                self._unrate(spec.name, now)  # it did not run: it does not count
+                why = answer.why or f"the answer was not a yes: {answer.transcript!r}"
+                return _Result(failed(f"not done: {DECLINED}"), "declined", args,
+                               f"{DECLINED} ({why})", answer=answer)
+            confirmed = (answer.began if answer.began is not None else self._clock(),
+                         answer.transcript)
         process = spec.command is not None or spec.builtin in _PROCESS_BUILTINS
         if process:
             busy = await self._take_slot(spec)
@@ -250,6 +231,15 @@ class ToolBox:
             if process:
                 self._slots.release()
         return _Result(ok(**fields), "ok", args, confirmed=confirmed)
+
+    async def _confirmation(self, call_id: str, spec: ToolSpec,
+                            args: dict[str, Any]) -> Answer:
+        """Ask the user (see :mod:`edgevoice.tools.confirm`); no asker: no answer."""
+        if self._ask is None:
+            return Answer(None, why="nobody can be asked")
+        prompt = prompt_text(spec.name, spec.confirm_prompt, args)
+        log.info("tools: %s [%s] waits for the user's confirmation", spec.name, call_id)
+        return await self._ask(call_id, prompt, spec.confirm_window_s)
 
     async def _take_slot(self, spec: ToolSpec) -> str | None:
         """A process slot (None), or why the call is refused: the queue is full, or no slot
@@ -356,6 +346,10 @@ class ToolBox:
             fields["confirmed_by"] = "user"
             fields["confirmed_at"] = _wall(began - self._clock() + time.time())
             fields["confirmation"] = compact_arguments(words, 120)
+        elif result.answer is not None:
+            heard = result.answer.transcript
+            fields["confirmation"] = compact_arguments(
+                heard if heard is not None else f"({result.answer.why})", 120)
         if result.error:
             fields["error"] = result.error
         self._audits[call_id] = fields

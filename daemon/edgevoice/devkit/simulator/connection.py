@@ -631,9 +631,16 @@ class Connection:
                 raise ProtocolError("Conversation already has an active response",
                                      code="conversation_already_has_active_response")
             await self.cancel_active("turn_detected" if trigger == "vad" else "client_cancelled")
-        follow_up = trigger == "client" and self.tool_outputs_pending
-        self.tool_outputs_pending = False
-        plan = self.sim._plan(follow_up)
+        message = params.get("pre_generated_assistant_message")
+        if isinstance(message, dict):
+            # The client's fixed text, spoken as it is: no model, no script turn consumed.
+            text = " ".join(str(part.get("text") or "") for part in message.get("content") or []
+                            if isinstance(part, dict))
+            plan = self.sim._fixed_plan(text)
+        else:
+            follow_up = trigger == "client" and self.tool_outputs_pending
+            self.tool_outputs_pending = False
+            plan = self.sim._plan(follow_up)
         active = Active(id=self.sim._new_id("resp"),
                         cause="response.create" if trigger == "client" else None)
         self.active = active

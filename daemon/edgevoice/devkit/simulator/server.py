@@ -385,6 +385,10 @@ class Simulator:
         self.fired.append((time.monotonic(), f"drop:{drop}"))
         return True
 
+    def _fixed_plan(self, text: str) -> Plan:
+        """A reply that speaks ``text`` (``pre_generated_assistant_message``)."""
+        return Plan(turn_index=None, say=text)
+
     def _plan(self, follow_up: bool) -> Plan:
         if follow_up:
             pending, self._pending_tools = self._pending_tools, None
