@@ -6,20 +6,21 @@ checked against the timeline of the same run."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import urllib.error
 import urllib.request
 from collections import Counter
 
 import pytest
-from harness import LONG_REPLY, running, silence, wake_word
+from harness import LISTENING, LONG_REPLY, START_TIMEOUT, running, service, silence, wake_word
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.exporter import TOKEN_FIELDS
 from support import espeak, until
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime, pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.realtime, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -100,3 +101,42 @@ async def test_a_scrape_during_a_run_matches_the_timeline(tmp_path):
     # Closed with the daemon: nothing listens any more.
     with pytest.raises(urllib.error.URLError):
         await asyncio.to_thread(urllib.request.urlopen, url, None, 2)
+
+
+def refused(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.URLError:
+        return True
+    return False
+
+
+async def test_the_endpoint_follows_the_config_across_sighup_and_closes_at_stop():
+    """``edgevoice run`` as a child: the endpoint is the daemon's, so a reload that moves it
+    closes the old port and opens the new one; one that removes it closes it; SIGTERM too."""
+    first, second = free_port(), free_port()
+    url1, url2 = (f"http://127.0.0.1:{p}/metrics" for p in (first, second))
+    async with service({"turn": [{"say": "Okay."}]},
+                       extra=f'[metrics]\nlisten = "127.0.0.1:{first}"\n') as svc:
+        await svc.message("READY", "1", timeout=START_TIMEOUT)
+        _, got = await asyncio.to_thread(scrape, url1)
+        assert got[("edgevoice_turns_total", ())] == 0
+
+        async def reload(extra: str) -> None:
+            svc.write_config(extra=extra)
+            mark = len(svc.notify)
+            svc.proc.send_signal(signal.SIGHUP)
+            reloading = await svc.message("RELOADING", "1", start=mark)
+            ready = await svc.message("READY", "1", start=reloading + 1, timeout=30)
+            assert svc.fields(ready).get("STATUS") == LISTENING, svc.explain()
+
+        await reload(f'[metrics]\nlisten = "127.0.0.1:{second}"\n')
+        assert await asyncio.to_thread(refused, url1), svc.explain()
+        _, got = await asyncio.to_thread(scrape, url2)
+        assert got[("edgevoice_device_missing", (("device", "microphone"),))] == 0
+        await reload("")
+        assert await asyncio.to_thread(refused, url2), svc.explain()
+        await reload(f'[metrics]\nlisten = "127.0.0.1:{second}"\n')
+        await asyncio.to_thread(scrape, url2)
+        await svc.stop_with_sigterm()
+        assert await asyncio.to_thread(refused, url2)
