@@ -70,14 +70,19 @@ def test_without_timestamps_the_estimate_is_kept() -> None:
     assert log.entries[1].text == "one two"
 
 
-def test_timestamps_that_do_not_match_the_text_fall_back_to_the_estimate() -> None:
+def test_timestamps_that_do_not_match_the_text_keep_the_words_heard() -> None:
+    """"21" in the transcript, "twenty one" in the timestamps: what was heard is kept as
+    the timestamps spell it, not estimated."""
     log = ConversationLog()
     log.add_assistant_audio("item_a", 2000.0)
-    log.add_assistant_word("item_a", 0, 300, "Bonjour")
-    log.set_assistant_text("item_a", "one two three four five six seven eight")
-    log.truncate_assistant("item_a", 1000.0)
-    assert log.entries[0].extra["cut_by"] == "estimate"
-    assert log.entries[0].text == "one two three four"
+    for i, word in enumerate(["It", "is", "twenty", "one", "degrees"]):
+        log.add_assistant_word("item_a", 300 * i, 250, word)
+    log.set_assistant_text("item_a", "It is 21 degrees.")
+    log.truncate_assistant("item_a", 1150.0)  # "one" ran 900–1150 ms
+    assert log.entries[0].extra["cut_by"] == "words"
+    assert log.entries[0].text == "It is twenty one"
+    log.truncate_assistant("item_a", 400.0)  # a text that holds the words: cut in it
+    assert log.entries[0].text == "It"
 
 
 def test_word_timestamps_are_bounded_and_a_cut_beyond_them_is_estimated(

@@ -7,8 +7,8 @@ them), function calls and their outputs — as ``conversation.item.create`` requ
 
 Where a barge-in cut a reply, the stored transcript ends where the user stopped hearing it:
 with word timestamps (``response.audio_timestamp.delta``, Azure voices) at the end of the last
-word whose audio had finished playing; without them, at the word boundary nearest below the
-played share of the audio (an estimate).
+word whose audio had finished playing; only without them at the word boundary nearest below
+the played share of the audio (an estimate).
 
 Bounded: at most ``max_items`` entries are kept (oldest dropped first, never separating a
 function call from its output), and user audio is kept only until the item's transcript
@@ -164,43 +164,43 @@ class ConversationLog:
         if end_ms is None:
             entry.text = text
         elif entry.extra.get("cut_by") == "words":
-            exact = self._word_cut(entry, text, end_ms)
-            if exact is not None:
-                entry.text = exact
+            spoken = self._played_words(entry, end_ms)
+            cut = cut_at_words(text, spoken) if spoken is not None else None
+            if cut is not None:  # else (a text without those words) the words stay
+                entry.text = cut
         elif not entry.text:
             entry.text = estimate_cut(text, end_ms, entry.audio_ms)
 
     def truncate_assistant(self, item_id: str, audio_end_ms: float) -> None:
         """Cut the stored transcript to what was heard of the reply (the service drops the
-        unheard text): up to the last word that had finished playing at ``audio_end_ms``
-        when the reply came with word timestamps, else the played share of the text (an
-        estimate). ``extra["cut_by"]`` says which ("words" or "estimate")."""
+        unheard text). With word timestamps: up to the last word that had finished playing
+        at ``audio_end_ms`` (those words themselves when the transcript is not there yet or
+        does not hold them, e.g. "21" spoken as "twenty one"); without them, the played
+        share of the text (an estimate). ``extra["cut_by"]`` says which ("words" or
+        "estimate")."""
         entry = self._find(item_id)
         if entry is None or entry.kind != "assistant":
             return
         entry.extra["truncated_ms"] = audio_end_ms
-        exact = self._word_cut(entry, entry.text or "", audio_end_ms)
-        if exact is not None:
+        spoken = self._played_words(entry, audio_end_ms)
+        if spoken is not None:
             entry.extra["cut_by"] = "words"
-            entry.text = exact
+            cut = cut_at_words(entry.text, spoken) if entry.text else None
+            entry.text = cut if cut is not None else " ".join(spoken)
         else:
             entry.extra["cut_by"] = "estimate"
             entry.text = estimate_cut(entry.text or "", audio_end_ms, entry.audio_ms)
 
     @staticmethod
-    def _word_cut(entry: Entry, text: str, audio_end_ms: float) -> str | None:
-        """``text`` cut after the last word played by ``audio_end_ms`` (the spoken words
-        themselves for no text); None without usable timestamps (none, too many for the
-        cut, or words not found in the text)."""
+    def _played_words(entry: Entry, audio_end_ms: float) -> list[str] | None:
+        """The words that had finished playing at ``audio_end_ms``; None without usable
+        timestamps (none, or the cut lies beyond the ones kept)."""
         if not entry.words:
             return None
         n = played_words(entry.words, audio_end_ms)
         if n == len(entry.words) and not entry.words_complete:
-            return None  # the cut lies beyond the timestamps kept
-        spoken = [w for _, _, w in entry.words[:n]]
-        if not text:
-            return " ".join(w.strip() for w in spoken if w.strip())
-        return cut_at_words(text, spoken)
+            return None
+        return [w.strip() for _, _, w in entry.words[:n] if w.strip()]
 
     def add_function_call(
         self, call_id: str, name: str, arguments: str, item_id: str | None
