@@ -18,6 +18,7 @@ from edgevoice import __version__
 from edgevoice.config import Config, ConfigError, DuckingConfig, find_config_path, load_config
 from edgevoice.secrets import ENV_API_KEY, Secret, SecretError, make_undumpable, protect
 from edgevoice.service.logs import setup_logging
+from edgevoice.util import is_loopback_host
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
@@ -43,6 +44,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
     print(f"{where}: valid{tools}")
+    address = config.metrics.address()
+    if address is not None and not is_loopback_host(address[0]):
+        print(f"{where}: warning: metrics.listen {config.metrics.listen} is reachable from "
+              f"the network (no authentication): keep it on loopback or behind a firewall",
+              file=sys.stderr)
     return 0
 
 

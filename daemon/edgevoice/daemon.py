@@ -34,7 +34,10 @@ Guarantees:
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
 - Telemetry entries (the timeline of :mod:`edgevoice.conversation.telemetry`) go to the
   logger, to :class:`~edgevoice.metrics.Metrics` (the last turns' latency figures and upstream
-  byte counts, bounded, for status output and the benchmark) and to ``on_telemetry``.
+  byte counts, bounded, for status output and the benchmark), to the Prometheus
+  :class:`~edgevoice.exporter.Exporter` when ``[metrics] listen`` is set, and to
+  ``on_telemetry``. The exporter's HTTP server is this daemon's: opened by :meth:`Daemon.run`
+  (a port that cannot be had is logged, nothing else fails) and closed before it returns.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from edgevoice.config import Config
 from edgevoice.conversation import core as c
 from edgevoice.conversation.echo import EchoGuard
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
+from edgevoice.exporter import Exporter, MetricsServer
 from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
 from edgevoice.link.protocol import LinkDown, LinkUp
@@ -77,7 +81,7 @@ from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import Metrics, TurnFigures
 from edgevoice.tools import ToolBox
 from edgevoice.tools.confirm import Answer, YesRule
-from edgevoice.util import data_path
+from edgevoice.util import data_path, is_loopback_host
 from edgevoice.wire import events as ev
 
 log = logging.getLogger("edgevoice.daemon")
@@ -250,6 +254,19 @@ class Daemon:
         self.link.on_audio_written = self.metrics.on_audio_written
         self.errors = 0
         self._missing: set[str] = set()  # roles of the devices reported missing to the core
+        # The Prometheus endpoint ([metrics] listen): this daemon's own registry and server,
+        # opened in run() and closed with the daemon (a SIGHUP rebuild opens a new one).
+        self.exporter: Exporter | None = None
+        self.metrics_server: MetricsServer | None = None
+        address = cfg.metrics.address()
+        if address is not None:
+            self.exporter = Exporter(
+                wake_words=self.wake_words, tools=[t.name for t in cfg.tools],
+                turns=lambda: self.core.turn,
+                missing=lambda: [(d, d in self._missing) for d in ("microphone", "speaker")],
+                clock=clock)
+            self.metrics.on_figure = self.exporter.on_figure
+            self.metrics_server = MetricsServer(self.exporter, *address)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._duck_queue: asyncio.Queue[bool] = asyncio.Queue()
         self._drain_task: asyncio.Task[None] | None = None
@@ -277,6 +294,7 @@ class Daemon:
         Raises DeviceError only if an audio device cannot be opened at all at start."""
         async with ducking_guard(self.ducker):
             try:
+                await self._start_metrics_server()
                 self.listener.start()
                 await self.playback.start()
                 await self.capture.start()
@@ -288,6 +306,24 @@ class Daemon:
             finally:
                 await self._shutdown()
 
+    async def _start_metrics_server(self) -> None:
+        """Listen for scrapes; a port that cannot be had is logged and the daemon serves on
+        without it (as without the status socket)."""
+        server = self.metrics_server
+        if server is None:
+            return
+        try:
+            await server.start()
+        except OSError as exc:
+            log.warning("metrics endpoint off: cannot listen on %s: %s",
+                        self.cfg.metrics.listen, exc.strerror or exc)
+            self.metrics_server = None
+            return
+        if not is_loopback_host(server.host):
+            log.warning("metrics endpoint on %s is reachable from the network, without "
+                        "authentication", self.cfg.metrics.listen)
+        log.info("metrics on http://%s/metrics", self.cfg.metrics.listen)
+
     async def _shutdown(self) -> None:
         self._listening = False  # a detection still on its way must not wake the core again
         with contextlib.suppress(Exception):
@@ -297,6 +333,8 @@ class Daemon:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         self.playback.stop()
         await self.ducker.unduck()
         await self.link.close()
@@ -452,6 +490,12 @@ class Daemon:
         ms = (self.clock() - started) * 1000
         audit = self.toolbox.audit(action.call_id) if self.toolbox else None
         self.metrics.on_tool_done(action, output, ms, audit)
+        if self.exporter is not None:
+            outcome = audit.get("outcome") if audit else None
+            if not outcome:
+                outcome = ("unknown_tool" if self.toolbox is None
+                           else "ok" if self.metrics.tool_calls[-1]["ok"] else "error")
+            self.exporter.on_tool_done(action.name, str(outcome))
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
         self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
@@ -552,6 +596,8 @@ class Daemon:
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
         self.metrics.on_telemetry(entry, frame_t)
+        if self.exporter is not None:
+            self.exporter.on_telemetry(entry)
         details = telemetry_details(entry, self.cfg.service.log_transcripts)
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:

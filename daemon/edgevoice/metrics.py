@@ -156,6 +156,9 @@ class Metrics:
         self._speech_end_at: float | None = None
         # A reply item's first delta (clock time), until its first audio is at the speaker.
         self._delta_at: OrderedDict[str, float] = OrderedDict()
+        #: Called with (name, ms) as a turn's latency figure is taken: ``wake_to_send_ms``,
+        #: ``first_audio_ms`` (the Prometheus histograms).
+        self.on_figure: Callable[[str, float], None] | None = None
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -227,8 +230,10 @@ class Metrics:
         """The link wrote audio to the socket at ``t``: the first time after a wake word is
         the turn's wake-to-send figure."""
         if self._wake_at is not None and self._turns:
-            self._turns[-1].wake_to_send_ms = (t - self._wake_at) * 1000
+            self._turns[-1].wake_to_send_ms = ms = (t - self._wake_at) * 1000
             self._wake_at = None
+            if self.on_figure is not None:
+                self.on_figure("wake_to_send_ms", ms)
 
     def on_reply_delta(self, item_id: str) -> None:
         """A reply audio delta of ``item_id`` came from the service (now)."""
@@ -248,6 +253,8 @@ class Metrics:
         turn.first_delta_to_device_ms = (t - got) * 1000
         if self._speech_end_at is not None and turn.first_audio_ms is None:
             turn.first_audio_ms = (t - self._speech_end_at) * 1000
+            if self.on_figure is not None:
+                self.on_figure("first_audio_ms", turn.first_audio_ms)
         return Telemetry(TelemetryName.FIRST_AUDIO_AT_SPEAKER, t, {
             "item": item_id, "after_delta_ms": round((t - got) * 1000, 1)})
 

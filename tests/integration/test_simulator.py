@@ -638,3 +638,42 @@ def test_example_script_loads_and_shows_every_feature() -> None:
     assert any(t.error for t in script.turns) and any(len(t.calls) > 1 for t in script.turns)
     kinds = {(c.http_status is not None, c.drop, c.silent, c.no_pong) for c in script.connections}
     assert len(kinds) == len(script.connections)
+
+
+async def test_word_timestamps_for_azure_voices_match_the_audio() -> None:
+    """With an Azure voice and output_audio_timestamp_types = ["word"] every spoken word
+    comes with its offset and duration in the reply audio: the audio is loud inside each
+    word's span and silent between the words; an OpenAI voice gets none."""
+    say = "Sunny and warm, then rain."
+    async with scripted([{"say": say}, {"say": say}], pace=0) as sim:
+        async with connect(sim) as c:
+            await c.update(turn_detection=None, output_audio_timestamp_types=["word"],
+                           voice={"type": "azure-standard", "name": "en-US-AvaNeural"})
+            events = await c.respond()
+            stamps = of(events, "response.audio_timestamp.delta")
+            assert [s["text"] for s in stamps] == ["Sunny", "and", "warm", "then", "rain"]
+            assert all(s["timestamp_type"] == "word" and s["content_index"] == 0
+                       and s["item_id"] == stamps[0]["item_id"] for s in stamps)
+            assert of(events, "response.audio_timestamp.done")
+            # Each timestamp comes no later than the audio chunk its word begins in.
+            sent_ms = 0.0
+            for e in events:
+                if e["type"] == "response.audio.delta":
+                    sent_ms += len(base64.b64decode(e["delta"])) / 48
+                elif e["type"] == "response.audio_timestamp.delta":
+                    assert e["audio_offset_ms"] < sent_ms + 100
+            x = np.abs(np.frombuffer(audio_of(events), "<i2").astype(np.int32))
+            ends = 0
+            for s in stamps:
+                start, end = s["audio_offset_ms"], s["audio_offset_ms"] + s["audio_duration_ms"]
+                assert start >= ends and s["audio_duration_ms"] > 0
+                assert x[start * 24:(start + 5) * 24].max() > 200, s  # the word begins here
+                assert x[(end - 5) * 24:end * 24].max() > 200, s  # and is still on here
+                assert x[end * 24 + 24:end * 24 + 48 * 24].max() <= 200, s  # then silence
+                ends = end
+            assert len(x) >= ends * 24
+
+        async with connect(sim) as c:
+            await c.update(turn_detection=None)  # the default OpenAI voice
+            events = await c.respond()
+            assert audio_of(events) and not of(events, "response.audio_timestamp.delta")

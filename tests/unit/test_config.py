@@ -28,7 +28,8 @@ def test_documented_defaults_equal_builtin_defaults() -> None:
 def test_every_key_of_the_schema_is_documented() -> None:
     text = DEFAULTS.read_text()
 
-    for section in ("audio", "wake", "vad", "voicelive", "session", "ducking", "service"):
+    for section in ("audio", "wake", "vad", "voicelive", "session", "ducking", "service",
+                    "metrics"):
         model = Config.model_fields[section].annotation
         for key in model.model_fields:  # type: ignore[union-attr]
             assert f"{key} =" in text or f"{key}]" in text or f"# {key} =" in text, \
@@ -223,3 +224,53 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert len(lines) == 2
     missing = run_cli("check-config", "--config", str(tmp_path / "none.toml"))
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+@pytest.mark.parametrize(("listen", "reason"), [
+    ("9464", 'must be host:port (e.g. "127.0.0.1:9464"), got \'9464\''),
+    ("localhost", 'must be host:port (e.g. "127.0.0.1:9464"), got \'localhost\''),
+    (":9464", 'must be host:port (e.g. "127.0.0.1:9464"), got \':9464\''),
+    ("127.0.0.1:0", "the port must be 1..65535, got '0'"),
+    ("127.0.0.1:65536", "the port must be 1..65535, got '65536'"),
+    ("127.0.0.1:http", "the port must be 1..65535, got 'http'"),
+    ("::1:9464", "an IPv6 address needs brackets: [::1]:9464"),
+    ("[::g]:9464", "[::g] is not an IPv6 address"),
+    ("my host:9464", "'my host' is not a host name or address"),
+])
+def test_bad_metrics_listen_is_refused_naming_the_key(listen: str, reason: str) -> None:
+    assert errors_of(f'[metrics]\nlisten = "{listen}"\n') == [
+        f"edgevoice.toml: metrics.listen: {reason}"]
+
+
+def test_metrics_listen_forms_and_the_non_loopback_warning(tmp_path: Path) -> None:
+    assert Config().metrics.address() is None  # off by default
+    for listen, address in [("127.0.0.1:9464", ("127.0.0.1", 9464)),
+                            ("[::1]:9464", ("::1", 9464)), ("pi.local:80", ("pi.local", 80))]:
+        cfg = parse_config(f'[metrics]\nlisten = "{listen}"\n', "x")
+        assert cfg.metrics.address() == address
+    assert errors_of("[metrics]\nlisten = 9464\n") == [
+        "edgevoice.toml: metrics.listen: must be a string, got 9464"]
+    assert errors_of("[metrics]\nport = 9464\n") == [
+        "edgevoice.toml: metrics.port: unknown key"]
+    wide = tmp_path / "edgevoice.toml"
+    wide.write_text('[metrics]\nlisten = "0.0.0.0:9464"\n')
+    res = run_cli("check-config", "--config", str(wide))
+    assert res.returncode == 0 and "valid" in res.stdout
+    assert "warning: metrics.listen 0.0.0.0:9464 is reachable from the network" in res.stderr
+    local = tmp_path / "local.toml"
+    local.write_text('[metrics]\nlisten = "127.0.0.1:9464"\n')
+    res = run_cli("check-config", "--config", str(local))
+    assert res.returncode == 0 and res.stderr == ""
+
+
+def test_word_timestamps_need_an_azure_voice() -> None:
+    assert errors_of('[session]\noutput_audio_timestamp_types = ["word"]\n') == [
+        "edgevoice.toml: (top level): session.output_audio_timestamp_types: word timestamps "
+        "need an Azure voice ([voice] type = \"azure-standard\", …); OpenAI voices have none "
+        "(leave the key out or set [])"]
+    assert errors_of('[session]\noutput_audio_timestamp_types = ["viseme"]\n') == [
+        "edgevoice.toml: session.output_audio_timestamp_types[0]: must be one of 'word', "
+        "got 'viseme'"]
+    cfg = parse_config('[voice]\ntype = "azure-standard"\nname = "en-US-AvaNeural"\n'
+                       '[session]\noutput_audio_timestamp_types = ["word"]\n', "x")
+    assert cfg.request_session().wire()["output_audio_timestamp_types"] == ["word"]

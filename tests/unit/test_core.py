@@ -482,3 +482,45 @@ def test_the_service_timeout_waits_while_the_link_is_down_and_while_audio_plays(
     core.on_event(response_done(), 90.5)
     core.on_playback_drained(91.6)
     assert core.state is State.FOLLOW_UP
+
+
+def test_a_local_barge_in_says_how_long_the_user_had_spoken() -> None:
+    """speech_ms: from the first voiced frame of the interrupting speech to the frame that
+    decided (the Prometheus barge-in latency starts at that onset)."""
+    speech = sentence()
+    x = np.abs(np.frombuffer(speech, "<i2").astype(np.int32))
+    core = responding_core()
+    level = level_dbfs(speech) - 30
+    out = feed(core, bytes(FRAME * 10) + speech, 2.0,
+               on_frame=lambda t: core.on_playback_reference(level, t))
+    barge = [a for a in actions_of(Telemetry, out) if a.name is TelemetryName.BARGE_IN][0]
+    assert barge.fields["by"] == "local speech"
+    onset = 2.0 + (FRAME * 10 + 2 * int(np.argmax(x > 1000))) / 32000  # first loud sample
+    speech_ms = barge.fields["speech_ms"]
+    assert 200 <= speech_ms <= 400  # min_speech_ms of voice, a little more with dips
+    assert abs((barge.t - speech_ms / 1000) - onset) < 0.1
+    server_core = responding_core()
+    out = server_core.on_event(server({"type": "input_audio_buffer.speech_started",
+                                       "audio_start_ms": 1, "item_id": "u"}), 2.0)
+    barge = [a for a in actions_of(Telemetry, out) if a.name is TelemetryName.BARGE_IN][0]
+    assert barge.fields == {"by": "server speech"}
+
+
+def test_reply_done_carries_the_usage_with_missing_parts_zero() -> None:
+    core = make_core()
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    core.on_event(response_created(), 1.0)
+    out = core.on_event(server({"type": "response.done", "response": {
+        "id": "resp_1", "status": "completed",
+        "usage": {"total_tokens": 60, "input_tokens": 40, "output_tokens": 20,
+                  "input_token_details": {"audio_tokens": 30, "cached_tokens": 8},
+                  "output_token_details": {"text_tokens": 5, "audio_tokens": 15}}}}), 2.0)
+    done = [a for a in actions_of(Telemetry, out) if a.name is TelemetryName.REPLY_DONE][0]
+    assert done.fields == {"status": "completed", "input_tokens": 40, "output_tokens": 20,
+                           "input_text_tokens": 0, "input_audio_tokens": 30,
+                           "output_text_tokens": 5, "output_audio_tokens": 15,
+                           "cached_tokens": 8}
+    core.on_event(response_created("resp_2"), 3.0)
+    out = core.on_event(response_done("resp_2"), 3.1)
+    done = [a for a in actions_of(Telemetry, out) if a.name is TelemetryName.REPLY_DONE][0]
+    assert done.fields == {"status": "completed"}  # no usage: no token fields

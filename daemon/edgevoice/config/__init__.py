@@ -15,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -259,6 +260,9 @@ class SessionConfig(Strict):
     temperature: Annotated[float, between(0.6, 1.2)] = 0.8
     max_response_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] = "inf"
     tool_choice: Literal["auto", "none", "required"] = "auto"
+    # Word timestamps of the reply audio: where a barge-in cut the reply, to the word. None:
+    # asked for with an Azure voice (the only ones that have them); [] never.
+    output_audio_timestamp_types: list[Literal["word"]] | None = None
 
     @model_validator(mode="after")
     def _formats(self) -> SessionConfig:
@@ -430,6 +434,50 @@ class ServiceConfig(Strict):
         return Path(self.status_socket)
 
 
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) as (host, port). Raises ValueError
+    saying what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be host:port (e.g. \"127.0.0.1:9464\"), got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets: [{host}]:{port_text}")
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f"{host!r} is not a host name or address")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"the port must be 1..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class MetricsConfig(Strict):
+    """The Prometheus endpoint (off unless ``listen`` is set)."""
+
+    # host:port to serve /metrics on; "" for none. Loopback unless the network is trusted:
+    # the figures (wake words, tool names, timings) say what goes on in the house or car.
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on; None when off."""
+        return parse_listen(self.listen) if self.listen else None
+
+
 class Config(Strict):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     wake: WakeConfig = Field(default_factory=WakeConfig)
@@ -443,6 +491,7 @@ class Config(Strict):
     tools: list[ToolConfig] = Field(default_factory=list)
     confirmation: ConfirmationConfig = Field(default_factory=ConfirmationConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     def request_session(self) -> RequestSession:
         """The ``session`` of ``session.update`` built from this config. Every field is set
@@ -479,7 +528,23 @@ class Config(Strict):
         }
         if self.voicelive.agent is None:
             values["instructions"] = s.instructions
+        if self.word_timestamps():
+            values["output_audio_timestamp_types"] = ["word"]
         return RequestSession(**values)
+
+    def word_timestamps(self) -> bool:
+        """Whether the session asks for word timestamps of the reply audio
+        (``session.output_audio_timestamp_types``; by default with Azure voices)."""
+        wanted = self.session.output_audio_timestamp_types
+        return not isinstance(self.voice, OpenAIVoice) and (wanted is None or "word" in wanted)
+
+    @model_validator(mode="after")
+    def _timestamps_need_azure(self) -> Config:
+        if self.session.output_audio_timestamp_types and isinstance(self.voice, OpenAIVoice):
+            raise ValueError("session.output_audio_timestamp_types: word timestamps need an "
+                             "Azure voice ([voice] type = \"azure-standard\", …); OpenAI "
+                             "voices have none (leave the key out or set [])")
+        return self
 
     @model_validator(mode="after")
     def _unique_tools(self) -> Config:

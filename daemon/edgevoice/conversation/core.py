@@ -240,6 +240,7 @@ class Core:
         self._t_state = 0.0
         self._pending_chunks: list[SendAudio] = []  # gate's chunks not yet sent (RESPONDING)
         self._voiced_ms = 0.0
+        self._speech_onset = 0.0  # the first frame of the user's speech counted in _voiced_ms
         self._paused = False
         self._end_after_reply = False
         self._response_id: str | None = None
@@ -389,6 +390,8 @@ class Core:
             if not decision.streaming:
                 self._pending_chunks = []
             if user:
+                if self._voiced_ms == 0:
+                    self._speech_onset = t
                 self._voiced_ms += self.s.frame_ms
             else:
                 self._voiced_ms = max(0.0, self._voiced_ms - self.s.frame_ms / 2)
@@ -712,7 +715,8 @@ class Core:
             return  # cancelled for a confirmation, or given up on (service_timeout_s)
         self._response_done = True
         self._response_id = None
-        out.append(Telemetry(TelemetryName.REPLY_DONE, t, {"status": event.response.status}))
+        out.append(Telemetry(TelemetryName.REPLY_DONE, t, {"status": event.response.status,
+                                                           **usage_fields(event.response)}))
         head = self._confirms[0] if self._confirms else None
         if head is not None and head.response_id == event.response.id:
             if event.response.status != "completed":
@@ -750,7 +754,10 @@ class Core:
             self._end_conversation(t, out, "reply done")
 
     def _barge_in(self, t: float, out: list[Action], why: str, *, then: State) -> None:
-        out.append(Telemetry(TelemetryName.BARGE_IN, t, {"by": why}))
+        fields: dict[str, Any] = {"by": why}
+        if why == "local speech":  # how long the user had spoken (from its first frame)
+            fields["speech_ms"] = round((t - self._speech_onset) * 1000)
+        out.append(Telemetry(TelemetryName.BARGE_IN, t, fields))
         if self._confirms and self._confirms[0].phase == "prompt":
             # Only an answer after the whole question counts: talking over it says no.
             self._decline_all(t, out, f"the question was interrupted ({why})")
@@ -876,6 +883,20 @@ class Core:
         out.append(ConfirmationAnswer(head.call_id, transcript, head.began, why))
         out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
                              {"call_id": head.call_id, "text": transcript, "why": why}))
+
+
+def usage_fields(response: ev.Response) -> dict[str, int]:
+    """The token counts of a ``response.done`` (missing parts 0); empty without usage."""
+    u = response.usage
+    if u is None:
+        return {}
+    i, o = u.input_token_details, u.output_token_details
+    return {"input_tokens": u.input_tokens or 0, "output_tokens": u.output_tokens or 0,
+            "input_text_tokens": (i.text_tokens if i else None) or 0,
+            "input_audio_tokens": (i.audio_tokens if i else None) or 0,
+            "output_text_tokens": (o.text_tokens if o else None) or 0,
+            "output_audio_tokens": (o.audio_tokens if o else None) or 0,
+            "cached_tokens": (i.cached_tokens if i else None) or 0}
 
 
 def actions_of(kind: type, actions: Iterable[Action]) -> list[Any]:

@@ -34,10 +34,14 @@ class TelemetryName(enum.StrEnum):
     FIRST_REPLY_AUDIO = "first reply audio"  # item: the reply's first audio delta arrived
     FIRST_AUDIO_AT_SPEAKER = "first audio at speaker"  # item, after_delta_ms (the daemon's)
     ASSISTANT_SAID = "assistant said"  # text
-    REPLY_DONE = "reply done"  # status: the response's response.done
+    # status; with usage: input_tokens, output_tokens, input_text_tokens, input_audio_tokens,
+    # output_text_tokens, output_audio_tokens, cached_tokens (missing parts 0)
+    REPLY_DONE = "reply done"
     SPEAKER_PAUSED = "speaker paused"  # voiced_ms: the user may be barging in
     SPEAKER_RESUMED = "speaker resumed"  # it was not a barge-in
-    BARGE_IN = "barge-in"  # by: "local speech", "server speech", "wake word" or "stop word"
+    # by: "local speech", "server speech", "wake word" or "stop word"; speech_ms (local
+    # speech): from the first frame of the user's speech to the one that decided
+    BARGE_IN = "barge-in"
     PLAYBACK_STOPPED = "playback stopped"  # item, played_ms
     TRUNCATE = "truncate"  # item, audio_end_ms: conversation.item.truncate sent
     # Tools.

@@ -5,16 +5,27 @@ what the model needs to keep the thread: user turns (their transcripts, or their
 no transcript arrived), assistant turns (their transcripts, cut where a barge-in truncated
 them), function calls and their outputs — as ``conversation.item.create`` request items.
 
+Where a barge-in cut a reply, the stored transcript ends where the user stopped hearing it:
+with word timestamps (``response.audio_timestamp.delta``, Azure voices) at the end of the last
+word whose audio had finished playing; only without them at the word boundary nearest below
+the played share of the audio (an estimate).
+
 Bounded: at most ``max_items`` entries are kept (oldest dropped first, never separating a
 function call from its output), and user audio is kept only until the item's transcript
-arrives, at most ``max_audio_bytes`` in all.
+arrives, at most ``max_audio_bytes`` in all; at most :data:`MAX_WORDS` word timestamps per
+reply.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+#: Word timestamps kept per reply (a reply of several minutes; later ones are dropped, and a
+#: cut beyond them falls back to the estimate).
+MAX_WORDS = 2000
 
 Kind = Literal["user", "assistant", "function_call", "function_call_output", "system"]
 
@@ -31,6 +42,54 @@ class Entry:
     arguments: str | None = None
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Assistant replies: (audio offset ms, duration ms, text) of each spoken word, in order.
+    words: list[tuple[float, float, str]] = field(default_factory=list)
+    words_complete: bool = True  # no timestamp was dropped (MAX_WORDS)
+
+
+def played_words(words: list[tuple[float, float, str]], audio_end_ms: float) -> int:
+    """How many of ``words`` (in order) had finished playing at ``audio_end_ms``."""
+    n = 0
+    for offset, duration, _ in words:
+        if offset + duration > audio_end_ms:
+            break
+        n += 1
+    return n
+
+
+def cut_at_words(text: str, words: list[str]) -> str | None:
+    """``text`` up to the end of the last of ``words`` (the spoken words, in order, found in
+    it one after the other, ignoring case), with the punctuation attached to that word; ""
+    for no words. None when the words cannot be found in the text in order."""
+    if not words:
+        return ""
+    pos = 0
+    for word in words:
+        w = word.strip()
+        if not w:
+            continue
+        # At the start of a word of the text: "is" must not match inside "this".
+        found = re.compile(r"(?<!\w)" + re.escape(w), re.IGNORECASE).search(text, pos)
+        if found is None:
+            return None
+        pos = found.end()
+    while pos < len(text) and not text[pos].isspace():
+        pos += 1  # "warm." / "it's," — the word as written
+    return text[:pos].rstrip()
+
+
+def estimate_cut(text: str, audio_end_ms: float, audio_ms: float) -> str:
+    """The played share of ``text``, ending on a word boundary: the estimate for a reply
+    without word timestamps."""
+    if audio_ms <= 0:
+        return text  # nothing to measure the share by
+    share = max(0.0, min(1.0, audio_end_ms / audio_ms))
+    cut = int(len(text) * share)
+    if cut >= len(text):
+        return text
+    # End on a word boundary so the model does not see half words.
+    space = text.rfind(" ", 0, cut + 1)
+    return text[: space if space > 0 else cut].rstrip()
 
 
 class ConversationLog:
@@ -81,27 +140,67 @@ class ConversationLog:
             self._append(entry)
         entry.audio_ms += ms
 
+    def add_assistant_word(self, item_id: str, offset_ms: float, duration_ms: float,
+                           text: str) -> None:
+        """A word timestamp of a reply's audio (``response.audio_timestamp.delta``)."""
+        entry = self._find(item_id)
+        if entry is None:
+            entry = Entry("assistant", item_id=item_id, text="")
+            self._append(entry)
+        if len(entry.words) >= MAX_WORDS:
+            entry.words_complete = False
+            return
+        entry.words.append((float(offset_ms), float(duration_ms), text))
+
     def set_assistant_text(self, item_id: str, text: str) -> None:
+        """The reply's transcript. One that comes after a truncation is cut to what was
+        heard: exactly with word timestamps, else by the estimate when nothing was kept at
+        the truncation (the text it kept then stays)."""
         entry = self._find(item_id)
         if entry is None:
             entry = Entry("assistant", item_id=item_id)
             self._append(entry)
-        if "truncated_ms" not in entry.extra:
+        end_ms = entry.extra.get("truncated_ms")
+        if end_ms is None:
             entry.text = text
+        elif entry.extra.get("cut_by") == "words":
+            spoken = self._played_words(entry, end_ms)
+            cut = cut_at_words(text, spoken) if spoken is not None else None
+            if cut is not None:  # else (a text without those words) the words stay
+                entry.text = cut
+        elif not entry.text:
+            entry.text = estimate_cut(text, end_ms, entry.audio_ms)
 
     def truncate_assistant(self, item_id: str, audio_end_ms: float) -> None:
-        """Cut the stored transcript to the share of the audio that was heard (the service
-        drops the unheard text; this is the best local estimate of what it kept)."""
+        """Cut the stored transcript to what was heard of the reply (the service drops the
+        unheard text). With word timestamps: up to the last word that had finished playing
+        at ``audio_end_ms`` (those words themselves when the transcript is not there yet or
+        does not hold them, e.g. "21" spoken as "twenty one"); without them, the played
+        share of the text (an estimate). ``extra["cut_by"]`` says which ("words" or
+        "estimate")."""
         entry = self._find(item_id)
         if entry is None or entry.kind != "assistant":
             return
         entry.extra["truncated_ms"] = audio_end_ms
-        if entry.text and entry.audio_ms > 0:
-            share = max(0.0, min(1.0, audio_end_ms / entry.audio_ms))
-            cut = int(len(entry.text) * share)
-            # End on a word boundary so the model does not see half words.
-            space = entry.text.rfind(" ", 0, cut + 1)
-            entry.text = entry.text[: space if space > 0 else cut].rstrip()
+        spoken = self._played_words(entry, audio_end_ms)
+        if spoken is not None:
+            entry.extra["cut_by"] = "words"
+            cut = cut_at_words(entry.text, spoken) if entry.text else None
+            entry.text = cut if cut is not None else " ".join(spoken)
+        else:
+            entry.extra["cut_by"] = "estimate"
+            entry.text = estimate_cut(entry.text or "", audio_end_ms, entry.audio_ms)
+
+    @staticmethod
+    def _played_words(entry: Entry, audio_end_ms: float) -> list[str] | None:
+        """The words that had finished playing at ``audio_end_ms``; None without usable
+        timestamps (none, or the cut lies beyond the ones kept)."""
+        if not entry.words:
+            return None
+        n = played_words(entry.words, audio_end_ms)
+        if n == len(entry.words) and not entry.words_complete:
+            return None
+        return [w.strip() for _, _, w in entry.words[:n] if w.strip()]
 
     def add_function_call(
         self, call_id: str, name: str, arguments: str, item_id: str | None

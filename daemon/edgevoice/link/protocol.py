@@ -573,6 +573,11 @@ class VoiceLiveProtocol:
             self.context.add_assistant_audio(event.item_id,
                                              1000.0 * _b64_len(event.delta) / per_second)
             return not self._stale(event, event.response_id)
+        elif isinstance(event, ev.ResponseAudioTimestampDelta):
+            if event.timestamp_type in (None, "word"):
+                self.context.add_assistant_word(event.item_id, event.audio_offset_ms,
+                                                event.audio_duration_ms, event.text)
+            return not self._stale(event, event.response_id)
         elif isinstance(event, ev.ResponseAudioTranscriptDone):
             self.context.set_assistant_text(event.item_id, event.transcript)
         elif isinstance(event, ev.ResponseTextDone):

@@ -90,6 +90,11 @@ def usage(in_audio_ms: float, out_audio_ms: float, out_text: str) -> dict[str, A
     }
 
 
+def _word_text(token: str) -> str:
+    """A word of the reply as its timestamp names it: without the punctuation around it."""
+    return re.sub(r"^[^\w']+|[^\w']+$", "", token.strip())
+
+
 class Connection:
     """Protocol state of one connection. Events are handled in arrival order by :meth:`run`;
     a response runs as its own task so cancels and audio keep flowing meanwhile. Ids, the
@@ -719,7 +724,14 @@ class Connection:
             if item_id in self.items:  # truncatable from its first delta on
                 self.items[item_id]["content"] = [{"type": "audio", "transcript": ""}]
             rate = OUTPUT_FORMAT_RATES[fmt]
-            pcm = await self.sim._tts.pcm(text, rate)
+            stamps: list[tuple[int, int, str]] = []  # word timestamps, not yet sent
+            if self.word_timestamps():
+                spoken_words = [w for w in (_word_text(t) for t in words) if w]
+                pcm, spans = await self.sim._tts.words_pcm(spoken_words, rate)
+                stamps = [(o, d, w) for (o, d), w in zip(spans, spoken_words, strict=True)]
+            else:
+                pcm = await self.sim._tts.pcm(text, rate)
+            timestamps = bool(stamps)
             chunk = rate * CHUNK_MS // 1000 * 2
             n = max(1, math.ceil(len(pcm) / chunk))
             drop_at = max(1, n // 2) if plan.drop == "mid-audio" else None
@@ -734,6 +746,13 @@ class Connection:
                                      "delta": "".join(words[spoken:target])})
                     spoken = target
                 piece = pcm[i * chunk:(i + 1) * chunk]
+                chunk_end_ms = (i + 1) * CHUNK_MS
+                while stamps and stamps[0][0] < chunk_end_ms:
+                    # A word's timestamp comes with the audio chunk where the word begins.
+                    offset, duration, word = stamps.pop(0)
+                    await self.send({"type": "response.audio_timestamp.delta", **ids,
+                                     "audio_offset_ms": offset, "audio_duration_ms": duration,
+                                     "text": word, "timestamp_type": "word"})
                 if active.first_audio_at is None:
                     active.first_audio_at = time.monotonic()
                 self.audio_produced = True
@@ -759,6 +778,8 @@ class Connection:
                     await asyncio.sleep(0)  # let cancels and appends in between
             transcript = text if active.cancel_reason is None else "".join(words[:spoken]).strip()
             await self.send({"type": "response.audio.done", **ids})
+            if timestamps:
+                await self.send({"type": "response.audio_timestamp.done", **ids})
             await self.send({"type": "response.audio_transcript.done", **ids,
                              "transcript": transcript})
             part: dict[str, Any] = {"type": "audio", "transcript": transcript}
@@ -779,6 +800,13 @@ class Connection:
         item["status"] = "incomplete" if active.cancel_reason is not None else "completed"
         item["content"] = [part]
         return await self._finish_item(active.id, output_index, item)
+
+    def word_timestamps(self) -> bool:
+        """The session asked for word timestamps and has an Azure voice (the service sends
+        them for Azure voices only)."""
+        voice = self.config.get("voice")
+        azure = isinstance(voice, dict) and str(voice.get("type", "")).startswith("azure")
+        return azure and "word" in (self.config.get("output_audio_timestamp_types") or [])
 
     async def call(self, active: Active, output_index: int, call: Call) -> dict[str, Any]:
         item_id = self.sim._new_id("item")
