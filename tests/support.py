@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -200,6 +201,56 @@ class PulseServer:
             env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))
         wait_for(lambda: app in self.sink_inputs(), what=f"stream {app}")
+
+
+class DBusDaemon:
+    """A private D-Bus message bus (``dbus-daemon --session`` on a socket of its own) and the
+    small MPRIS players started on it (tests/mpris_player.py, each its own process)."""
+
+    def __init__(self) -> None:
+        # Not tmp_path: a unix socket path must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="ev-dbus-"))
+        self.address = f"unix:path={self.root / 'bus'}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.players: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self) -> None:
+        with (self.root / "bus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                 f"--address={self.address}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_for(lambda: (self.root / "bus").exists(), what="dbus-daemon's socket")
+
+    def player(self, name: str, status: str = "Playing") -> subprocess.Popen[str]:
+        """Start an MPRIS player owning ``org.mpris.MediaPlayer2.NAME``; returns once it
+        owns the name."""
+        script = Path(__file__).resolve().parent / "mpris_player.py"
+        proc = subprocess.Popen([sys.executable, str(script), self.address, name, status],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.players[name] = proc
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "ready\n", proc.stderr.read() if proc.stderr else line
+        return proc
+
+    def status(self, name: str) -> str:
+        """A player's PlaybackStatus, read with dbus-send (independent of dbus-fast)."""
+        out = subprocess.run(
+            ["dbus-send", f"--bus={self.address}", "--print-reply",
+             f"--dest=org.mpris.MediaPlayer2.{name}", "/org/mpris/MediaPlayer2",
+             "org.freedesktop.DBus.Properties.Get", "string:org.mpris.MediaPlayer2.Player",
+             "string:PlaybackStatus"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip().rsplit('"', 2)[-2]
+
+    def stop(self) -> None:
+        for proc in self.players.values():
+            stop_process(proc)
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def alive(pid: int) -> bool:

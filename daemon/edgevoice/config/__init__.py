@@ -332,17 +332,32 @@ class PulseDuckingConfig(Strict):
     exclude_apps: list[str] = Field(default_factory=list)
 
 
+class MprisDuckingConfig(Strict):
+    bus: Literal["session", "system"] = "session"
+    # A D-Bus address (unix:path=...) instead of the bus's usual lookup.
+    address: str | None = Field(default=None, min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z][a-z0-9-]*:", value):
+            raise ValueError(f"must be a D-Bus address such as unix:path=/run/user/1000/bus, "
+                             f"got {value!r}")
+        return value
+
+
 class CommandDuckingConfig(Strict):
     duck: list[str] = Field(default_factory=list)
     unduck: list[str] = Field(default_factory=list)
 
 
 class DuckingConfig(Strict):
-    backend: Literal["none", "alsa", "pulse", "command"] = "none"
+    backend: Literal["none", "alsa", "pulse", "mpris", "command"] = "none"
     duck_db: Annotated[float, Field(ge=0, le=60)] = 15.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     alsa: AlsaDuckingConfig = Field(default_factory=AlsaDuckingConfig)
     pulse: PulseDuckingConfig = Field(default_factory=PulseDuckingConfig)
+    mpris: MprisDuckingConfig = Field(default_factory=MprisDuckingConfig)
     command: CommandDuckingConfig = Field(default_factory=CommandDuckingConfig)
 
     @model_validator(mode="after")
@@ -361,6 +376,8 @@ class DuckingConfig(Strict):
         elif self.backend == "pulse":
             opts |= {"duck_db": self.duck_db, "server": self.pulse.server,
                      "exclude_apps": list(self.pulse.exclude_apps)}
+        elif self.backend == "mpris":
+            opts |= {"bus": self.mpris.bus, "address": self.mpris.address}
         elif self.backend == "command":
             opts |= {"duck": list(self.command.duck), "unduck": list(self.command.unduck)}
         else:
