@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set, declared
+from edgevoice.config.tools import MqttBroker, RateLimit, ToolSpec, check_tool_set, declared
 from edgevoice.util import between, is_loopback_host
 from edgevoice.wire.session import (
     AzureSemanticVad,
@@ -385,6 +385,44 @@ class DuckingConfig(Strict):
         return opts
 
 
+_MQTT_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _topic_prefix(value: str) -> str:
+    if not value or any(c in value for c in "+#\0") or value.startswith("/") or \
+            value.endswith("/") or "//" in value:
+        raise ValueError(f"must be an MQTT topic without wildcards (+, #) and without a "
+                         f"leading, trailing or double /, got {value!r}")
+    return value
+
+
+class HomeAssistantConfig(MqttBroker):
+    """``[homeassistant]``: announce the device to Home Assistant through MQTT discovery
+    (see :mod:`edgevoice.homeassistant`). The broker keys (host, port, tls, ca_file,
+    cert_file, key_file, username, password_file) are those of an MQTT tool."""
+
+    discovery_prefix: str = "homeassistant"
+    # Default: the host name (letters, digits, _ and - kept, the rest as _).
+    device_id: str | None = Field(default=None, pattern=_MQTT_ID)
+    device_name: str | None = Field(default=None, min_length=1, max_length=100)
+    # Default: edgevoice/<device_id>.
+    base_topic: str | None = None
+    publish_transcript: bool = False  # what the user said leaves the device only if true
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    backoff_s: list[Annotated[float, Field(gt=0, le=3600)]] = Field(
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0, 60.0], min_length=1)
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _topic_prefix(value)
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        return None if value is None else _topic_prefix(value)
+
+
 class ToolConfig(ToolSpec):
     """A tool the model may call: its schema and action (see :mod:`edgevoice.tools`)."""
 
@@ -452,6 +490,7 @@ class Config(Strict):
     bargein: BargeInConfig = Field(default_factory=BargeInConfig)
     ducking: DuckingConfig = Field(default_factory=DuckingConfig)
     tools: list[ToolConfig] = Field(default_factory=list)
+    homeassistant: HomeAssistantConfig | None = None
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     def request_session(self) -> RequestSession:
