@@ -11,26 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 
 from edgevoice.ducking import MprisDucker, ducking_guard, make_ducker
-from support import DBusDaemon, need_tool, stop_process
+from support import DBusDaemon, stop_process
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def dbus() -> Iterator[DBusDaemon]:
-    need_tool("dbus-daemon", "apt-get install dbus-daemon (or run scripts/setup)")
-    need_tool("dbus-send", "apt-get install dbus-bin (or run scripts/setup)")
-    bus = DBusDaemon()
-    try:
-        bus.start()
-        yield bus
-    finally:
-        bus.stop()
 
 
 def calls(bus: DBusDaemon, name: str) -> list[str]:

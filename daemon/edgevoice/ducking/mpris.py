@@ -166,10 +166,15 @@ class MprisDucker(BaseDucker):
                 return
         if await self._status(conn, owner) != "Playing":
             return
-        # Remembered before the call: a Pause that times out may still have happened.
+        # Remembered before the call: a Pause that times out may still have happened; one
+        # the player refused (an error reply) did not.
         with self._paused_lock:
             self._paused[owner] = name
-        await self._call(conn, owner, MPRIS_PATH, PLAYER_IFACE, "Pause")
+        try:
+            await self._call(conn, owner, MPRIS_PATH, PLAYER_IFACE, "Pause")
+        except MprisError:
+            self._forget(owner)
+            raise
         log.debug("ducking (mpris): paused %s (%s)", name, owner)
 
     async def _resume_all(self, conn: MessageBus) -> None:
