@@ -224,11 +224,13 @@ class DBusDaemon:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         wait_for(lambda: (self.root / "bus").exists(), what="dbus-daemon's socket")
 
-    def player(self, name: str, status: str = "Playing") -> subprocess.Popen[str]:
-        """Start an MPRIS player owning ``org.mpris.MediaPlayer2.NAME``; returns once it
-        owns the name."""
+    def player(self, name: str, status: str = "Playing", *options: str
+               ) -> subprocess.Popen[str]:
+        """Start an MPRIS player owning ``org.mpris.MediaPlayer2.NAME`` (``options``: see
+        tests/mpris_player.py); returns once it owns the name."""
         script = Path(__file__).resolve().parent / "mpris_player.py"
-        proc = subprocess.Popen([sys.executable, str(script), self.address, name, status],
+        proc = subprocess.Popen([sys.executable, str(script), self.address, name, status,
+                                 *options],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         self.players[name] = proc

@@ -88,6 +88,21 @@ async def test_a_player_that_vanishes_or_is_changed_meanwhile_is_left_alone(dbus
     assert warnings(caplog) == []
 
 
+async def test_a_player_that_refuses_to_pause_is_reported_and_never_resumed(dbus, caplog):
+    dbus.player("music", "Playing")
+    dbus.player("live", "Playing", "refuse")
+    ducker = MprisDucker(address=dbus.address, timeout=3.0)
+    await ducker.duck()
+    assert ducker.paused_players == ["org.mpris.MediaPlayer2.music"]
+    await ducker.unduck()
+    await ducker.close()
+    assert dbus.status("music") == "Playing"
+    assert calls(dbus, "live") == ["Pause"]  # asked once, never told to Play
+    lines = warnings(caplog)
+    assert len(lines) == 1 and "pausing org.mpris.MediaPlayer2.live failed: MprisError: " \
+        "org.mpris.MediaPlayer2.Error.NotSupported: cannot pause" in lines[0], lines
+
+
 async def test_without_a_bus_it_logs_and_never_raises(tmp_path, caplog):
     ducker = MprisDucker(address=f"unix:path={tmp_path}/nobus", timeout=1.0)
     await ducker.duck()
