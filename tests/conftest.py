@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PulseServer, espeak, need_tool, stop_process
+from support import DBusDaemon, PulseServer, espeak, need_tool, stop_process
 
 UNIT = Path(__file__).resolve().parent / "unit"
 
@@ -38,6 +38,19 @@ def pulse() -> Iterator[PulseServer]:
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def dbus() -> Iterator[DBusDaemon]:
+    """A private D-Bus bus; start MPRIS players on it with ``dbus.player(name, status)``."""
+    need_tool("dbus-daemon", "apt-get install dbus-daemon (or run scripts/setup)")
+    need_tool("dbus-send", "apt-get install dbus-bin (or run scripts/setup)")
+    bus = DBusDaemon()
+    try:
+        bus.start()
+        yield bus
+    finally:
+        bus.stop()
 
 
 @pytest.fixture

@@ -9,15 +9,18 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TypeVar
 
+import aiomqtt
 import pytest
 
 from edgevoice.audio.convert import read_wav, resample
@@ -200,6 +203,136 @@ class PulseServer:
             env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))
         wait_for(lambda: app in self.sink_inputs(), what=f"stream {app}")
+
+
+class DBusDaemon:
+    """A private D-Bus message bus (``dbus-daemon --session`` on a socket of its own) and the
+    small MPRIS players started on it (tests/mpris_player.py, each its own process)."""
+
+    def __init__(self) -> None:
+        # Not tmp_path: a unix socket path must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="ev-dbus-"))
+        self.address = f"unix:path={self.root / 'bus'}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.players: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self) -> None:
+        with (self.root / "bus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                 f"--address={self.address}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_for(lambda: (self.root / "bus").exists(), what="dbus-daemon's socket")
+
+    def player(self, name: str, status: str = "Playing", *options: str
+               ) -> subprocess.Popen[str]:
+        """Start an MPRIS player owning ``org.mpris.MediaPlayer2.NAME`` (``options``: see
+        tests/mpris_player.py); returns once it owns the name."""
+        script = Path(__file__).resolve().parent / "mpris_player.py"
+        proc = subprocess.Popen([sys.executable, str(script), self.address, name, status,
+                                 *options],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.players[name] = proc
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "ready\n", proc.stderr.read() if proc.stderr else line
+        return proc
+
+    def status(self, name: str) -> str:
+        """A player's PlaybackStatus, read with dbus-send (independent of dbus-fast)."""
+        out = subprocess.run(
+            ["dbus-send", f"--bus={self.address}", "--print-reply",
+             f"--dest=org.mpris.MediaPlayer2.{name}", "/org/mpris/MediaPlayer2",
+             "org.freedesktop.DBus.Properties.Get", "string:org.mpris.MediaPlayer2.Player",
+             "string:PlaybackStatus"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip().rsplit('"', 2)[-2]
+
+    def stop(self) -> None:
+        for proc in self.players.values():
+            stop_process(proc)
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if found is None:
+        pytest.fail("mosquitto is not installed: run scripts/setup (Debian package mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A private mosquitto on 127.0.0.1 (on a free port, started at once); anonymous, or one
+    user when ``users`` is given."""
+
+    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        conf = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        if users:
+            passwd = root / "passwd"
+            passwd.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password],
+                               check=True, capture_output=True, timeout=10)
+            conf += ["allow_anonymous false", f"password_file {passwd}"]
+            if os.geteuid() == 0:
+                conf.append("user root")  # the password file is in a root-only temp dir
+        else:
+            conf.append("allow_anonymous true")
+        self.config = root / "mosquitto.conf"
+        self.config.write_text("\n".join(conf) + "\n")
+        self.log = root / "mosquitto.log"
+        self.start()
+
+    def start(self) -> None:
+        """Start mosquitto (again, after stop(): same port, same users, no retained state)."""
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, timeout=10, what="mosquitto to listen")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class Watcher:
+    """An independent subscriber: what really went over the broker."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+
+
+@asynccontextmanager
+async def watching(broker: Broker, topic: str = "#") -> AsyncIterator[Watcher]:
+    watcher = Watcher()
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe(topic, qos=1)
+
+        async def pump() -> None:
+            async for m in client.messages:
+                watcher.messages.append((str(m.topic), bytes(m.payload), m.retain))
+
+        task = asyncio.create_task(pump())
+        try:
+            yield watcher
+        finally:
+            task.cancel()
+
 
 
 def alive(pid: int) -> bool:

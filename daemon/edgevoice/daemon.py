@@ -32,6 +32,9 @@ Guarantees:
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
   core is told at once (microphone: the turn is committed or ended, the wake word starts
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
+- With ``[homeassistant]`` the :class:`~edgevoice.homeassistant.HomeAssistant` link runs as
+  its own task: it is told the state, the wake word and the transcript without ever making
+  the loop wait, and says ``offline`` (bounded) at shutdown.
 - Telemetry entries (the timeline of :mod:`edgevoice.conversation.telemetry`) go to the
   logger, to :class:`~edgevoice.metrics.Metrics` (the last turns' latency figures and upstream
   byte counts, bounded, for status output and the benchmark), to the Prometheus
@@ -71,9 +74,10 @@ from edgevoice.conversation import core as c
 from edgevoice.conversation.echo import EchoGuard
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.exporter import Exporter, MetricsServer
+from edgevoice.homeassistant import HomeAssistant
 from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
-from edgevoice.link.protocol import LinkDown, LinkUp
+from edgevoice.link.protocol import LinkDown, LinkState, LinkUp
 from edgevoice.listen import setup
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
@@ -247,6 +251,10 @@ class Daemon:
                                  on_first_audio=self._on_first_audio,
                                  on_state=self._on_speaker_state)
         self.ducker: Ducker = make_ducker(cfg.ducking.backend, **cfg.ducking.options())
+        self.homeassistant: HomeAssistant | None = None
+        if cfg.homeassistant is not None:
+            self.homeassistant = HomeAssistant(cfg.homeassistant,
+                                               on_mute=self._on_mute_request)
         capture = self.capture
         self.metrics = Metrics(self.core, frames=lambda: capture.frames,
                                frame_bytes=capture.frame_bytes,
@@ -302,6 +310,8 @@ class Daemon:
                 self._spawn(self._pump_events(), "events")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self._ducking(), "ducking")
+                if self.homeassistant is not None:
+                    self.homeassistant.start()
                 await stop.wait()
             finally:
                 await self._shutdown()
@@ -338,6 +348,8 @@ class Daemon:
         self.playback.stop()
         await self.ducker.unduck()
         await self.link.close()
+        if self.homeassistant is not None:
+            await self.homeassistant.aclose()  # says "offline" (bounded)
         if self.toolbox is not None:
             await self.toolbox.aclose()
         await self.capture.aclose()
@@ -453,6 +465,7 @@ class Daemon:
         self._do(self.core.on_event(event, self.clock()))
         if isinstance(event, LinkUp | LinkDown):
             log.info("%s", self.link.status_text)
+            self._show_state()
 
     async def _tick(self) -> None:
         """Ticks while no frame comes (the microphone is missing or hung); the frames carry
@@ -573,6 +586,7 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
+            self._show_state(a.new)
             # Idle: nothing but the wake word needs the frames, and it only needs them soon
             # once speech began (see WakeWorker.relaxed).
             self.listener.relaxed = a.new is c.State.IDLE
@@ -598,6 +612,11 @@ class Daemon:
         self.metrics.on_telemetry(entry, frame_t)
         if self.exporter is not None:
             self.exporter.on_telemetry(entry)
+        if self.homeassistant is not None:
+            if entry.name is c.TelemetryName.WAKE:
+                self.homeassistant.set_wake_word(str(entry.fields.get("word", "")))
+            elif entry.name is c.TelemetryName.USER_SAID:
+                self.homeassistant.set_transcript(str(entry.fields.get("text", "")))
         details = telemetry_details(entry, self.cfg.service.log_transcripts)
         log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
         if self.on_telemetry is not None:
@@ -605,6 +624,34 @@ class Daemon:
                 self.on_telemetry(entry)
             except Exception:
                 log.exception("telemetry hook failed")
+
+    # ------------------------------------------------------------------ Home Assistant
+    # Integration points for the privacy mute and the feedback states: with
+    # ``Daemon.set_muted`` and the feedback state, ``_on_mute_request`` becomes
+    # ``self.set_muted(muted, "homeassistant")``, ``set_muted`` reports every change with
+    # ``self.homeassistant.set_muted(muted)``, and ``_show_state`` passes the feedback state.
+
+    def _on_mute_request(self, muted: bool) -> None:
+        """Home Assistant's mute switch was flipped (on the loop)."""
+        log.warning("Home Assistant asked to %s, but this daemon has no privacy mute; the "
+                    "switch stays off", "mute" if muted else "unmute")
+        if self.homeassistant is not None:
+            self.homeassistant.set_muted(False)
+
+    def _show_state(self, state: c.State | None = None) -> None:
+        """Tell Home Assistant the state (idle, listening, thinking, offline). Never waits."""
+        if self.homeassistant is None:
+            return
+        state = self.core.state if state is None else state
+        if self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED):
+            shown = "offline"
+        elif state is c.State.RESPONDING:
+            shown = "thinking"
+        elif state in (c.State.LISTENING, c.State.FOLLOW_UP):
+            shown = "listening"
+        else:
+            shown = "idle"
+        self.homeassistant.set_state(shown)
 
     # ------------------------------------------------------------------ status
 
@@ -628,5 +675,7 @@ class Daemon:
             "wake_words": list(self.wake_words),
             "wake": dataclasses.asdict(self.listener.stats),
             **self.metrics.status(),
+            **({"homeassistant": self.homeassistant.status()}
+               if self.homeassistant is not None else {}),
             "errors": self.errors,
         }

@@ -7,13 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +16,7 @@ import aiomqtt
 import pytest
 
 from edgevoice.tools import ToolBox, ToolSpec
-from support import stop_process, until, wait_for
+from support import Broker, free_port, until, watching
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,83 +32,11 @@ LIGHT = {
 }
 
 
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.fail("mosquitto is not installed: run scripts/setup (Debian package mosquitto)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A private mosquitto on 127.0.0.1; anonymous, or one user when ``users`` is given."""
-
-    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        conf = [f"listener {self.port} 127.0.0.1", "persistence false"]
-        if users:
-            passwd = root / "passwd"
-            passwd.touch(mode=0o600)
-            for user, password in users.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password],
-                               check=True, capture_output=True, timeout=10)
-            conf += ["allow_anonymous false", f"password_file {passwd}"]
-            if os.geteuid() == 0:
-                conf.append("user root")  # the password file is in a root-only temp dir
-        else:
-            conf.append("allow_anonymous true")
-        self.config = root / "mosquitto.conf"
-        self.config.write_text("\n".join(conf) + "\n")
-        self.log = root / "mosquitto.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-        def listening() -> bool:
-            assert self.proc.poll() is None, self.log.read_text()
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(listening, timeout=10, what="mosquitto to listen")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path)
     yield b
     b.stop()
-
-
-class Watcher:
-    """An independent subscriber: what really went over the broker."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-
-
-@asynccontextmanager
-async def watching(broker: Broker, topic: str = "#") -> AsyncIterator[Watcher]:
-    watcher = Watcher()
-    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-        await client.subscribe(topic, qos=1)
-
-        async def pump() -> None:
-            async for m in client.messages:
-                watcher.messages.append((str(m.topic), bytes(m.payload), m.retain))
-
-        task = asyncio.create_task(pump())
-        try:
-            yield watcher
-        finally:
-            task.cancel()
 
 
 def tool(broker_port: int, **mqtt: Any) -> ToolSpec:

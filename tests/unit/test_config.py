@@ -92,6 +92,9 @@ def test_threshold_message_matches_the_documented_format() -> None:
          "session.turn_detection.end_of_utterance_detection.threshold_level: must be one of"),
         ("[session.input_transcription]\nmodel = \"siri\"\n", "session.input_transcription.model"),
         ("[ducking]\nbackend = \"loud\"\n", "ducking.backend: must be one of"),
+        ("[ducking.mpris]\nbus = \"user\"\n", "ducking.mpris.bus: must be one of"),
+        ("[ducking.mpris]\naddress = \"/run/bus\"\n",
+         "ducking.mpris.address: must be a D-Bus address"),
         ("[service]\nlog_level = \"trace\"\n", "service.log_level: must be one of"),
         ("[[tools]]\nname = \"bad name\"\n", "tools[0].name: must match"),
         ("[[tools]]\nname = \"a\"\nbuiltin = \"get_time\"\n"

@@ -149,3 +149,16 @@ def test_service_config_errors(toml: str, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(toml, "edgevoice.toml")
     assert info.value.errors == [error]
+
+
+def test_format_status_shows_the_home_assistant_connection() -> None:
+    up = {**IDLE, "homeassistant": {"state": "connected", "broker": "127.0.0.1:1883",
+                                    "device_id": "kitchen", "detail": "", "retry_in": None}}
+    assert "  Home Assistant: connected  mqtt://127.0.0.1:1883  device kitchen" in \
+        format_status(up, now=0).splitlines()
+    down = {**IDLE, "homeassistant": {"state": "backoff", "broker": "ha.lan:8883",
+                                      "device_id": "kitchen", "retry_in": 4.6,
+                                      "detail": "[code:135] Not authorized"}}
+    assert ("  Home Assistant: backoff, retry in 5 s  mqtt://ha.lan:8883  device kitchen  "
+            "([code:135] Not authorized)") in format_status(down, now=0).splitlines()
+    assert "Home Assistant" not in format_status(IDLE, now=0)

@@ -29,6 +29,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edgevoice.config.tools import (
     ConfirmationConfig,
+    MqttBroker,
     RateLimit,
     ToolSpec,
     check_tool_set,
@@ -342,17 +343,32 @@ class PulseDuckingConfig(Strict):
     exclude_apps: list[str] = Field(default_factory=list)
 
 
+class MprisDuckingConfig(Strict):
+    bus: Literal["session", "system"] = "session"
+    # A D-Bus address (unix:path=...) instead of the bus's usual lookup.
+    address: str | None = Field(default=None, min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z][a-z0-9-]*:", value):
+            raise ValueError(f"must be a D-Bus address such as unix:path=/run/user/1000/bus, "
+                             f"got {value!r}")
+        return value
+
+
 class CommandDuckingConfig(Strict):
     duck: list[str] = Field(default_factory=list)
     unduck: list[str] = Field(default_factory=list)
 
 
 class DuckingConfig(Strict):
-    backend: Literal["none", "alsa", "pulse", "command"] = "none"
+    backend: Literal["none", "alsa", "pulse", "mpris", "command"] = "none"
     duck_db: Annotated[float, Field(ge=0, le=60)] = 15.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     alsa: AlsaDuckingConfig = Field(default_factory=AlsaDuckingConfig)
     pulse: PulseDuckingConfig = Field(default_factory=PulseDuckingConfig)
+    mpris: MprisDuckingConfig = Field(default_factory=MprisDuckingConfig)
     command: CommandDuckingConfig = Field(default_factory=CommandDuckingConfig)
 
     @model_validator(mode="after")
@@ -371,11 +387,51 @@ class DuckingConfig(Strict):
         elif self.backend == "pulse":
             opts |= {"duck_db": self.duck_db, "server": self.pulse.server,
                      "exclude_apps": list(self.pulse.exclude_apps)}
+        elif self.backend == "mpris":
+            opts |= {"bus": self.mpris.bus, "address": self.mpris.address}
         elif self.backend == "command":
             opts |= {"duck": list(self.command.duck), "unduck": list(self.command.unduck)}
         else:
             opts = {}
         return opts
+
+
+_MQTT_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _topic_prefix(value: str) -> str:
+    if not value or any(c in value for c in "+#\0") or value.startswith("/") or \
+            value.endswith("/") or "//" in value:
+        raise ValueError(f"must be an MQTT topic without wildcards (+, #) and without a "
+                         f"leading, trailing or double /, got {value!r}")
+    return value
+
+
+class HomeAssistantConfig(MqttBroker):
+    """``[homeassistant]``: announce the device to Home Assistant through MQTT discovery
+    (see :mod:`edgevoice.homeassistant`). The broker keys (host, port, tls, ca_file,
+    cert_file, key_file, username, password_file) are those of an MQTT tool."""
+
+    discovery_prefix: str = "homeassistant"
+    # Default: the host name (letters, digits, _ and - kept, the rest as _).
+    device_id: str | None = Field(default=None, pattern=_MQTT_ID)
+    device_name: str | None = Field(default=None, min_length=1, max_length=100)
+    # Default: edgevoice/<device_id>.
+    base_topic: str | None = None
+    publish_transcript: bool = False  # what the user said leaves the device only if true
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    backoff_s: list[Annotated[float, Field(gt=0, le=3600)]] = Field(
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0, 60.0], min_length=1)
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _topic_prefix(value)
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        return None if value is None else _topic_prefix(value)
 
 
 class ToolConfig(ToolSpec):
@@ -490,6 +546,7 @@ class Config(Strict):
     ducking: DuckingConfig = Field(default_factory=DuckingConfig)
     tools: list[ToolConfig] = Field(default_factory=list)
     confirmation: ConfirmationConfig = Field(default_factory=ConfirmationConfig)
+    homeassistant: HomeAssistantConfig | None = None
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 

@@ -246,16 +246,13 @@ class GpioAction(Strict):
         return "input" if self.do == "read" else "pwm" if self.do == "pwm" else "output"
 
 
-class MqttAction(Strict):
-    """Publish to an MQTT broker (aiomqtt), optionally waiting for one reply message.
+class MqttBroker(Strict):
+    """How to reach an MQTT broker: address, TLS and credentials. Shared by MQTT tools and
+    ``[homeassistant]`` (:mod:`edgevoice.mqtt` turns it into a connection).
 
-    ``payload`` is a table/list sent as JSON, where a string leaf that is exactly one
-    placeholder takes the argument's own JSON type (``"{level}"`` → ``80``) and other leaves
-    are JSON strings, so arguments can never break the JSON apart; or a string sent as it is,
-    either fixed or exactly one placeholder (never text glued around an argument). The broker
-    password is read from ``password_file`` at each call (refused when group- or
-    world-accessible, like ``api_key_file``); it is never in the config file and never logged,
-    and it is only sent over TLS unless the broker is on this machine."""
+    The password is read from ``password_file`` at each connection (refused when group- or
+    world-accessible, like ``api_key_file``); it is never in the config file and never
+    logged, and it is only sent over TLS unless the broker is on this machine."""
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
@@ -265,6 +262,38 @@ class MqttAction(Strict):
     key_file: str | None = Field(default=None, min_length=1)
     username: str | None = Field(default=None, min_length=1)
     password_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _broker(self) -> MqttBroker:
+        for name in ("ca_file", "cert_file", "key_file", "password_file"):
+            path = getattr(self, name)
+            if path is not None and not PurePosixPath(path).is_absolute():
+                raise ValueError(f"{name} must be an absolute path, got {path!r}")
+        if (self.ca_file or self.cert_file or self.key_file) and not self.tls:
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.password_file and not self.tls and not is_loopback_host(self.host):
+            raise ValueError(f"password_file with tls = false to {self.host}: the password "
+                             f"would cross the network in clear text; set tls = true (a "
+                             f"broker on this machine, 127.0.0.1 or ::1, may go without)")
+        for name in ("password_file", "key_file"):
+            path = getattr(self, name)
+            problem = secret_file_mode_problem(path) if path else None
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+        return self
+
+
+class MqttAction(MqttBroker):
+    """Publish to an MQTT broker (aiomqtt), optionally waiting for one reply message. The
+    broker's settings and their checks are :class:`MqttBroker`'s.
+
+    ``payload`` is a table/list sent as JSON, where a string leaf that is exactly one
+    placeholder takes the argument's own JSON type (``"{level}"`` → ``80``) and other leaves
+    are JSON strings, so arguments can never break the JSON apart; or a string sent as it is,
+    either fixed or exactly one placeholder (never text glued around an argument)."""
+
     topic: str = Field(min_length=1)
     payload: str | dict[str, Any] | list[Any] = ""
     qos: Literal[0, 1, 2] = 1
@@ -285,23 +314,6 @@ class MqttAction(Strict):
             raise ValueError(f"payload {self.payload!r}: a string payload is sent as it is, so "
                              f"it is either fixed text or exactly one {{placeholder}}; for "
                              f"structure use a table (sent as JSON, arguments as JSON values)")
-        for name in ("ca_file", "cert_file", "key_file", "password_file"):
-            path = getattr(self, name)
-            if path is not None and not PurePosixPath(path).is_absolute():
-                raise ValueError(f"{name} must be an absolute path, got {path!r}")
-        if (self.ca_file or self.cert_file or self.key_file) and not self.tls:
-            raise ValueError("ca_file, cert_file and key_file need tls = true")
-        if self.key_file and not self.cert_file:
-            raise ValueError("key_file needs cert_file (the client certificate)")
-        if self.password_file and not self.tls and not is_loopback_host(self.host):
-            raise ValueError(f"password_file with tls = false to {self.host}: the password "
-                             f"would cross the network in clear text; set tls = true (a "
-                             f"broker on this machine, 127.0.0.1 or ::1, may go without)")
-        for name in ("password_file", "key_file"):
-            path = getattr(self, name)
-            problem = secret_file_mode_problem(path) if path else None
-            if problem:
-                raise ValueError(f"{name}: {problem}")
         return self
 
     def templates(self) -> list[str]:

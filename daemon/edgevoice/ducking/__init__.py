@@ -5,6 +5,8 @@ Backends (pick with :func:`make_ducker`):
 - ``alsa`` — lower one ALSA mixer control by ``duck_db`` (:class:`AlsaDucker`, via amixer);
 - ``pulse`` — lower every other stream on PulseAudio / PipeWire-pulse and restore exactly
   what was changed (:class:`PulseDucker`, via pulsectl);
+- ``mpris`` — pause every MPRIS media player that is playing and resume exactly those
+  (:class:`MprisDucker`, D-Bus through dbus-fast);
 - ``command`` — argv hooks for duck and unduck (:class:`CommandDucker`, never a shell);
 - ``none`` — do nothing (:class:`NoneDucker`).
 
@@ -28,6 +30,7 @@ from edgevoice.ducking.alsa import AlsaDucker
 from edgevoice.ducking.base import BaseDucker, Ducker, NoneDucker
 from edgevoice.ducking.command import CommandDucker
 from edgevoice.ducking.guard import ducking_guard, restore_all
+from edgevoice.ducking.mpris import MprisDucker  # imports dbus-fast only when constructed
 from edgevoice.ducking.pulse import PulseDucker  # imports pulsectl only when constructed
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "BaseDucker",
     "CommandDucker",
     "Ducker",
+    "MprisDucker",
     "NoneDucker",
     "PulseDucker",
     "ducking_guard",
@@ -43,7 +47,7 @@ __all__ = [
     "restore_all",
 ]
 
-BACKENDS = ("none", "alsa", "pulse", "command")
+BACKENDS = ("none", "alsa", "pulse", "mpris", "command")
 
 
 def make_ducker(backend: str, **options: Any) -> Ducker:
@@ -52,7 +56,8 @@ def make_ducker(backend: str, **options: Any) -> Ducker:
     and RuntimeError if the backend's library cannot load (pulse without libpulse) — found
     at start-up rather than on the first wake word."""
     classes: dict[str, type[BaseDucker]] = {
-        "none": NoneDucker, "alsa": AlsaDucker, "pulse": PulseDucker, "command": CommandDucker}
+        "none": NoneDucker, "alsa": AlsaDucker, "pulse": PulseDucker, "mpris": MprisDucker,
+        "command": CommandDucker}
     cls = classes.get(backend)
     if cls is None:
         raise ValueError(f"ducking: unknown backend {backend!r}, expected one of "

@@ -24,6 +24,14 @@ values::
         "microphone": {"device": "default", "state": "ok"},  # DeviceState: starting | ok
         "speaker":    {"device": "default", "state": "ok"}   #   | missing | stopped
       },
+      "homeassistant": {             # only with [homeassistant]
+        "state": "connected",        # connecting | connected | backoff | closed
+        "broker": "127.0.0.1:1883",  # host:port, never the user or password
+        "device_id": "kitchen",
+        "detail": "",                # why the last connection failed
+        "retry_in": null,            # seconds to the next attempt (backoff only)
+        "transcript": false          # whether the last transcript is published
+      },
       "wake_words": ["hey_jarvis"],
       "wake": {                      # the wake word's worker thread (WakeWorkerStats)
         "frames": 90000,             # microphone frames handed to it
@@ -258,6 +266,19 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
         if link.get("detail"):
             text += f"  ({link['detail']})"
         lines.append(f"  Voice Live:  {text}")
+
+    home = _section(snapshot, "homeassistant")
+    if home:
+        text = str(home.get("state") or "unknown")
+        retry_in = home.get("retry_in")
+        if _number(retry_in):
+            text += f", retry in {retry_in:.0f} s"
+        text += f"  mqtt://{home.get('broker', '?')}"
+        if home.get("device_id"):
+            text += f"  device {home['device_id']}"
+        if home.get("detail"):
+            text += f"  ({shorten(str(home['detail']), 80)})"
+        lines.append(f"  Home Assistant: {text}")
 
     for role in ("microphone", "speaker"):
         entry = _section(snapshot, "devices").get(role)

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import ssl
 import subprocess
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from edgevoice.config.tools import (
     render,
     whole_placeholder,
 )
-from edgevoice.secrets import SecretError, read_secret_file
+from edgevoice.mqtt import BrokerSetupError, broker_label, client_options
 from edgevoice.util import DEFAULT_PATH, child_environ
 
 __all__ = ["DEFAULT_PATH", "Completed", "GpioPins", "ToolFailure", "execute", "outcome",
@@ -318,24 +317,6 @@ def _leaf(value: Any, args: Mapping[str, Any]) -> Any:
     return value
 
 
-def _tls_context(action: MqttAction) -> ssl.SSLContext:
-    """The broker's TLS: the system's CAs or ``ca_file``; the client certificate if set."""
-    try:
-        context = ssl.create_default_context(cafile=action.ca_file)
-        if action.cert_file:
-            if action.key_file:
-                st = os.stat(action.key_file)
-                if st.st_mode & 0o077:
-                    raise ToolFailure(f"MQTT key_file {action.key_file} is accessible by group "
-                                      f"or others (mode {st.st_mode & 0o7777:04o}); run: "
-                                      f"chmod 600 {action.key_file}")
-            context.load_cert_chain(action.cert_file, action.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ToolFailure(f"MQTT TLS files: {type(exc).__name__}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    return context
-
-
 async def run_mqtt(action: MqttAction, args: Mapping[str, Any]) -> dict[str, Any]:
     """Connect, (subscribe to the reply topic,) publish, (wait for one fresh reply,)
     disconnect. A retained message delivered on subscribing is old state, not a reply, and is
@@ -345,20 +326,14 @@ async def run_mqtt(action: MqttAction, args: Mapping[str, Any]) -> dict[str, Any
     reply_topic = mqtt_topic(action.reply_topic, args) if action.reply_topic else None
     body = mqtt_payload(action.payload, args)
     payload = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
-    password = None
-    if action.password_file:
-        try:
-            # Refused when group- or world-accessible, like voicelive.api_key_file.
-            secret = await asyncio.to_thread(read_secret_file, action.password_file)
-        except SecretError as exc:
-            raise ToolFailure(f"MQTT password: {exc}") from None
-        password = secret.reveal()
-    tls = await asyncio.to_thread(_tls_context, action) if action.tls else None
-    where = f"MQTT broker {action.host}:{action.port}"
+    try:
+        options = await client_options(action)
+    except BrokerSetupError as exc:
+        raise ToolFailure(str(exc)) from None
+    where = broker_label(action)
     result: dict[str, Any] = {"published": topic}
     try:
-        async with aiomqtt.Client(action.host, action.port, username=action.username,
-                                  password=password, tls_context=tls) as client:
+        async with aiomqtt.Client(**options) as client:
             if reply_topic:
                 await client.subscribe(reply_topic, qos=action.qos)
             await client.publish(topic, payload, qos=action.qos, retain=action.retain)
