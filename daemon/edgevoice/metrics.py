@@ -17,6 +17,9 @@ Guarantees:
   passes ``frame_t`` — the stream time of the microphone frame being handled, or None outside
   a frame — with every entry and every upstream send, and calls :meth:`Metrics.frame_time`
   after a frame's actions while :attr:`Metrics.needs_frame_time`.
+- Tokens: every ``reply done`` with a usage block adds its counts to its turn (the turn in
+  progress) and to the totals since start; replies are counted by status; the last
+  ``rate_limits.updated`` is kept as it came. All bounded (one dict each).
 - Not thread-safe: the daemon's event loop calls everything here.
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgevoice.conversation.core import Core, RunTool, SendAudio, State
+from edgevoice.conversation.outcome import USAGE_FIELDS
 from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 
 MAX_TURNS_KEPT = 20
@@ -63,6 +67,8 @@ class TurnFigures:
     tools: list[str] = field(default_factory=list)
     upstream_bytes: int = 0
     ungated_bytes: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)  # USAGE_FIELDS, summed over replies
+    outcome: str | None = None  # the last reply's status when it was not "completed"
 
 
 class _UngatedWindow:
@@ -156,6 +162,9 @@ class Metrics:
         self._speech_end_at: float | None = None
         # A reply item's first delta (clock time), until its first audio is at the speaker.
         self._delta_at: OrderedDict[str, float] = OrderedDict()
+        self.tokens: dict[str, int] = dict.fromkeys(USAGE_FIELDS, 0)  # since start
+        self.replies: dict[str, int] = {}  # by status
+        self.rate_limits: dict[str, Any] | None = None  # {"at": epoch, "limits": [...]}
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -191,7 +200,26 @@ class Metrics:
             turns[-1].bargein = str(entry.fields.get("by"))
         elif name is TelemetryName.TOOL_CALL and turns:
             turns[-1].tools.append(str(entry.fields.get("name")))
+        elif name is TelemetryName.REPLY_DONE:
+            self._reply_done(entry.fields)
+        elif name is TelemetryName.RATE_LIMITS:
+            self.rate_limits = {"at": time.time(), "limits": list(entry.fields.get("limits", []))}
         self._window(name, frame_t)
+
+    def _reply_done(self, fields: dict[str, Any]) -> None:
+        status = str(fields.get("status"))
+        if len(self.replies) < 16 or status in self.replies:  # bounded against odd statuses
+            self.replies[status] = self.replies.get(status, 0) + 1
+        turn = self._turns[-1] if self._turns else None
+        if turn is not None and status not in ("completed", "cancelled", "canceled"):
+            turn.outcome = status + (f" ({fields['reason']})" if fields.get("reason") else "")
+        if not any(k in fields for k in USAGE_FIELDS):
+            return
+        for key in USAGE_FIELDS:
+            n = int(fields.get(key, 0))
+            self.tokens[key] += n
+            if turn is not None:
+                turn.tokens[key] = turn.tokens.get(key, 0) + n
 
     def _window(self, name: TelemetryName, frame_t: float | None) -> None:
         """Opens and closes the ungated count on the core's timeline."""
@@ -281,7 +309,10 @@ class Metrics:
                        "first_audio_ms": t.first_audio_ms,
                        "first_delta_to_device_ms": t.first_delta_to_device_ms,
                        "bargein": t.bargein is not None, "tools": list(t.tools),
-                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes}
+                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes,
+                       "tokens": dict(t.tokens), "outcome": t.outcome}
                       for t in self.turns],
             "tool_calls": list(self.tool_calls),
+            "usage": {"tokens": dict(self.tokens), "replies": dict(self.replies)},
+            "rate_limits": self.rate_limits,
         }
