@@ -369,6 +369,11 @@ class Daemon:
             self._usage_save_failed = True
 
     @property
+    def earcon_count(self) -> int:
+        """Earcons played since start (the wake chime and the cues)."""
+        return self._earcons
+
+    @property
     def turns(self) -> deque[TurnFigures]:
         """The last turns' figures, oldest first (:attr:`Metrics.turns`)."""
         return self.metrics.turns

@@ -14,8 +14,8 @@ from test_core import (
     link_up,
     make_core,
     response_created,
-    sentence,
     sent_types,
+    sentence,
     server,
     telemetry,
 )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edgevoice.config import ConfigError, parse_config
+from edgevoice.config import Config, ConfigError, parse_config
+from edgevoice.daemon import EARCON_RATE, load_cue_earcons
 from edgevoice.devkit.simulator.script import Failure, RateLimitEntry, Script
 
 
@@ -86,3 +88,14 @@ def test_script_outcome_keys_are_validated_with_their_path(turn: dict, message: 
     with pytest.raises(ValueError) as info:
         Script.from_dict({"turn": [turn]}, source="s.toml")
     assert str(info.value).startswith(f"s.toml: {message}"), str(info.value)
+
+
+def test_earcons_of_the_cues_are_distinct_short_and_can_be_turned_off() -> None:
+    sounds = load_cue_earcons(Config())
+    assert set(sounds) == {"failed", "filtered", "not_understood", "limit"}
+    for pcm in sounds.values():
+        assert 0.2 < len(pcm) / 2 / EARCON_RATE < 0.6
+        assert np.abs(np.frombuffer(pcm, "<i2")).max() > 2000
+    assert len(set(sounds.values())) == 4
+    off = load_cue_earcons(Config.model_validate({"cues": {"failed_earcon": ""}}))
+    assert "failed" not in off and "filtered" in off
