@@ -226,7 +226,7 @@ class _Context:
                 text = done.stdout.decode("utf-8", errors="replace").strip() or None
         if problem is not None:
             if not self._failing:
-                log.warning("context command %s %s: replies go on without context",
+                log.warning("context command %s: %s; replies go on without context",
                             c.command[0], problem, extra={"reason": problem})
             self._failing = True
             return None

@@ -26,6 +26,19 @@ def test_an_agent_with_an_api_key_is_refused_with_the_reason() -> None:
                  "e.toml")
 
 
+def test_check_config_refuses_an_agent_with_an_api_key(tmp_path: Path) -> None:
+    from test_config import run_cli
+    config = tmp_path / "agent.toml"
+    config.write_text('[voicelive]\nendpoint = "wss://x.services.ai.azure.com"\n'
+                      '[voicelive.agent]\nid = "asst_1"\nproject_name = "p"\n')
+    res = run_cli("check-config", "--config", str(config))
+    assert res.returncode == 2
+    assert f'{config}: voicelive: an agent ([voicelive.agent]) needs auth = "entra"' in res.stderr
+    config.write_text(config.read_text().replace("[voicelive.agent]",
+                                                 'auth = "entra"\n[voicelive.agent]'))
+    assert run_cli("check-config", "--config", str(config)).returncode == 0
+
+
 def test_cues_limits_and_context_keys(tmp_path: Path) -> None:
     cfg = parse_config('[cues]\nfailed_earcon = ""\nspeak = true\n'
                        '[limits]\ntokens_per_hour = 5000\n'
