@@ -53,9 +53,9 @@ class TurnFigures:
     frame would have sent instead, in the same format: all audio from the turn's first streamed
     sample (the end of the wake word; for follow-up speech or a barge-in after the reply was
     done, the start of its prefix padding) until the ``response.done`` of its reply (the last
-    one, when tools were called). A barge-in before that belongs to the turn it interrupts, as
-    its other figures do. So ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving
-    on the same audio."""
+    one, when tools were called; or the service error that ends the turn instead). A
+    barge-in before that belongs to the turn it interrupts, as its other figures do. So
+    ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving on the same audio."""
 
     turn: int
     started: float
@@ -204,7 +204,7 @@ class Metrics:
             self._reply_done(entry.fields)
         elif name is TelemetryName.RATE_LIMITS:
             self.rate_limits = {"at": time.time(), "limits": list(entry.fields.get("limits", []))}
-        self._window(name, frame_t)
+        self._window(name, frame_t, entry.fields)
 
     def _reply_done(self, fields: dict[str, Any]) -> None:
         status = str(fields.get("status"))
@@ -221,7 +221,8 @@ class Metrics:
             if turn is not None:
                 turn.tokens[key] = turn.tokens.get(key, 0) + n
 
-    def _window(self, name: TelemetryName, frame_t: float | None) -> None:
+    def _window(self, name: TelemetryName, frame_t: float | None,
+                fields: dict[str, Any]) -> None:
         """Opens and closes the ungated count on the core's timeline."""
         state = self.core.state
         if name in _TURN_STARTS or (name is TelemetryName.BARGE_IN
@@ -232,7 +233,10 @@ class Metrics:
             # goes on until the reply that follows the tool outputs is done.
             self._ungated.open(frame_t, fresh=False)
         elif name is TelemetryName.IDLE or (name is TelemetryName.REPLY_DONE
-                                            and state is not State.LISTENING):
+                                            and state is not State.LISTENING) or (
+                name is TelemetryName.SERVICE_ERROR and fields.get("ends_turn")):
+            # (A service error that ends the turn stands for the response.done that will
+            # not come.)
             # A "reply done" in LISTENING is the cancelled reply of a barge-in: the turn goes on.
             self._ungated.close(frame_t)
 

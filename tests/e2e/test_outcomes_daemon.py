@@ -14,7 +14,7 @@ from edgevoice.conversation.core import State
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.devkit.demo import Timeline
 from edgevoice.service.logs import extra_fields
-from edgevoice.service.status import format_status
+from edgevoice.service.status import format_status, status_line
 from support import espeak, quiet, until
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime]
@@ -162,6 +162,7 @@ async def test_a_spent_budget_answers_the_wake_with_a_cue_and_survives_a_restart
         budget = h.daemon.snapshot()["budget"]
         assert budget["last_hour"] == 600 and budget["reached"] is not None
         assert "REACHED: tokens_per_hour 500" in format_status(h.daemon.snapshot())
+        assert status_line(h.daemon.snapshot()).startswith("token budget reached")
 
 
 

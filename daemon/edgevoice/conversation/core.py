@@ -686,7 +686,9 @@ class Core:
         cue = cue_for(response)
         if cue is not None and self.state is State.RESPONDING:
             # Not a finished reply: say so (after what of it was queued) before the turn ends.
-            self._cue(cue, reason or response.status, t, out, speak=not was_line)
+            # No line while tool outputs are due: the reply that follows them will speak.
+            self._cue(cue, reason or response.status, t, out,
+                      speak=not was_line and not self._awaiting_outputs)
         if self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs \
                 and self._drained:
             self._to_follow_up(t, out)

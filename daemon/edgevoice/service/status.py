@@ -168,7 +168,7 @@ def status_line(snapshot: Snapshot) -> str:
     """The STATUS= text for a snapshot: what someone looking at ``systemctl status`` needs
     first. The most pressing condition wins, in this order: starting / reloading / stopping,
     microphone missing, authentication failed, reconnecting, in conversation, speaker missing,
-    listening for the wake word(s)."""
+    token budget reached, listening for the wake word(s)."""
     state = str(_value(snapshot.get("state")) or "")
     if state == "starting":
         return "starting"
@@ -195,6 +195,8 @@ def status_line(snapshot: Snapshot) -> str:
         return "in conversation"
     if device_state(snapshot, "speaker") == "missing":
         return "speaker missing"
+    if _section(snapshot, "budget").get("reached"):
+        return "token budget reached (a wake word gets the limit cue)"
     words = [spoken(w) for w in snapshot.get("wake_words") or [] if str(w).strip()]
     if words:
         return "listening for " + " or ".join(f"'{w}'" for w in words)
