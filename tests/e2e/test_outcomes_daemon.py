@@ -189,3 +189,15 @@ async def test_a_service_error_instead_of_the_reply_is_said_at_once_with_a_spoke
         h.say(espeak("what time is it now") + silence(1.5))
         await h.event(TelemetryName.REPLY_DONE, count=2, timeout=25)
         assert h.entries(TelemetryName.ASSISTANT_SAID)[-1].fields["text"] == "Second try worked."
+
+
+async def test_an_abandoned_manual_turn_clears_the_service_buffer(tmp_path):
+    async with running(tmp_path, {"turn": [{"say": "Unused."}]},
+                       session={"turn_detection": {"type": "none"}},
+                       conversation={"listen_timeout_s": 2.0}) as h:
+        h.say(wake_word() + silence(3.0))  # the wake word, then nothing
+        idle = await h.event(TelemetryName.IDLE, timeout=20)
+        assert idle.fields["why"] == "no speech after the wake word"
+        await until(lambda: h.sim.received("input_audio_buffer.clear"), what="the clear")
+        assert h.sim.received("input_audio_buffer.commit") == []
+        assert h.sim.received("response.create") == []

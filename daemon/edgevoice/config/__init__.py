@@ -301,7 +301,8 @@ def _earcon_setting(value: str | None) -> str | None:
 class CuesConfig(Strict):
     """What the user hears when a reply does not come as asked: an earcon per class (None:
     the built-in one, "" off, else a 16-bit PCM WAV) and, with ``speak``, a line spoken by
-    the service's voice while the link is up (``pre_generated_assistant_message``)."""
+    the service's voice while the link is up (``pre_generated_assistant_message``) after a
+    failed or filtered reply."""
 
     failed_earcon: str | None = None
     filtered_earcon: str | None = None
@@ -312,8 +313,6 @@ class CuesConfig(Strict):
                              min_length=1, max_length=500)
     filtered_line: str = Field(default="Sorry, I can't help with that.", min_length=1,
                                max_length=500)
-    not_understood_line: str = Field(default="Sorry, I didn't catch that.", min_length=1,
-                                     max_length=500)
 
     _check_wavs = field_validator("failed_earcon", "filtered_earcon", "not_understood_earcon",
                                   "limit_earcon")(_earcon_setting)
@@ -323,12 +322,12 @@ class CuesConfig(Strict):
         return value
 
     def lines(self) -> tuple[tuple[str, str], ...]:
-        """(cue, text) for the core; empty without ``speak`` (limit has no line: the link
-        is not opened for it)."""
+        """(cue, text) for the core; empty without ``speak``. ``limit`` has no line (the link
+        is not opened for it), nor has ``not_understood``: the model hears the audio itself
+        and may still answer, and a line would cancel that answer."""
         if not self.speak:
             return ()
-        return (("failed", self.failed_line), ("filtered", self.filtered_line),
-                ("not_understood", self.not_understood_line))
+        return (("failed", self.failed_line), ("filtered", self.filtered_line))
 
 
 class LimitsConfig(Strict):
