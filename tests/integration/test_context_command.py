@@ -11,6 +11,8 @@ import pytest
 from edgevoice.config import Config
 from edgevoice.daemon import _Context
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def context(command: list[str], **over: object) -> _Context:
     return _Context(Config.model_validate({
