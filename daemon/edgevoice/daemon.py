@@ -297,6 +297,7 @@ class Daemon:
         self.context = _Context(cfg)
         self.budget = TokenBudget(cfg.limits.tokens_per_hour, cfg.limits.tokens_per_day)
         self._usage_file = state_dir / USAGE_FILE if state_dir is not None else None
+        self._usage_save_failed = False  # said once
         self._load_usage()
         barge = cfg.bargein
         delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
@@ -364,7 +365,7 @@ class Daemon:
             tmp.write_text(json.dumps(self.budget.dump()), encoding="utf-8")
             tmp.replace(path)
         except OSError as exc:
-            if not getattr(self, "_usage_save_failed", False):
+            if not self._usage_save_failed:
                 log.warning("cannot keep the token counts in %s: %s", path, exc)
             self._usage_save_failed = True
 
