@@ -41,6 +41,19 @@ Guarantees:
   :class:`~edgevoice.exporter.Exporter` when ``[metrics] listen`` is set, and to
   ``on_telemetry``. The exporter's HTTP server is this daemon's: opened by :meth:`Daemon.run`
   (a port that cannot be had is logged, nothing else fails) and closed before it returns.
+  An entry with a ``reason`` (an outcome: a failed or cut-off reply, a cue, a transcription
+  failure, a service warning or error) is logged as a warning with the journal field
+  ``EDGEVOICE_REASON``; a ``reply done`` line also carries its token counts as fields.
+- Cues: each cue class plays its own earcon (``[cues]``: built-in, a WAV, or off), queued
+  after what is already playing. Tokens of every response count against ``[limits]``; the
+  counts are kept in ``state_dir/usage.json`` (per minute, the last day), so a restart does
+  not reset the budget; a file that cannot be read is logged once and counting starts
+  afresh. Before each wake word the core is told whether the budget is spent.
+- Replies the daemon asks for (:class:`~edgevoice.conversation.core.RequestReply`) go out
+  as ``response.create`` at once, or, with ``[context] command``, after that command ran
+  (argv, no shell, only the ``env`` it is given and PATH, bounded by ``timeout_s`` and
+  ``max_bytes``) with its stdout as ``additional_instructions``; a failing command is logged
+  (once until it works again) and the reply is asked for without context.
 """
 
 from __future__ import annotations
@@ -71,7 +84,9 @@ from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
 from edgevoice.conversation import core as c
+from edgevoice.conversation.budget import TokenBudget
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.outcome import CUES, USAGE_FIELDS
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.exporter import Exporter, MetricsServer
 from edgevoice.homeassistant import HomeAssistant
@@ -84,8 +99,9 @@ from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import Metrics, TurnFigures
 from edgevoice.tools import ToolBox
+from edgevoice.tools.actions import ToolFailure, execute
 from edgevoice.tools.confirm import Answer, YesRule
-from edgevoice.util import data_path, is_loopback_host
+from edgevoice.util import child_environ, data_path, is_loopback_host
 from edgevoice.wire import events as ev
 
 log = logging.getLogger("edgevoice.daemon")
@@ -137,6 +153,8 @@ def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
         wake_late_s=wake_late,
         confirm_answer_s=cfg.confirmation.answer_wait_s,
         auto_response=td.type != "none" and td.create_response,
+        drive_replies=td.type != "none" and not td.create_response,
+        cue_lines=cfg.cues.lines(),
     )
 
 
@@ -162,6 +180,74 @@ def load_earcon(cfg: Config) -> bytes:
         gain = 10 ** (conv.earcon_volume_db / 20)
         pcm = (np.frombuffer(pcm, "<i2").astype(np.float32) * gain).astype("<i2").tobytes()
     return resample(pcm, rate, EARCON_RATE)
+
+
+def load_cue_earcons(cfg: Config) -> dict[str, bytes]:
+    """Each cue's earcon as 24 kHz mono PCM16 (``[cues]``: the built-in ``cue-<name>.wav``
+    scaled to ``earcon_volume_db``, a WAV of the user's as it is, or none for ""). Raises
+    ValueError naming the key and file if one cannot be read."""
+    gain = 10 ** (cfg.conversation.earcon_volume_db / 20)
+    out: dict[str, bytes] = {}
+    for cue in CUES:
+        setting = cfg.cues.earcon(cue)
+        if setting == "":
+            continue
+        path = Path(setting) if setting else data_path(f"cue-{cue}.wav")
+        try:
+            pcm, rate = read_wav(path)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"cues.{cue}_earcon: cannot read {path}: {exc}") from exc
+        if setting is None:
+            pcm = (np.frombuffer(pcm, "<i2").astype(np.float32) * gain).astype("<i2").tobytes()
+        out[cue] = resample(pcm, rate, EARCON_RATE)
+    return out
+
+
+USAGE_FILE = "usage.json"
+#: Entries that report an outcome the user is told of: logged as warnings with their reason.
+OUTCOME_ENTRIES = frozenset({
+    c.TelemetryName.REPLY_DONE, c.TelemetryName.CUE, c.TelemetryName.TRANSCRIPTION_FAILED,
+    c.TelemetryName.SERVICE_WARNING, c.TelemetryName.SERVICE_ERROR,
+    c.TelemetryName.LIMIT_REACHED})
+
+
+class _Context:
+    """The per-turn context provider of ``[context]`` (see the module docstring)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg.context
+        self._failing = False
+
+    async def get(self) -> str | None:
+        c = self.cfg
+        if not c.command:
+            return None
+        problem: str | None = None
+        text: str | None = None
+        try:
+            done = await asyncio.wait_for(
+                execute(list(c.command), child_environ(c.env), None, c.max_bytes), c.timeout_s)
+        except TimeoutError:
+            problem = f"gave no answer within {c.timeout_s:g} s"
+        except ToolFailure as exc:
+            problem = exc.message
+        else:
+            if done.code != 0:
+                problem = f"exited with status {done.code}"
+            elif done.truncated:
+                problem = f"wrote more than {c.max_bytes} bytes"
+            else:
+                text = done.stdout.decode("utf-8", errors="replace").strip() or None
+        if problem is not None:
+            if not self._failing:
+                log.warning("context command %s: %s; replies go on without context",
+                            c.command[0], problem, extra={"reason": problem})
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("context command %s works again", c.command[0])
+        self._failing = False
+        return text
 
 
 class _Upstream:
@@ -224,6 +310,12 @@ class Daemon:
         self.wake_late_s = wake_late_s(self.wake)
         self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
+        self.cue_earcons = load_cue_earcons(cfg)
+        self.context = _Context(cfg)
+        self.budget = TokenBudget(cfg.limits.tokens_per_hour, cfg.limits.tokens_per_day)
+        self._usage_file = state_dir / USAGE_FILE if state_dir is not None else None
+        self._usage_save_failed = False  # said once
+        self._load_usage()
         barge = cfg.bargein
         delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
         # The reference must reach back over a late wake word (Core.on_wake's echo check).
@@ -284,6 +376,37 @@ class Daemon:
         self._answers: dict[str, asyncio.Future[Answer]] = {}  # confirmations asked
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
+
+    def _load_usage(self) -> None:
+        path = self._usage_file
+        if path is None or not path.exists():
+            return
+        try:
+            problems = self.budget.load(json.loads(path.read_text(encoding="utf-8")),
+                                        time.time())
+        except (OSError, ValueError) as exc:
+            problems = [str(exc)]
+        if problems:
+            log.warning("token counts in %s partly unreadable (%s): counting those afresh",
+                        path, "; ".join(problems[:3]))
+
+    def _save_usage(self) -> None:
+        path = self._usage_file
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.budget.dump()), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            if not self._usage_save_failed:
+                log.warning("cannot keep the token counts in %s: %s", path, exc)
+            self._usage_save_failed = True
+
+    @property
+    def earcon_count(self) -> int:
+        """Earcons played since start (the wake chime and the cues)."""
+        return self._earcons
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -412,6 +535,7 @@ class Daemon:
         if not self._listening:
             return
         for det in detections:
+            self.core.limit = self.budget.reached(time.time()) if self.budget.limited else None
             late = self.listener.newest - det.t_audio
             if late > self.wake_late_s:
                 log.warning("wake word %s came %.1f s late (the wake word's worker fell "
@@ -574,7 +698,12 @@ class Daemon:
         elif isinstance(a, c.RunTool):
             self._spawn(self._tool(a), f"tool {a.name}")
         elif isinstance(a, c.Earcon):
-            self._earcon()
+            self._earcon(a.name)
+        elif isinstance(a, c.RequestReply):
+            if self.cfg.context.command:
+                self._spawn(self._request_reply(), "reply request")
+            else:
+                self.link.send(ev.ResponseCreate())
         elif isinstance(a, c.ConfirmationAnswer):
             future = self._answers.get(a.call_id)
             if future is not None and not future.done():
@@ -601,11 +730,16 @@ class Daemon:
         played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
         self._do(self.core.on_playback_stopped(a.item_id, played, self.clock()), frame_t)
 
-    def _earcon(self) -> None:
-        if self.earcon:
+    async def _request_reply(self) -> None:
+        context = await self.context.get()
+        self.link.send(ev.ResponseCreate(additional_instructions=context))
+
+    def _earcon(self, name: str = "wake") -> None:
+        pcm = self.earcon if name == "wake" else self.cue_earcons.get(name, b"")
+        if pcm:
             self._earcons += 1
             item = f"earcon_{self._earcons}"
-            self.playback.feed(item, self.earcon, "pcm16")
+            self.playback.feed(item, pcm, "pcm16")
             self.playback.finish(item)
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
@@ -618,7 +752,22 @@ class Daemon:
             elif entry.name is c.TelemetryName.USER_SAID:
                 self.homeassistant.set_transcript(str(entry.fields.get("text", "")))
         details = telemetry_details(entry, self.cfg.service.log_transcripts)
-        log.info("%s %s", entry.name, details, extra={"turn": self.core.turn})
+        fields = entry.fields
+        extra: dict[str, Any] = {"turn": self.core.turn}
+        extra.update({k: fields[k] for k in USAGE_FIELDS if k in fields})
+        if entry.name is c.TelemetryName.REPLY_DONE and any(k in fields for k in USAGE_FIELDS):
+            spent = int(fields.get("input_tokens", 0)) + int(fields.get("output_tokens", 0))
+            self.budget.add(spent, time.time())
+            self._save_usage()
+        level = logging.INFO
+        reason = fields.get("reason")
+        if reason is not None:
+            extra["reason"] = str(reason)
+            if entry.name in OUTCOME_ENTRIES and not (
+                    entry.name is c.TelemetryName.REPLY_DONE
+                    and fields.get("status") in ("completed", "cancelled", "canceled")):
+                level = logging.WARNING
+        log.log(level, "%s %s", entry.name, details, extra=extra)
         if self.on_telemetry is not None:
             try:
                 self.on_telemetry(entry)
@@ -677,5 +826,6 @@ class Daemon:
             **self.metrics.status(),
             **({"homeassistant": self.homeassistant.status()}
                if self.homeassistant is not None else {}),
+            "budget": self.budget.status(time.time()),
             "errors": self.errors,
         }

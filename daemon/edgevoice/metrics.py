@@ -17,6 +17,9 @@ Guarantees:
   passes ``frame_t`` — the stream time of the microphone frame being handled, or None outside
   a frame — with every entry and every upstream send, and calls :meth:`Metrics.frame_time`
   after a frame's actions while :attr:`Metrics.needs_frame_time`.
+- Tokens: every ``reply done`` with a usage block adds its counts to its turn (the turn in
+  progress) and to the totals since start; replies are counted by status; the last
+  ``rate_limits.updated`` is kept as it came. All bounded (one dict each).
 - Not thread-safe: the daemon's event loop calls everything here.
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgevoice.conversation.core import Core, RunTool, SendAudio, State
+from edgevoice.conversation.outcome import USAGE_FIELDS
 from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 
 MAX_TURNS_KEPT = 20
@@ -49,9 +53,9 @@ class TurnFigures:
     frame would have sent instead, in the same format: all audio from the turn's first streamed
     sample (the end of the wake word; for follow-up speech or a barge-in after the reply was
     done, the start of its prefix padding) until the ``response.done`` of its reply (the last
-    one, when tools were called). A barge-in before that belongs to the turn it interrupts, as
-    its other figures do. So ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving
-    on the same audio."""
+    one, when tools were called; or the service error that ends the turn instead). A
+    barge-in before that belongs to the turn it interrupts, as its other figures do. So
+    ``upstream_bytes / ungated_bytes`` is the local VAD gate's saving on the same audio."""
 
     turn: int
     started: float
@@ -63,6 +67,8 @@ class TurnFigures:
     tools: list[str] = field(default_factory=list)
     upstream_bytes: int = 0
     ungated_bytes: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)  # USAGE_FIELDS, summed over replies
+    outcome: str | None = None  # the last reply's status when it was not "completed"
 
 
 class _UngatedWindow:
@@ -159,6 +165,9 @@ class Metrics:
         #: Called with (name, ms) as a turn's latency figure is taken: ``wake_to_send_ms``,
         #: ``first_audio_ms`` (the Prometheus histograms).
         self.on_figure: Callable[[str, float], None] | None = None
+        self.tokens: dict[str, int] = dict.fromkeys(USAGE_FIELDS, 0)  # since start
+        self.replies: dict[str, int] = {}  # by status
+        self.rate_limits: dict[str, Any] | None = None  # {"at": epoch, "limits": [...]}
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -194,9 +203,29 @@ class Metrics:
             turns[-1].bargein = str(entry.fields.get("by"))
         elif name is TelemetryName.TOOL_CALL and turns:
             turns[-1].tools.append(str(entry.fields.get("name")))
-        self._window(name, frame_t)
+        elif name is TelemetryName.REPLY_DONE:
+            self._reply_done(entry.fields)
+        elif name is TelemetryName.RATE_LIMITS:
+            self.rate_limits = {"at": time.time(), "limits": list(entry.fields.get("limits", []))}
+        self._window(name, frame_t, entry.fields)
 
-    def _window(self, name: TelemetryName, frame_t: float | None) -> None:
+    def _reply_done(self, fields: dict[str, Any]) -> None:
+        status = str(fields.get("status"))
+        if len(self.replies) < 16 or status in self.replies:  # bounded against odd statuses
+            self.replies[status] = self.replies.get(status, 0) + 1
+        turn = self._turns[-1] if self._turns else None
+        if turn is not None and status not in ("completed", "cancelled", "canceled"):
+            turn.outcome = status + (f" ({fields['reason']})" if fields.get("reason") else "")
+        if not any(k in fields for k in USAGE_FIELDS):
+            return
+        for key in USAGE_FIELDS:
+            n = int(fields.get(key, 0))
+            self.tokens[key] += n
+            if turn is not None:
+                turn.tokens[key] = turn.tokens.get(key, 0) + n
+
+    def _window(self, name: TelemetryName, frame_t: float | None,
+                fields: dict[str, Any]) -> None:
         """Opens and closes the ungated count on the core's timeline."""
         state = self.core.state
         if name in _TURN_STARTS or (name is TelemetryName.BARGE_IN
@@ -207,7 +236,10 @@ class Metrics:
             # goes on until the reply that follows the tool outputs is done.
             self._ungated.open(frame_t, fresh=False)
         elif name is TelemetryName.IDLE or (name is TelemetryName.REPLY_DONE
-                                            and state is not State.LISTENING):
+                                            and state is not State.LISTENING) or (
+                name is TelemetryName.SERVICE_ERROR and fields.get("ends_turn")):
+            # (A service error that ends the turn stands for the response.done that will
+            # not come.)
             # A "reply done" in LISTENING is the cancelled reply of a barge-in: the turn goes on.
             self._ungated.close(frame_t)
 
@@ -288,7 +320,10 @@ class Metrics:
                        "first_audio_ms": t.first_audio_ms,
                        "first_delta_to_device_ms": t.first_delta_to_device_ms,
                        "bargein": t.bargein is not None, "tools": list(t.tools),
-                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes}
+                       "upstream_bytes": t.upstream_bytes, "ungated_bytes": t.ungated_bytes,
+                       "tokens": dict(t.tokens), "outcome": t.outcome}
                       for t in self.turns],
             "tool_calls": list(self.tool_calls),
+            "usage": {"tokens": dict(self.tokens), "replies": dict(self.replies)},
+            "rate_limits": self.rate_limits,
         }

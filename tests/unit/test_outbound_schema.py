@@ -235,7 +235,7 @@ def config_sessions() -> list[tuple[str, Config]]:
                     "output_audio_format": "g711_alaw", "max_response_output_tokens": 300,
                     "tool_choice": "required"}})))
     configs.append(("agent", Config.model_validate({
-        "voicelive": {"agent": {"id": "asst_1", "project_name": "home"}}})))
+        "voicelive": {"auth": "entra", "agent": {"id": "asst_1", "project_name": "home"}}})))
     return configs
 
 

@@ -199,6 +199,9 @@ class VoiceLiveConfig(Strict):
     @model_validator(mode="after")
     def _model_or_agent(self) -> VoiceLiveConfig:
         if self.agent is not None:
+            if self.auth == "api-key":
+                raise ValueError('an agent ([voicelive.agent]) needs auth = "entra": the agent '
+                                 "service takes Microsoft Entra tokens, not an API key")
             self.model = None
         elif not self.model:
             raise ValueError("set model (or an [voicelive.agent] section)")
@@ -295,6 +298,71 @@ class ConversationConfig(Strict):
             problem = wav_problem(Path(value))
             if problem:
                 raise ValueError(problem)
+        return value
+
+
+def _earcon_setting(value: str | None) -> str | None:
+    if value:
+        problem = wav_problem(Path(value))
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+class CuesConfig(Strict):
+    """What the user hears when a reply does not come as asked: an earcon per class (None:
+    the built-in one, "" off, else a 16-bit PCM WAV) and, with ``speak``, a line spoken by
+    the service's voice while the link is up (``pre_generated_assistant_message``) after a
+    failed or filtered reply."""
+
+    failed_earcon: str | None = None
+    filtered_earcon: str | None = None
+    not_understood_earcon: str | None = None
+    limit_earcon: str | None = None
+    speak: bool = False
+    failed_line: str = Field(default="Sorry, something went wrong. Please try again.",
+                             min_length=1, max_length=500)
+    filtered_line: str = Field(default="Sorry, I can't help with that.", min_length=1,
+                               max_length=500)
+
+    _check_wavs = field_validator("failed_earcon", "filtered_earcon", "not_understood_earcon",
+                                  "limit_earcon")(_earcon_setting)
+
+    def earcon(self, cue: str) -> str | None:
+        value: str | None = getattr(self, f"{cue}_earcon")
+        return value
+
+    def lines(self) -> tuple[tuple[str, str], ...]:
+        """(cue, text) for the core; empty without ``speak``. ``limit`` has no line (the link
+        is not opened for it), nor has ``not_understood``: the model hears the audio itself
+        and may still answer, and a line would cancel that answer."""
+        if not self.speak:
+            return ()
+        return (("failed", self.failed_line), ("filtered", self.filtered_line))
+
+
+class LimitsConfig(Strict):
+    """A token budget (input + output tokens of every response): when reached, a wake word is
+    answered with the limit earcon instead of opening the link. Off by default."""
+
+    tokens_per_hour: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+
+
+class ContextConfig(Strict):
+    """Per-turn context for the replies the daemon asks for: the stdout of ``command`` (argv,
+    no shell) goes with each ``response.create`` as ``additional_instructions``."""
+
+    command: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    max_bytes: Annotated[int, Field(ge=1, le=16384)] = 2048
+    env: list[str] = Field(default_factory=list)  # variables passed through (PATH always)
+
+    @field_validator("command")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        if value and not value[0].startswith("/"):
+            raise ValueError(f"the program must be an absolute path, got {value[0]!r}")
         return value
 
 
@@ -549,6 +617,9 @@ class Config(Strict):
     homeassistant: HomeAssistantConfig | None = None
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cues: CuesConfig = Field(default_factory=CuesConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
 
     def request_session(self) -> RequestSession:
         """The ``session`` of ``session.update`` built from this config. Every field is set
@@ -615,6 +686,11 @@ class Config(Strict):
             problems.append(f"confirm = true (tool {', '.join(confirmed)}) needs "
                             f"session.input_transcription.enabled: the user's answer is "
                             f"read from the transcript")
+        td = self.session.turn_detection
+        if self.context.command and td.type != "none" and td.create_response:
+            problems.append("context.command needs session.turn_detection.create_response = "
+                            "false (or type \"none\"): the context goes with the replies the "
+                            "daemon asks for")
         if problems:
             raise ValueError("; ".join(problems))
         return self

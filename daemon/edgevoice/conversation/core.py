@@ -33,6 +33,28 @@ Guarantees:
   conversation ends ("idle" says why); either way it ends if no reply starts within
   ``mic_lost_reply_s``. A speaker lost mid-reply cancels the reply, truncates the item to what
   was played (also with ``auto_truncate``: the service cannot know) and ends the conversation.
+- Every reply's outcome is said. A ``response.done`` with status ``failed`` or ``incomplete``
+  (an error, the content filter, ``max_output_tokens``) is never taken for a finished reply:
+  its ``reply done`` entry carries the status and the service's reason, a ``cue`` entry and
+  an :class:`Earcon` of its class follow (``failed`` / ``filtered``; after what of the reply
+  was already queued to play), and, with a spoken line configured and the link up, one
+  ``response.create`` with that ``pre_generated_assistant_message`` (never for the reply of a
+  line itself). The turn then ends as a finished one does — the follow-up window, so the
+  user can rephrase without the wake word — once the line (if any) has played. A
+  transcription failure sounds ``not_understood`` unless a reply is already playing (the
+  model hears the audio itself and may answer); a non-benign service ``error`` while the turn
+  waits for its reply (caused by no client event, by ``response.create`` or by the commit)
+  ends the turn the same way with the ``failed`` cue instead of waiting for
+  ``service_timeout_s``. A ``warning`` is put on the timeline only.
+- The token budget: while :attr:`Core.limit` is set, a wake word in IDLE is answered with a
+  ``limit reached`` entry and the ``limit`` earcon; no Connect, no audio leaves.
+- Replies the daemon drives: with ``drive_replies`` (``create_response = false``) and with
+  a local end of utterance, a committed user turn yields one :class:`RequestReply` (the
+  caller sends ``response.create``, with its per-turn context).
+- Clean buffers: a turn that starts on a link that is up (a warm connection) first sends
+  ``input_audio_buffer.clear`` (the tail of the last turn, sent after its commit, must not
+  start this one); a manual turn (``local_end_of_utterance``) that ends uncommitted clears
+  what it had sent.
 """
 
 from __future__ import annotations
@@ -46,6 +68,7 @@ from typing import Any
 
 from edgevoice.audio.convert import level_dbfs
 from edgevoice.conversation.echo import EchoGuard
+from edgevoice.conversation.outcome import cue_for, reply_reason, usage_fields
 from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 from edgevoice.link.protocol import LinkDown, LinkUp, ServiceError, TurnAbandoned
 from edgevoice.listen.vad import LocalEndpointer, UpstreamGate
@@ -128,6 +151,12 @@ class Earcon:
 
 
 @dataclass(frozen=True)
+class RequestReply:
+    """Ask the service for the reply to the committed user turn: ``response.create``, with
+    the per-turn context (``additional_instructions``) if the caller has a provider."""
+
+
+@dataclass(frozen=True)
 class Connect:
     wanted: bool
 
@@ -156,11 +185,14 @@ class StateChanged:
 CONFIRM_PAUSE_MS = 100
 WAKE_WORD_S = 1.5  # how far back a wake word's audio reaches
 USER_EVIDENCE_MS = 120  # user speech needed within it while echo is possible
+#: A service error caused by one of these (None: by no client event) while the turn waits
+#: for its reply means the reply will not come.
+TURN_ERROR_CAUSES = (None, "response.create", "input_audio_buffer.commit")
 VOICED_HISTORY_S = 2.0
 
 Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | PausePlayback
           | ResumePlayback | Duck | Unduck | RunTool | Earcon | Connect | Telemetry
-          | StateChanged | ConfirmationAnswer)
+          | StateChanged | ConfirmationAnswer | RequestReply)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -195,6 +227,11 @@ class CoreSettings:
     # Wake detections may come this long after the frame that completed them (the wake word
     # runs off the loop): the history that judges them is kept that much longer.
     wake_late_s: float = 0.0
+    # turn_detection.create_response = false: the service commits turns and the daemon asks
+    # for each reply (RequestReply).
+    drive_replies: bool = False
+    # (cue, text): the line spoken (pre_generated_assistant_message) after that cue's earcon.
+    cue_lines: tuple[tuple[str, str], ...] = ()
     # Confirmations: how long an answer's transcript may take after its speech began, and
     # whether the service answers a committed turn by itself (server VAD, create_response).
     confirm_answer_s: float = 8.0
@@ -257,6 +294,10 @@ class Core:
         self._idle_since: float | None = None
         self._progress_at = 0.0  # the last sign of life of the turn (see service_timeout_s)
         self._link_up = False
+        self._reply_requested = False  # RequestReply went out for the current user turn
+        self._line_pending = False  # the response in progress or asked for is a cue's line
+        #: Why no conversation may start now (the token budget is spent); None: it may.
+        self.limit: str | None = None
         # (t, is the user) of recent voiced frames: a wake word or follow-up speech while the
         # assistant's voice may still come back from the room needs the user's own voice.
         self._voiced: deque[tuple[float, bool]] = deque()
@@ -277,9 +318,14 @@ class Core:
         self._progress_at = t
         if new is State.LISTENING:
             self._turn_committed = False  # a new user turn
+            self._reply_requested = False
 
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
         self._decline_all(t, out, f"the conversation ended: {why}")
+        if (self.state is State.LISTENING and self.s.local_end_of_utterance
+                and not self._turn_committed):
+            # An abandoned manual turn: what it sent must not start the next one.
+            out.append(SendEvent(ev.InputAudioBufferClear()))
         self._go(State.IDLE, t, out)
         out.append(Unduck())
         out.append(Telemetry(TelemetryName.IDLE, t, {"why": why}))
@@ -319,6 +365,11 @@ class Core:
         if self.state is State.IDLE or self.state is State.FOLLOW_UP:
             if name in self.s.stop_words:
                 return out
+            if self.state is State.IDLE and self.limit is not None:
+                out.append(Telemetry(TelemetryName.LIMIT_REACHED, t,
+                                     {"word": name, "reason": self.limit}))
+                out.append(Earcon("limit"))
+                return out
             self.turn += 1
             out.append(Telemetry(TelemetryName.WAKE, t, {"word": name, "score": round(score, 3)}))
             if self.state is State.IDLE:
@@ -329,6 +380,7 @@ class Core:
             self._idle_since = None
             self._heard_speech = False
             self._go(State.LISTENING, t, out)
+            self._clear_if_warm(out)
             opened = self.upstream.open(t if word_end is None else word_end)
             out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
         elif self.state is State.RESPONDING:
@@ -366,7 +418,7 @@ class Core:
                     self._turn_committed = True
                     out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
                     out.append(SendEvent(ev.InputAudioBufferCommit()))
-                    out.append(SendEvent(ev.ResponseCreate()))
+                    self._request_reply(t, out)
             if (not self._heard_speech and self.s.listen_timeout_s > 0
                     and t - self._t_state >= self.s.listen_timeout_s):
                 self._end_conversation(t, out, "no speech after the wake word")
@@ -380,6 +432,7 @@ class Core:
                 out.append(Telemetry(TelemetryName.FOLLOW_UP_SPEECH, t))
                 self._heard_speech = True
                 self._go(State.LISTENING, t, out)
+                self._clear_if_warm(out)
                 out.extend(chunks)
         elif state is State.RESPONDING:
             # Keep what the gate would send for the current speech segment: if it turns out
@@ -576,7 +629,27 @@ class Core:
                 self._end_conversation(t, out, "turn abandoned")
         elif isinstance(event, ServiceError):
             if not event.benign:
-                out.append(Telemetry(TelemetryName.SERVICE_ERROR, t, {"message": event.message}))
+                err = event.event.error
+                ends = (self._awaiting_reply() and event.caused_by in TURN_ERROR_CAUSES)
+                out.append(Telemetry(TelemetryName.SERVICE_ERROR, t, {
+                    "message": event.message, "reason": err.code or err.type,
+                    "ends_turn": ends}))
+                if ends:
+                    self._turn_failed(t, out, str(err.code or err.type or event.message))
+        elif isinstance(event, ev.WarningEvent):
+            w = event.warning
+            out.append(Telemetry(TelemetryName.SERVICE_WARNING, t,
+                                 {"reason": w.code or w.message, "message": w.message}))
+        elif isinstance(event, ev.RateLimitsUpdated):
+            out.append(Telemetry(TelemetryName.RATE_LIMITS, t, {
+                "limits": [r.model_dump(exclude_none=True) for r in event.rate_limits]}))
+        elif isinstance(event, ev.ConversationItemInputAudioTranscriptionFailed):
+            err = event.error
+            reason = str(err.code or err.type or err.message)
+            out.append(Telemetry(TelemetryName.TRANSCRIPTION_FAILED, t, {
+                "item": event.item_id, "reason": reason, "message": err.message}))
+            if self.state is not State.RESPONDING:
+                self._cue("not_understood", reason, t, out, speak=False)
         elif isinstance(event, ev.InputAudioBufferSpeechStarted):
             out.append(Telemetry(TelemetryName.SPEECH_START_SERVER, t,
                                  {"audio_start_ms": event.audio_start_ms}))
@@ -598,6 +671,9 @@ class Core:
         elif isinstance(event, ev.InputAudioBufferCommitted):
             if self.state is State.LISTENING:
                 self._turn_committed = True
+                if (self.s.drive_replies and not self.s.local_end_of_utterance
+                        and not self._answering()):  # an answer's reply: the tool's output
+                    self._request_reply(t, out)
             if self._answer_item(event.item_id) and self.s.auto_response:
                 self._cancel_auto = True  # the service replies to a committed turn itself
         elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
@@ -715,20 +791,86 @@ class Core:
             return  # cancelled for a confirmation, or given up on (service_timeout_s)
         self._response_done = True
         self._response_id = None
-        out.append(Telemetry(TelemetryName.REPLY_DONE, t, {"status": event.response.status,
-                                                           **usage_fields(event.response)}))
+        response = event.response
+        fields: dict[str, Any] = {"status": response.status}
+        reason = reply_reason(response)
+        if reason is not None:
+            fields["reason"] = reason
+        details = response.status_details
+        if details is not None and details.error is not None and details.error.message:
+            fields["message"] = details.error.message
+        fields.update(usage_fields(response.usage))
+        out.append(Telemetry(TelemetryName.REPLY_DONE, t, fields))
+        was_line, self._line_pending = self._line_pending, False
         head = self._confirms[0] if self._confirms else None
         if head is not None and head.response_id == event.response.id:
-            if event.response.status != "completed":
+            if response.status != "completed":
                 self._answered(t, out, None, f"the question was not spoken "
-                                             f"({event.response.status})")
+                                             f"({response.status})")
             else:
                 head.prompt_done = True
                 if self._drained:
                     self._begin_answer(head, t, out)
         self._run_calls(t, out)
-        if self.state is State.RESPONDING and not self._awaiting_outputs and self._drained:
+        cue = cue_for(response)
+        if cue is not None and self.state is State.RESPONDING:
+            # Not a finished reply: say so (after what of it was queued) before the turn ends.
+            # No line while tool outputs are due: the reply that follows them will speak.
+            self._cue(cue, reason or response.status, t, out,
+                      speak=not was_line and not self._awaiting_outputs)
+        if self.state is State.RESPONDING and self._response_done and not self._awaiting_outputs \
+                and self._drained:
             self._to_follow_up(t, out)
+
+    def _awaiting_reply(self) -> bool:
+        """The turn waits for a reply the service has not begun: the user's turn was
+        committed, or outputs (or a line) were sent and their response is yet to come."""
+        if self._response_id is not None:
+            return False
+        if self.state is State.LISTENING:
+            return self._turn_committed
+        return (self.state is State.RESPONDING and not self._response_done
+                and not self._awaiting_outputs)
+
+    def _turn_failed(self, t: float, out: list[Action], reason: str) -> None:
+        """The reply the turn waited for will not come (a service error): cue, then end the
+        turn as a finished reply would."""
+        self._response_done = True
+        was_line, self._line_pending = self._line_pending, False
+        if self.state is State.LISTENING:
+            self._go(State.RESPONDING, t, out)  # the turn is over: no more user audio
+            self._drained = True
+        self._cue("failed", reason, t, out, speak=not was_line)
+        if self.state is State.RESPONDING and self._response_done and self._drained:
+            self._to_follow_up(t, out)
+
+    def _cue(self, cue: str, reason: str, t: float, out: list[Action], *, speak: bool) -> None:
+        """Tell the user: the cue's earcon, and its spoken line when one is configured and
+        the link is up (the turn then waits for that line: ``_response_done`` is False)."""
+        line = dict(self.s.cue_lines).get(cue) if speak and self._link_up else None
+        then = "spoken line" if line else "earcon"
+        out.append(Telemetry(TelemetryName.CUE, t, {"cue": cue, "reason": reason,
+                                                    "then": then}))
+        out.append(Earcon(cue))
+        if line and self.state is State.RESPONDING:
+            self._line_pending = True
+            self._response_done = False
+            out.append(Telemetry(TelemetryName.SPOKEN_LINE, t, {"cue": cue, "text": line}))
+            out.append(SendEvent(ev.ResponseCreate(response=ev.ResponseCreateParams(
+                pre_generated_assistant_message=ev.AssistantMessage.from_text(line)))))
+
+    def _request_reply(self, t: float, out: list[Action]) -> None:
+        if self._reply_requested:
+            return
+        self._reply_requested = True
+        out.append(Telemetry(TelemetryName.REPLY_REQUESTED, t))
+        out.append(RequestReply())
+
+    def _clear_if_warm(self, out: list[Action]) -> None:
+        """A new turn on a connection that is up: drop what the service's input buffer may
+        still hold (frames sent after the last turn's commit)."""
+        if self._link_up:
+            out.append(SendEvent(ev.InputAudioBufferClear()))
 
     def _run_calls(self, t: float, out: list[Action]) -> None:
         calls = list(self._calls.values())
@@ -884,19 +1026,6 @@ class Core:
         out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
                              {"call_id": head.call_id, "text": transcript, "why": why}))
 
-
-def usage_fields(response: ev.Response) -> dict[str, int]:
-    """The token counts of a ``response.done`` (missing parts 0); empty without usage."""
-    u = response.usage
-    if u is None:
-        return {}
-    i, o = u.input_token_details, u.output_token_details
-    return {"input_tokens": u.input_tokens or 0, "output_tokens": u.output_tokens or 0,
-            "input_text_tokens": (i.text_tokens if i else None) or 0,
-            "input_audio_tokens": (i.audio_tokens if i else None) or 0,
-            "output_text_tokens": (o.text_tokens if o else None) or 0,
-            "output_audio_tokens": (o.audio_tokens if o else None) or 0,
-            "cached_tokens": (i.cached_tokens if i else None) or 0}
 
 
 def actions_of(kind: type, actions: Iterable[Action]) -> list[Any]:

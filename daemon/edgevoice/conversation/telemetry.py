@@ -34,9 +34,20 @@ class TelemetryName(enum.StrEnum):
     FIRST_REPLY_AUDIO = "first reply audio"  # item: the reply's first audio delta arrived
     FIRST_AUDIO_AT_SPEAKER = "first audio at speaker"  # item, after_delta_ms (the daemon's)
     ASSISTANT_SAID = "assistant said"  # text
-    # status; with usage: input_tokens, output_tokens, input_text_tokens, input_audio_tokens,
-    # output_text_tokens, output_audio_tokens, cached_tokens (missing parts 0)
+    # status, and reason (status_details' reason, else its error's type, else its type, as
+    # sent; absent when completed), message (a failed reply's error message), and with a
+    # usage block the token counts: input_tokens, output_tokens, input_text_tokens,
+    # input_audio_tokens, output_text_tokens, output_audio_tokens, cached_tokens (ints).
     REPLY_DONE = "reply done"
+    # cue (failed | filtered | not_understood | limit), reason, then: the user is told a
+    # reply failed, was filtered, was not understood, or the token budget is spent.
+    CUE = "cue"
+    SPOKEN_LINE = "spoken line"  # cue, text: the cue's line is asked for (pre-generated)
+    TRANSCRIPTION_FAILED = "transcription failed"  # item, reason, message
+    SERVICE_WARNING = "service warning"  # reason, message
+    RATE_LIMITS = "rate limits"  # limits: [{name, limit, remaining, reset_seconds}]
+    LIMIT_REACHED = "limit reached"  # word, reason: a wake refused, the token budget is spent
+    REPLY_REQUESTED = "reply requested"  # the daemon asks for the reply (response.create)
     SPEAKER_PAUSED = "speaker paused"  # voiced_ms: the user may be barging in
     SPEAKER_RESUMED = "speaker resumed"  # it was not a barge-in
     # by: "local speech", "server speech", "wake word" or "stop word"; speech_ms (local
@@ -56,7 +67,7 @@ class TelemetryName(enum.StrEnum):
     SESSION_READY = "session ready"  # reconnected
     LINK_DOWN = "link down"  # reason
     TURN_ABANDONED = "turn abandoned"  # reason: the link gave up on the turn
-    SERVICE_ERROR = "service error"  # message
+    SERVICE_ERROR = "service error"  # message, reason (the error's code or type), ends_turn
     MICROPHONE_LOST = "microphone lost"  # state, then
     MICROPHONE_BACK = "microphone back"
     SPEAKER_LOST = "speaker lost"  # state, item

@@ -12,7 +12,8 @@ long enough for the reply and the follow-up window, "hey jarvis" again, a reques
 the model call a tool, and an interruption during the spoken reply. The speaker's output is
 written to a WAV. The timeline (ms since start) shows the wake word, speech start and end,
 first reply audio, the barge-in with the truncated milliseconds, the tool call and the return
-to idle; ``--json`` prints one JSON object per line instead.
+to idle, and at the end the tokens the replies used (``usage``: the totals since start and
+the replies by status); ``--json`` prints one JSON object per line instead.
 """
 
 from __future__ import annotations
@@ -205,12 +206,14 @@ async def running_daemon(
     on_telemetry: Callable[[c.Telemetry], None] | None = None,
     ready_timeout_s: float = 20.0,
     strict: bool = False,
+    state_dir: Path | None = None,
 ) -> AsyncIterator[Running]:
     """The :class:`Daemon` on a :class:`Rig` in ``directory``, listening when the block starts
     (raises TimeoutError otherwise), stopped and closed when it ends. With ``script`` it talks
     to an in-process simulator on 127.0.0.1 (its endpoint replaces the configured one; the API
     key is ``api_key`` or a random one; ``strict`` is the simulator's strict mode); else to
-    ``cfg.voicelive`` with ``api_key``."""
+    ``cfg.voicelive`` with ``api_key``. ``state_dir``: the daemon's (tool records, token
+    counts); None keeps nothing."""
     simulator: Simulator | None = None
     if script is not None:
         api_key = api_key or Secret(_random.token_urlsafe(24))
@@ -222,7 +225,8 @@ async def running_daemon(
         auth = make_auth(cfg.voicelive, api_key)
         try:
             with Rig(directory, echo=echo) as rig:
-                daemon = Daemon(cfg, auth=auth, on_telemetry=on_telemetry)
+                daemon = Daemon(cfg, auth=auth, on_telemetry=on_telemetry,
+                                state_dir=state_dir)
                 stop = asyncio.Event()
                 task = asyncio.create_task(daemon.run(stop))
                 try:
@@ -271,6 +275,8 @@ async def run_demo(
             run.rig.mic.feed(pcm)
             status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
         reply = run.rig.speaker_pcm()
+    usage = daemon.metrics.status()["usage"]
+    timeline.mark("usage", **usage["tokens"], replies=usage["replies"])
     write_wav(output, reply, SPEAKER_RATE)
     timeline.mark("wrote", file=str(output), audio_ms=round(len(reply) / 2 / SPEAKER_RATE * 1000))
     if status:

@@ -181,6 +181,16 @@ class VoiceLiveProtocol:
     - **Exactly once.** A function call's ``call_id`` is delivered once, however often the
       service repeats it (the last :data:`CALL_IDS_KEPT` ids); its output is replayed after
       a reconnect, never asked for again.
+    - **Clears.** An ``input_audio_buffer.clear`` the caller sends ends the kept turn audio
+      written before it when it is written (the ``cleared`` that answers it then forgets
+      nothing of the audio written after it); a clear the service makes on its own forgets
+      all kept audio. A ``response.create`` the service refuses (an ``error`` naming it), or a
+      server ``error`` while a response is owed and none has begun, ends the debt: the link
+      does not stay busy (or ask again after a reconnect) for a reply that will not come.
+    - **Session check.** A ``session.updated`` that differs from what was asked in a field the
+      daemon relies on (the audio formats, the input rate, the turn detection's type,
+      ``create_response``, ``interrupt_response``, ``auto_truncate``) is logged once as a
+      warning (once per field and value, across reconnects); the session goes on.
     - **Closing.** :attr:`close_reason` is set, once per connection, when the connection is
       quiet (no response in progress or owed, nothing queued or kept, not held by
       :attr:`hold_recycle`) and either older than ``session_max_s`` (a recycle before the
@@ -218,6 +228,8 @@ class VoiceLiveProtocol:
         self._calls_seen: OrderedDict[str, None] = OrderedDict()
         self._seq = 0
         self._events: list[Inbound] = []
+        self._clears_written = 0  # our clears not yet answered by input_audio_buffer.cleared
+        self._mismatches_logged: set[tuple[str, str, str]] = set()
 
     # ------------------------------------------------------------------ state
 
@@ -265,6 +277,10 @@ class VoiceLiveProtocol:
                 out.append(self._written(pending))
                 if pending.event.type in TURN_AUDIO_EVENTS:
                     self._unacked.append(pending)
+                elif pending.event.type == "input_audio_buffer.clear":
+                    # What was written before it is gone at the service with it.
+                    self._forget_unacked()
+                    self._clears_written += 1
         return out
 
     def events_received(self) -> list[Inbound]:
@@ -293,6 +309,7 @@ class VoiceLiveProtocol:
         self._ready = False
         self._awaiting = None
         self._control.clear()
+        self._clears_written = 0
         if self.response_id is not None:
             # The response died with the connection: ask again once the context is back.
             self.response_owed = True
@@ -502,7 +519,37 @@ class VoiceLiveProtocol:
                 # not help. Say so loudly and go on with what the service has.
                 log.error("Voice Live refused the session settings: %s (param %s)",
                           event.error.message, event.error.param)
+            else:
+                self._check_session(event.session)
             self._session_ready(now)
+
+    def _check_session(self, got: ev.ResponseSession) -> None:
+        """Warn (once per field and value) where the effective session differs from the one
+        asked for in what the daemon relies on."""
+        asked = self.session
+        pairs: list[tuple[str, object, object]] = []
+        for name in ("input_audio_format", "input_audio_sampling_rate", "output_audio_format"):
+            want = getattr(asked, name)
+            if want is not None and name in got.model_fields_set:
+                pairs.append((name, want, getattr(got, name)))
+        if "turn_detection" in asked.model_fields_set and "turn_detection" in got.model_fields_set:
+            want_td, got_td = asked.turn_detection, got.turn_detection
+            if want_td is None or got_td is None:
+                pairs.append(("turn_detection", want_td and want_td.type,
+                              got_td and got_td.type))
+            else:
+                pairs.append(("turn_detection.type", want_td.type, got_td.type))
+                for name in ("create_response", "interrupt_response", "auto_truncate"):
+                    have = getattr(got_td, name)
+                    if have is not None:
+                        pairs.append((f"turn_detection.{name}", getattr(want_td, name), have))
+        for name, want, have in pairs:
+            key = (name, repr(want), repr(have))
+            if want != have and key not in self._mismatches_logged:
+                self._mismatches_logged.add(key)
+                log.warning("Voice Live: session.updated has %s = %r, asked for %r: the daemon "
+                            "relies on it", name, have, want,
+                            extra={"field": name, "asked": str(want), "got": str(have)})
 
     def _session_ready(self, now: float) -> None:
         for item in self.context.replay_items():
@@ -530,6 +577,10 @@ class VoiceLiveProtocol:
             # Nothing to cancel: whatever response the link still counted as in progress (a
             # response.done lost or never sent) is over, so the link can be quiet again.
             self.response_id = None
+        elif (not benign and caused_by in (None, "response.create") and self.response_owed
+              and self.response_id is None):
+            # The reply asked for (or due) will not come: the link owes nothing any more.
+            self.response_owed = False
         level = logging.DEBUG if benign else logging.WARNING
         log.log(level, "Voice Live error%s: %s (%s)",
                 f" for {caused_by} {event.error.event_id}" if caused_by else "",
@@ -557,7 +608,10 @@ class VoiceLiveProtocol:
             self.context.add_user_audio(event.item_id, audio or None)
             self.response_owed = True
         elif isinstance(event, ev.InputAudioBufferCleared):
-            self._forget_unacked()
+            if self._clears_written:
+                self._clears_written -= 1  # ours: forgotten when it was written
+            else:
+                self._forget_unacked()
         elif isinstance(event, ev.ConversationItemInputAudioTranscriptionCompleted):
             self.context.set_user_transcript(event.item_id, event.transcript)
         elif isinstance(event, ev.ResponseCreated):

@@ -51,8 +51,23 @@ values::
          "bargein": false,           # the user interrupted the reply
          "tools": ["set_light"],     # functions called in this turn
          "upstream_bytes": 96000,    # audio sent upstream in this turn (input format)
-         "ungated_bytes": 224000}    # what streaming every frame to response.done would send
+         "ungated_bytes": 224000,    # what streaming every frame to response.done would send
+         "tokens": {"input_tokens": 330, "output_tokens": 90, "input_text_tokens": 290,
+                    "input_audio_tokens": 40, "output_text_tokens": 20,
+                    "output_audio_tokens": 70, "cached_tokens": 256},  # {} without usage
+         "outcome": null}            # "incomplete (content_filter)", "failed (server_error)"
       ],
+      "usage": {                     # since the daemon started
+        "tokens": {"input_tokens": 990, "output_tokens": 270, …},   # the same keys
+        "replies": {"completed": 3, "incomplete": 1}                # replies by status
+      },
+      "rate_limits": {"at": 1732200001.9,  # the last rate_limits.updated, as sent (or null)
+                      "limits": [{"name": "tokens", "limit": 120000, "remaining": 118000,
+                                  "reset_seconds": 1.2}]},
+      "budget": {"tokens_per_hour": 50000, "tokens_per_day": null,   # [limits] (null: none)
+                 "last_hour": 1260, "last_day": 1260,  # tokens used (kept across restarts)
+                 "reached": null},           # why a wake is refused now, e.g.
+                                             #   "tokens_per_hour 50000 reached (50210 …)"
       "tool_calls": [                # the last few function calls, oldest first
         {"turn": 3, "name": "set_light", "call_id": "call_7", "ok": true, "ms": 14.2,
          "at": 1732200002.0, "error": null,
@@ -161,7 +176,7 @@ def status_line(snapshot: Snapshot) -> str:
     """The STATUS= text for a snapshot: what someone looking at ``systemctl status`` needs
     first. The most pressing condition wins, in this order: starting / reloading / stopping,
     microphone missing, authentication failed, reconnecting, in conversation, speaker missing,
-    listening for the wake word(s)."""
+    token budget reached, listening for the wake word(s)."""
     state = str(_value(snapshot.get("state")) or "")
     if state == "starting":
         return "starting"
@@ -188,6 +203,8 @@ def status_line(snapshot: Snapshot) -> str:
         return "in conversation"
     if device_state(snapshot, "speaker") == "missing":
         return "speaker missing"
+    if _section(snapshot, "budget").get("reached"):
+        return "token budget reached (a wake word gets the limit cue)"
     words = [spoken(w) for w in snapshot.get("wake_words") or [] if str(w).strip()]
     if words:
         return "listening for " + " or ".join(f"'{w}'" for w in words)
@@ -310,6 +327,11 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
                 row += "  barge-in"
             if t.get("tools"):
                 row += f"  tools: {', '.join(map(str, t['tools']))}"
+            tokens = t.get("tokens")
+            if isinstance(tokens, Mapping) and tokens:
+                row += f"  tokens {_tokens(tokens)}"
+            if t.get("outcome"):
+                row += f"  {shorten(str(t['outcome']), 60)}"
             lines.append(row)
 
     calls = [c for c in snapshot.get("tool_calls") or [] if isinstance(c, Mapping)]
@@ -330,9 +352,42 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
             if c.get("error"):
                 row += f"  {c['error']}"
             lines.append(row)
+    usage = _section(snapshot, "usage")
+    tokens = usage.get("tokens")
+    if isinstance(tokens, Mapping) and any(_number(v) and v for v in tokens.values()):
+        replies = usage.get("replies")
+        text = _tokens(tokens)
+        if isinstance(replies, Mapping) and replies:
+            text += "  replies: " + ", ".join(f"{shorten(str(k), 20)} {v}"
+                                             for k, v in replies.items())
+        lines.append(f"  tokens:      {text}")
+    limits = _section(snapshot, "rate_limits").get("limits")
+    if isinstance(limits, list) and limits:
+        parts = [f"{shorten(str(r.get('name', '?')), 20)} {r.get('remaining', '?')}/"
+                 f"{r.get('limit', '?')}" for r in limits[:4] if isinstance(r, Mapping)]
+        lines.append(f"  rate limits: {', '.join(parts)} remaining")
+    budget = _section(snapshot, "budget")
+    if budget and (budget.get("tokens_per_hour") or budget.get("tokens_per_day")):
+        parts = [f"{budget.get('last_hour', '?')}/{budget['tokens_per_hour']} this hour"
+                 if budget.get("tokens_per_hour") else "",
+                 f"{budget.get('last_day', '?')}/{budget['tokens_per_day']} today"
+                 if budget.get("tokens_per_day") else ""]
+        text = ", ".join(p for p in parts if p)
+        if budget.get("reached"):
+            text += f"  REACHED: {shorten(str(budget['reached']), 80)}"
+        lines.append(f"  budget:      {text}")
     if snapshot.get("error"):
         lines.append(f"  error:       {snapshot['error']}")
     return "\n".join(lines)
+
+
+def _tokens(tokens: Mapping[str, Any]) -> str:
+    """``in 330 (audio 40, cached 256) out 90 (audio 70)``."""
+    def n(key: str) -> Any:
+        value = tokens.get(key, 0)
+        return value if _number(value) else "?"
+    return (f"in {n('input_tokens')} (audio {n('input_audio_tokens')}, cached "
+            f"{n('cached_tokens')}) out {n('output_tokens')} (audio {n('output_audio_tokens')})")
 
 
 # ----------------------------------------------------------------------------- server

@@ -95,6 +95,29 @@ def _word_text(token: str) -> str:
     return re.sub(r"^[^\w']+|[^\w']+$", "", token.strip())
 
 
+def scripted_usage(parts: dict[str, int]) -> dict[str, Any]:
+    """A usage block from a script's ``usage`` table (missing parts 0, totals the sums)."""
+    t_in, a_in = parts.get("input_text_tokens", 0), parts.get("input_audio_tokens", 0)
+    t_out, a_out = parts.get("output_text_tokens", 0), parts.get("output_audio_tokens", 0)
+    inp, out = t_in + a_in, t_out + a_out
+    return {
+        "total_tokens": inp + out, "input_tokens": inp, "output_tokens": out,
+        "input_token_details": {"cached_tokens": parts.get("cached_tokens", 0),
+                                "text_tokens": t_in, "audio_tokens": a_in},
+        "output_token_details": {"text_tokens": t_out, "audio_tokens": a_out},
+    }
+
+
+def _line_text(message: Any) -> str | None:
+    """The text of a ``pre_generated_assistant_message`` (None when there is none)."""
+    if not isinstance(message, dict):
+        return None
+    parts = message.get("content")
+    texts = [p.get("text") for p in parts if isinstance(p, dict)] if isinstance(parts, list) \
+        else []
+    return " ".join(t for t in texts if isinstance(t, str) and t) or None
+
+
 class Connection:
     """Protocol state of one connection. Events are handled in arrival order by :meth:`run`;
     a response runs as its own task so cancels and audio keep flowing meanwhile. Ids, the
@@ -428,6 +451,14 @@ class Connection:
                          "item": item})
         if self.config.get("input_audio_transcription"):
             turn = self.sim.current_turn()
+            failed = turn.transcription_failed if turn is not None else None
+            if failed is not None:
+                await self.send({
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "item_id": item_id, "content_index": 0,
+                    "error": {"type": failed.type, "code": failed.code,
+                              "message": failed.message, "param": None}})
+                return
             transcript = turn.user if turn is not None and turn.user else "(speech)"
             self.items[item_id]["content"][0]["transcript"] = transcript
             await self.send({
@@ -636,12 +667,9 @@ class Connection:
                 raise ProtocolError("Conversation already has an active response",
                                      code="conversation_already_has_active_response")
             await self.cancel_active("turn_detected" if trigger == "vad" else "client_cancelled")
-        message = params.get("pre_generated_assistant_message")
-        if isinstance(message, dict):
-            # The client's fixed text, spoken as it is: no model, no script turn consumed.
-            text = " ".join(str(part.get("text") or "") for part in message.get("content") or []
-                            if isinstance(part, dict))
-            plan = self.sim._fixed_plan(text)
+        line = _line_text(params.get("pre_generated_assistant_message"))
+        if line is not None:
+            plan = self.sim._line_plan(line)
         else:
             follow_up = trigger == "client" and self.tool_outputs_pending
             self.tool_outputs_pending = False
@@ -678,26 +706,41 @@ class Connection:
             "status_details": None, "output": [], "usage": None,
         }
         await self.send({"type": "response.created", "response": copy.deepcopy(response)})
+        turn = plan.turn
+        if turn is not None and turn.rate_limits:
+            await self.send({"type": "rate_limits.updated", "rate_limits": [
+                {"name": r.name, "limit": r.limit, "remaining": r.remaining,
+                 "reset_seconds": r.reset_seconds} for r in turn.rate_limits]})
+        if turn is not None and turn.warning is not None:
+            await self.send({"type": "warning", "warning": dict(turn.warning)})
+        outcome = turn.outcome if turn is not None else None
         output: list[dict[str, Any]] = []
         text_out = ""
-        if plan.say and active.cancel_reason is None:
-            item = await self.speak(active, len(output), plan, "audio" in modalities, fmt)
+        if plan.say and active.cancel_reason is None and outcome != "failed":
+            item = await self.speak(active, len(output), plan, "audio" in modalities, fmt,
+                                    cut=outcome == "incomplete")
             output.append(item)
             text_out = plan.say
         for call in plan.calls:
-            if active.cancel_reason is not None:
+            if active.cancel_reason is not None or outcome == "failed":
                 break
             output.append(await self.call(active, len(output), call))
-        if plan.calls and active.cancel_reason is None:
+        if plan.calls and active.cancel_reason is None and outcome != "failed":
             self.sim._pending_tools = plan.turn
         cancelled = active.cancel_reason is not None
-        response.update(
-            status="cancelled" if cancelled else "completed",
-            status_details={"type": "cancelled", "reason": active.cancel_reason}
-            if cancelled else None,
-            output=output,
-            usage=usage(self.last_input_ms, active.audio_ms_sent, text_out),
-        )
+        status, details = "completed", None
+        if cancelled:
+            status, details = "cancelled", {"type": "cancelled", "reason": active.cancel_reason}
+        elif outcome == "incomplete" and turn is not None:
+            status, details = "incomplete", {"type": "incomplete", "reason": turn.reason}
+        elif outcome == "failed" and turn is not None and turn.failure is not None:
+            f = turn.failure
+            status, details = "failed", {"type": "failed", "error": {
+                "type": f.type, "code": f.code, "message": f.message}}
+        spent = usage(self.last_input_ms, active.audio_ms_sent, text_out)
+        if turn is not None and turn.usage is not None:
+            spent = scripted_usage(dict(turn.usage))
+        response.update(status=status, status_details=details, output=output, usage=spent)
         self.active = None  # before sending: a cancel racing response.done must fail
         await self.send({"type": "response.done", "response": response})
         if plan.drop in ("after-function-call", "after-response-done") and not cancelled:
@@ -706,7 +749,9 @@ class Connection:
                     await self.drop(plan.close_code)
 
     async def speak(self, active: Active, output_index: int, plan: Plan, audio: bool,
-                    fmt: str) -> dict[str, Any]:
+                    fmt: str, cut: bool = False) -> dict[str, Any]:
+        """The reply's message item; ``cut``: it stops after about half (an incomplete
+        reply: the item ends "incomplete" with the transcript of what was sent)."""
         text = (plan.say or "").strip()
         item_id = self.sim._new_id("item")
         item: dict[str, Any] = {
@@ -735,10 +780,11 @@ class Connection:
             chunk = rate * CHUNK_MS // 1000 * 2
             n = max(1, math.ceil(len(pcm) / chunk))
             drop_at = max(1, n // 2) if plan.drop == "mid-audio" else None
+            stop_at = max(1, n // 2) if cut else n
             spoken = 0
             started = time.monotonic()
             for i in range(n):
-                if active.cancel_reason is not None:
+                if active.cancel_reason is not None or i >= stop_at:
                     break
                 target = math.ceil((i + 1) * len(words) / n)
                 if target > spoken:
@@ -776,7 +822,8 @@ class Connection:
                     await active.pause(due - time.monotonic())
                 else:
                     await asyncio.sleep(0)  # let cancels and appends in between
-            transcript = text if active.cancel_reason is None else "".join(words[:spoken]).strip()
+            stopped = active.cancel_reason is not None or cut
+            transcript = text if not stopped else "".join(words[:spoken]).strip()
             await self.send({"type": "response.audio.done", **ids})
             if timestamps:
                 await self.send({"type": "response.audio_timestamp.done", **ids})
@@ -788,16 +835,18 @@ class Connection:
                              "part": {"type": "text", "text": ""}})
             sent = 0
             for i, word in enumerate(words):
-                if active.cancel_reason is not None:
+                if active.cancel_reason is not None or (cut and i >= max(1, len(words) // 2)):
                     break
                 await self.send({"type": "response.text.delta", **ids, "delta": word})
                 sent = i + 1
                 await asyncio.sleep(0)
-            transcript = text if active.cancel_reason is None else "".join(words[:sent]).strip()
+            stopped = active.cancel_reason is not None or cut
+            transcript = text if not stopped else "".join(words[:sent]).strip()
             await self.send({"type": "response.text.done", **ids, "text": transcript})
             part = {"type": "text", "text": transcript}
         await self.send({"type": "response.content_part.done", **ids, "part": part})
-        item["status"] = "incomplete" if active.cancel_reason is not None else "completed"
+        item["status"] = ("incomplete" if active.cancel_reason is not None or cut
+                          else "completed")
         item["content"] = [part]
         return await self._finish_item(active.id, output_index, item)
 

@@ -23,6 +23,26 @@ left off. Every fault fires once. Example (every key optional)::
     drop = "mid-audio"                 # close the socket at a point of this turn, see below
     close_code = 1011                  # drop with a close frame of this code (default: abort
                                        # the TCP connection, the client sees 1006)
+    outcome = "incomplete"             # response.done status: "incomplete" (the reply stops
+                                       # after about half of its audio, item "incomplete") or
+                                       # "failed" (nothing is said, no calls)
+    reason = "content_filter"          # status_details.reason of an incomplete reply
+                                       # (default "max_output_tokens")
+    failure = { type = "server_error", code = "x", message = "boom" }
+                                       # status_details.error of a failed reply (every key
+                                       # optional; default type "server_error")
+    usage = { input_text_tokens = 120, input_audio_tokens = 40, cached_tokens = 0,
+              output_text_tokens = 20, output_audio_tokens = 70 }
+                                       # the response's usage block (every key optional, 0;
+                                       # totals are the sums); default: estimated from audio
+    rate_limits = [{ name = "tokens", limit = 120000, remaining = 118000, reset_seconds = 1.2 }]
+                                       # rate_limits.updated right after response.created
+    warning = { message = "voice fallback", code = "x", param = "voice" }
+                                       # a `warning` event right after response.created
+    transcription_failed = { message = "audio unclear", type = "transcription_error",
+                             code = "x" }
+                                       # input_audio_transcription.failed instead of
+                                       # .completed for the user's audio of this turn
 
     [[connection]]                     # per upgrade attempt (right path, valid credentials);
                                        # after the last entry connections are normal
@@ -92,6 +112,28 @@ class ScriptedError:
     code: str | None = None
 
 
+USAGE_KEYS = ("input_text_tokens", "input_audio_tokens", "cached_tokens",
+              "output_text_tokens", "output_audio_tokens")
+OUTCOMES = ("failed", "incomplete")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """``status_details.error`` of a failed reply (absent keys are null on the wire)."""
+
+    type: str = "server_error"
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitEntry:
+    name: str
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+
 @dataclass(frozen=True)
 class Turn:
     """One scripted user turn and the assistant's reply to it."""
@@ -105,6 +147,13 @@ class Turn:
     drop: str | None = None
     close_code: int | None = None
     speech_started_at_ms: int | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    failure: Failure | None = None
+    usage: tuple[tuple[str, int], ...] | None = None  # (USAGE_KEYS name, tokens)
+    rate_limits: tuple[RateLimitEntry, ...] = ()
+    warning: tuple[tuple[str, str], ...] | None = None  # (message|code|param, text)
+    transcription_failed: ScriptedError | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +275,8 @@ class _Parser:
             value,
             path,
             {"user", "say", "calls", "after_tools", "error", "delay_ms", "drop", "close_code",
-             "speech_started_at_ms"},
+             "speech_started_at_ms", "outcome", "reason", "failure", "usage", "rate_limits",
+             "warning", "transcription_failed"},
         )
         calls = tuple(
             self.call(c, f"{path}.calls[{i}]")
@@ -252,7 +302,19 @@ class _Parser:
             )
             if drop in ("mid-audio", "after-function-call", "after-response-done"):
                 raise self.fail(f"{path}.drop", f"{drop} cannot happen in a turn with `error`")
+        outcome = self.outcome(t, path, error is not None, drop)
         return Turn(
+            outcome=outcome,
+            reason=(self.string(t["reason"], f"{path}.reason") if "reason" in t
+                    else "max_output_tokens" if outcome == "incomplete" else None),
+            failure=self.failure(t["failure"], f"{path}.failure") if "failure" in t
+            else Failure() if outcome == "failed" else None,
+            usage=self.usage(t["usage"], f"{path}.usage") if "usage" in t else None,
+            rate_limits=tuple(self.rate_limit(r, f"{path}.rate_limits[{i}]") for i, r in
+                              enumerate(self.array(t.get("rate_limits", []),
+                                                   f"{path}.rate_limits"))),
+            warning=self.warning(t["warning"], f"{path}.warning") if "warning" in t else None,
+            transcription_failed=self.transcription_failed(t, path),
             user=self.string(t["user"], f"{path}.user") if "user" in t else None,
             say=self.string(t["say"], f"{path}.say") if "say" in t else None,
             calls=calls,
@@ -266,6 +328,74 @@ class _Parser:
             speech_started_at_ms=self.integer(t["speech_started_at_ms"],
                                               f"{path}.speech_started_at_ms", 0, 600_000)
             if "speech_started_at_ms" in t else None,
+        )
+
+    def outcome(self, t: Mapping[str, Any], path: str, has_error: bool,
+                drop: str | None) -> str | None:
+        outcome = t.get("outcome")
+        if outcome is not None and self.string(outcome, f"{path}.outcome") not in OUTCOMES:
+            raise self.fail(f"{path}.outcome", f"must be one of {', '.join(OUTCOMES)}, got "
+                            f"{outcome!r}")
+        if outcome is not None and has_error:
+            raise self.fail(f"{path}.outcome", "cannot be combined with `error` (no response "
+                            "is made)")
+        if "reason" in t and outcome != "incomplete":
+            raise self.fail(f"{path}.reason", 'needs outcome = "incomplete"')
+        if "failure" in t and outcome != "failed":
+            raise self.fail(f"{path}.failure", 'needs outcome = "failed"')
+        if outcome == "failed" and (t.get("calls") or drop in ("mid-audio",
+                                                                 "after-function-call")):
+            raise self.fail(f"{path}.outcome", "a failed reply says nothing and calls nothing")
+        return outcome
+
+    def failure(self, value: Any, path: str) -> Failure:
+        f = self.table(value, path, {"type", "code", "message"})
+        return Failure(
+            type=self.string(f.get("type", "server_error"), f"{path}.type"),
+            code=self.string(f["code"], f"{path}.code") if "code" in f else None,
+            message=self.string(f["message"], f"{path}.message") if "message" in f else None,
+        )
+
+    def usage(self, value: Any, path: str) -> tuple[tuple[str, int], ...]:
+        u = self.table(value, path, set(USAGE_KEYS))
+        return tuple((k, self.integer(u[k], f"{path}.{k}", 0, 10_000_000))
+                     for k in USAGE_KEYS if k in u)
+
+    def rate_limit(self, value: Any, path: str) -> RateLimitEntry:
+        r = self.table(value, path, {"name", "limit", "remaining", "reset_seconds"})
+        for key in ("name", "limit", "remaining"):
+            if key not in r:
+                raise self.fail(f"{path}.{key}", "is required")
+        reset = r.get("reset_seconds", 0.0)
+        if isinstance(reset, bool) or not isinstance(reset, int | float) or reset < 0:
+            raise self.fail(f"{path}.reset_seconds", "must be a number of seconds >= 0")
+        return RateLimitEntry(
+            name=self.string(r["name"], f"{path}.name"),
+            limit=self.integer(r["limit"], f"{path}.limit", 0, 10**12),
+            remaining=self.integer(r["remaining"], f"{path}.remaining", 0, 10**12),
+            reset_seconds=float(reset),
+        )
+
+    def warning(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        w = self.table(value, path, {"message", "code", "param"})
+        if "message" not in w:
+            raise self.fail(f"{path}.message", "is required")
+        return tuple((k, self.string(w[k], f"{path}.{k}")) for k in ("message", "code", "param")
+                     if k in w)
+
+    def transcription_failed(self, t: Mapping[str, Any], path: str) -> ScriptedError | None:
+        if "transcription_failed" not in t:
+            return None
+        p = f"{path}.transcription_failed"
+        e = self.table(t["transcription_failed"], p, {"type", "message", "code"})
+        if "message" not in e:
+            raise self.fail(f"{p}.message", "is required")
+        if "user" in t:
+            raise self.fail(p, "cannot be combined with `user` (no transcript is made)")
+        return ScriptedError(
+            message=self.string(e["message"], f"{p}.message"),
+            type=self.string(e.get("type", "transcription_error"), f"{p}.type"),
+            code=self.string(e["code"], f"{p}.code") if "code" in e else None,
         )
 
     def call(self, value: Any, path: str) -> Call:

@@ -18,7 +18,11 @@ What it does:
 * responses with the full event lifecycle: audio (espeak-ng, or a tone) in ~100 ms deltas at the
   session's output format, transcripts, text-only replies, function calls; ``response.cancel``
   and server-VAD barge-in (``turn_detected``) with optional ``auto_truncate``;
-* a :class:`~edgevoice.devkit.simulator.script.Script` chooses replies per turn and injects faults;
+* a :class:`~edgevoice.devkit.simulator.script.Script` chooses replies per turn and injects faults
+  (also failed and incomplete replies, usage blocks, ``rate_limits.updated``, ``warning`` and
+  transcription failures);
+* a ``response.create`` with ``response.pre_generated_assistant_message`` speaks that text and
+  consumes no script turn;
 * in strict mode, every client event is first checked against the protocol's field tables
   (:mod:`.protocol`): anything they do not allow is an ``error``, not applied.
 
@@ -157,6 +161,7 @@ class Plan:
     close_code: int | None = None
     turn: Turn | None = None
     speech_started_at_ms: int | None = None
+    line: bool = False  # a pre_generated_assistant_message: spoken as given, no script turn
 
 
 class Simulator:
@@ -385,10 +390,6 @@ class Simulator:
         self.fired.append((time.monotonic(), f"drop:{drop}"))
         return True
 
-    def _fixed_plan(self, text: str) -> Plan:
-        """A reply that speaks ``text`` (``pre_generated_assistant_message``)."""
-        return Plan(turn_index=None, say=text)
-
     def _plan(self, follow_up: bool) -> Plan:
         if follow_up:
             pending, self._pending_tools = self._pending_tools, None
@@ -418,6 +419,11 @@ class Simulator:
             turn=turn,
             speech_started_at_ms=turn.speech_started_at_ms,
         )
+
+    def _line_plan(self, text: str) -> Plan:
+        """A response.create with a pre_generated_assistant_message: that text is spoken
+        (normal response events) and no script turn is consumed."""
+        return Plan(turn_index=None, say=text, line=True)
 
     # -- handshake ---------------------------------------------------------------------------
 
