@@ -220,3 +220,20 @@ def test_local_end_of_utterance_commits_the_answer_without_asking_for_a_reply() 
     out = feed(core, bytes(FRAME * 25) + sentence(), 3.0)
     assert events_of(out, ev.InputAudioBufferCommit)
     assert not events_of(out, ev.ResponseCreate)
+
+
+def test_with_replies_driven_by_the_daemon_an_answer_asks_for_no_reply_of_its_own() -> None:
+    from edgevoice.conversation.core import RequestReply
+    core, _ = asked(drive_replies=True, auto_response=False)
+    prompt_played(core, drained_at=3.0)
+    feed(core, bytes(FRAME * 25) + sentence(), 3.0)
+    out = core.on_event(server({"type": "input_audio_buffer.committed",
+                                "item_id": "item_u1"}), 6.0)
+    assert not actions_of(RequestReply, out) and not events_of(out, ev.ResponseCancel)
+    out = core.on_event(server({"type": "conversation.item.input_audio_transcription.completed",
+                                "item_id": "item_u1", "content_index": 0,
+                                "transcript": "yes"}), 6.1)
+    assert [a.transcript for a in answers(out)] == ["yes"]
+    # The reply after the tool's output is the daemon's one request.
+    result = core.on_tool_result("c1", '{"ok": true}', 6.5)
+    assert events_of(result, ev.ResponseCreate)
