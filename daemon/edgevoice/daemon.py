@@ -67,15 +67,17 @@ from edgevoice.config import Config
 from edgevoice.conversation import core as c
 from edgevoice.conversation.echo import EchoGuard
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
+from edgevoice.feedback import Feedback, feedback_state
 from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
-from edgevoice.link.protocol import LinkDown, LinkUp
+from edgevoice.link.protocol import LinkDown, LinkState, LinkUp
 from edgevoice.listen import setup
 from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import MAX_TURNS_KEPT, Metrics, TurnFigures
 from edgevoice.tools import ToolBox
+from edgevoice.triggers import Triggers
 from edgevoice.util import data_path
 from edgevoice.wire import events as ev
 
@@ -88,6 +90,8 @@ TICK_FALLBACK_S = 1.0
 EARCON_RATE = 24000
 #: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
 WAKE_BACKLOG_S = 2.0
+#: The file in the state directory that keeps the privacy mute across restarts.
+MUTE_FILE = "muted"
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -123,6 +127,9 @@ def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
         idle_disconnect_s=conv.idle_disconnect_s,
         frame_ms=cfg.audio.frame_ms,
         wake_late_s=wake_late,
+        ptt_mode=cfg.push_to_talk.mode,
+        ptt_end_follow_up=cfg.push_to_talk.end_follow_up,
+        ptt_preroll_s=cfg.push_to_talk.preroll_ms / 1000,
     )
 
 
@@ -150,6 +157,22 @@ def load_earcon(cfg: Config) -> bytes:
     return resample(pcm, rate, EARCON_RATE)
 
 
+def mute_earcons(volume_db: float = -12.0) -> dict[str, bytes]:
+    """The mute and unmute chimes (24 kHz PCM16): two short tones, falling for mute, rising
+    for unmute — told apart without looking."""
+    gain = 10 ** (volume_db / 20) * 32767
+    n = int(0.09 * EARCON_RATE)
+    ramp = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * EARCON_RATE))
+
+    def tone(hz: float) -> np.ndarray:
+        return np.sin(2 * np.pi * hz * np.arange(n) / EARCON_RATE) * ramp
+
+    gap = np.zeros(int(0.03 * EARCON_RATE))
+    hi, lo = tone(1320.0), tone(880.0)
+    return {name: (np.concatenate(parts) * gain).astype("<i2").tobytes()
+            for name, parts in (("mute", (hi, gap, lo)), ("unmute", (lo, gap, hi)))}
+
+
 class _Upstream:
     """16 kHz PCM16 frames → the session's input format and rate (streaming resampler; both
     steps pass the audio through untouched for 16 kHz pcm16, the default)."""
@@ -175,6 +198,9 @@ class Daemon:
     (``[[tools]]``) run in a :class:`~edgevoice.tools.ToolBox` keeping its exactly-once record
     in ``state_dir``. ``on_telemetry`` gets every timeline entry (the demo prints them).
     ``metrics`` keeps the figures (``turns`` and ``tool_calls`` are its, for short).
+    ``pin_factory``: gpiozero's pin factory for the GPIO tools, triggers and light (None: the
+    board's). ``muted``: start muted (a rebuilt daemon keeps the mute of the one before; the
+    mute kept in ``state_dir`` applies too).
     """
 
     def __init__(
@@ -185,8 +211,12 @@ class Daemon:
         on_telemetry: Callable[[c.Telemetry], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         state_dir: Path | None = None,
+        pin_factory: Any = None,
+        muted: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.state_dir = state_dir
+        self._start_muted = muted
         self.clock = clock
         self.on_telemetry = on_telemetry
         self.toolbox: ToolBox | None = None
@@ -196,8 +226,14 @@ class Daemon:
                                    state_dir=state_dir, clock=clock,
                                    max_processes=svc.tool_processes, max_queued=svc.tool_queue,
                                    default_rate_limit=svc.tool_rate_limit,
-                                   runner_socket=svc.tool_runner_path())
+                                   runner_socket=svc.tool_runner_path(),
+                                   pin_factory=pin_factory)
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
+        self.triggers = Triggers(cfg.triggers, on_talk=self._on_talk, on_mute=self._on_mute,
+                                 clock=clock, backoff=cfg.audio.reopen_backoff_s,
+                                 pin_factory=pin_factory)
+        self.feedback = Feedback(cfg.feedback, pin_factory=pin_factory)
+        self.state = "idle"  # the feedback state (see feedback_state)
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
         self.wake_words = list(self.wake.detector.names)  # the gate is the worker's
@@ -207,6 +243,7 @@ class Daemon:
         self.wake_late_s = wake_late_s(self.wake)
         self._listening = True  # wake detections are taken (until the shutdown)
         self.earcon = load_earcon(cfg) if cfg.conversation.earcon else b""
+        self.earcons = {"wake": self.earcon, **mute_earcons(cfg.conversation.earcon_volume_db)}
         barge = cfg.bargein
         delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
         # The reference must reach back over a late wake word (Core.on_wake's echo check).
@@ -250,6 +287,7 @@ class Daemon:
         self._item_started: OrderedDict[str, float] = OrderedDict()  # user item → speech start
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
+        self.muted_frames = 0  # microphone frames dropped unseen while muted
 
     @property
     def turns(self) -> deque[TurnFigures]:
@@ -272,6 +310,13 @@ class Daemon:
                 await self.playback.start()
                 await self.capture.start()
                 self.link.start(wanted=self.cfg.conversation.connect_on_start)
+                self.feedback.start()
+                if self._start_muted or self._saved_muted():
+                    # Kept from before the restart: muted again, without a chime.
+                    self._do([a for a in self.core.set_muted(True, self.clock(), "restart")
+                              if not isinstance(a, c.Earcon)])
+                self.triggers.start()  # a closed mute switch mutes now
+                self._update_feedback()
                 self._spawn(self._pump_events(), "events")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self._ducking(), "ducking")
@@ -290,6 +335,8 @@ class Daemon:
                 await task
         self.playback.stop()
         await self.ducker.unduck()
+        await self.triggers.aclose()
+        await self.feedback.aclose()
         await self.link.close()
         if self.toolbox is not None:
             await self.toolbox.aclose()
@@ -327,6 +374,15 @@ class Daemon:
         if not self.ready.is_set():  # the first frame: the microphone delivers
             log.info("listening for %s", ", ".join(self.wake_words))
             self.ready.set()
+        if self.core.muted:
+            # Muted: the frame goes nowhere (no wake word, no gate, nothing to send).
+            self.muted_frames += 1
+            self.playback.take_reference()
+            now = self.clock()
+            self._last_frame_at = now
+            if now - self._last_tick >= TICK_S:
+                self._run_tick(now)
+            return
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
@@ -364,6 +420,67 @@ class Daemon:
                 self.errors += 1
                 log.exception("error while handling the wake word %s at %.3f", det.name,
                               det.t_audio)
+
+    def _on_talk(self, pressed: bool, t: float, source: str) -> None:
+        """A push-to-talk trigger went down or up at ``t`` (on the loop)."""
+        if pressed and self.core.muted:
+            log.info("push-to-talk %s ignored: muted", source)
+        try:
+            self._do(self.core.on_button(pressed, t, source))
+        except Exception:
+            self.errors += 1
+            log.exception("error while handling the push-to-talk %s", source)
+
+    def press(self, pressed: bool, source: str = "button") -> None:
+        """A push-to-talk press (True) or release now: what a trigger reports (the demo's
+        and the benchmark's virtual button)."""
+        self._on_talk(pressed, self.clock(), source)
+
+    def _on_mute(self, muted: bool | None, t: float, source: str) -> None:
+        self.set_muted(not self.core.muted if muted is None else muted, source)
+
+    @property
+    def muted(self) -> bool:
+        """The privacy mute: while True no wake word runs and no audio leaves."""
+        return self.core.muted
+
+    def set_muted(self, muted: bool, source: str) -> None:
+        """Mute or unmute (``source``: who asked, for the log and the timeline: a trigger's
+        name, ``"command"``, …). Muting ends any conversation at once, drops audio still
+        queued for the service and lets the connection go; the wake word's backlog is
+        dropped unseen. The state is kept in the state directory (it survives a restart).
+        Idempotent; on the loop."""
+        actions = self.core.set_muted(muted, self.clock(), source)
+        if not actions:
+            return
+        if muted:
+            self.listener.forget()  # frames queued for the wake word are never looked at
+        self._do(actions)
+        if muted:
+            self.link.set_wanted(False)  # audio still queued for the service is dropped
+        log.info("%s by %s", "muted" if muted else "unmuted", source)
+        self._save_muted(muted)
+
+    def _mute_file(self) -> Path | None:
+        return self.state_dir / MUTE_FILE if self.state_dir is not None else None
+
+    def _saved_muted(self) -> bool:
+        path = self._mute_file()
+        try:
+            return path is not None and path.read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def _save_muted(self, muted: bool) -> None:
+        path = self._mute_file()
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("1\n" if muted else "0\n")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot keep the mute state in %s: %s", path, exc.strerror or exc)
 
     # A device's supervisor calls these on the loop, once per state change; "missing" comes
     # right after the stream failed, before anything the failure woke (a playback drain).
@@ -437,6 +554,7 @@ class Daemon:
         self._last_tick = now
         try:
             self._do(self.core.on_tick(now))
+            self._update_feedback()  # the link's backoff has no event of its own
         except Exception:
             self.errors += 1
             log.exception("error in the timer tick")
@@ -481,6 +599,21 @@ class Daemon:
             except Exception:
                 self.errors += 1
                 log.exception("error while carrying out %s", type(action).__name__)
+        if actions:
+            self._update_feedback()
+
+    def _update_feedback(self) -> None:
+        """The feedback state from the core, the devices and the link; on a change: the
+        timeline entry, the hooks and the light (none of which waits)."""
+        state = feedback_state(
+            self.core.activity(),
+            offline=self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED),
+            error=bool(self._missing))
+        if state == self.state:
+            return
+        self.state = state
+        self.feedback.show(state)
+        self._telemetry(c.Telemetry(c.TelemetryName.STATE, self.clock(), {"state": state}))
 
     def _act(self, a: c.Action, frame_t: float | None) -> None:
         if isinstance(a, c.SendAudio):
@@ -506,7 +639,7 @@ class Daemon:
         elif isinstance(a, c.RunTool):
             self._spawn(self._tool(a), f"tool {a.name}")
         elif isinstance(a, c.Earcon):
-            self._earcon()
+            self._earcon(a.name)
         elif isinstance(a, c.Connect):
             self.link.set_wanted(a.wanted)
         elif isinstance(a, c.Telemetry):
@@ -528,11 +661,12 @@ class Daemon:
         played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
         self._do(self.core.on_playback_stopped(a.item_id, played, self.clock()), frame_t)
 
-    def _earcon(self) -> None:
-        if self.earcon:
+    def _earcon(self, name: str = "wake") -> None:
+        pcm = self.earcons.get(name, b"")
+        if pcm:
             self._earcons += 1
             item = f"earcon_{self._earcons}"
-            self.playback.feed(item, self.earcon, "pcm16")
+            self.playback.feed(item, pcm, "pcm16")
             self.playback.finish(item)
 
     def _telemetry(self, entry: c.Telemetry, frame_t: float | None = None) -> None:
@@ -565,6 +699,11 @@ class Daemon:
                 "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
                             "state": self.playback.state.value}},
             "wake_words": list(self.wake_words),
+            "feedback_state": self.state,
+            "muted": self.core.muted,
+            "push_to_talk": self.cfg.push_to_talk.mode,
+            "triggers": self.triggers.status(),
+            "feedback": self.feedback.status(),
             "wake": dataclasses.asdict(self.listener.stats),
             **self.metrics.status(),
             "errors": self.errors,

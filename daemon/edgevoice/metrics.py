@@ -35,7 +35,8 @@ from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 MAX_TURNS_KEPT = 20
 
 # Entries that start a turn: a new TurnFigures, and its ungated window opens.
-_TURN_STARTS = frozenset({TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH})
+_TURN_STARTS = frozenset({TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH,
+                          TelemetryName.PUSH_TO_TALK})
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TurnFigures:
     first_delta_to_device_ms: float | None = None
     first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
     wake_word: str | None = None
+    button: str | None = None  # the push-to-talk trigger that started the turn
     bargein: str | None = None
     tools: list[str] = field(default_factory=list)
     upstream_bytes: int = 0
@@ -185,8 +187,11 @@ class Metrics:
         elif name in _TURN_STARTS:
             self._ungated.settle(frame_t)  # what was counted belongs to the turn before
             turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
-                                     wake_word=entry.fields.get("word")))
-            self._wake_at = self.clock() if name is TelemetryName.WAKE else None
+                                     wake_word=entry.fields.get("word"),
+                                     button=entry.fields.get("source")))
+            # wake_to_send_ms: from the wake word or the button press.
+            self._wake_at = self.clock() if name is not TelemetryName.FOLLOW_UP_SPEECH \
+                else None
         elif name is TelemetryName.BARGE_IN and turns:
             turns[-1].bargein = str(entry.fields.get("by"))
         elif name is TelemetryName.TOOL_CALL and turns:
@@ -277,7 +282,7 @@ class Metrics:
         wall = time.time() - self.clock()  # monotonic → epoch
         return {
             "turns": [{"turn": t.turn, "started": t.started + wall, "wake_word": t.wake_word,
-                       "wake_to_send_ms": t.wake_to_send_ms,
+                       "button": t.button, "wake_to_send_ms": t.wake_to_send_ms,
                        "first_audio_ms": t.first_audio_ms,
                        "first_delta_to_device_ms": t.first_delta_to_device_ms,
                        "bargein": t.bargein is not None, "tools": list(t.tools),
