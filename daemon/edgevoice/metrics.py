@@ -56,7 +56,7 @@ class TurnFigures:
 
     turn: int
     started: float
-    wake_to_send_ms: float | None = None
+    wake_to_send_ms: float | None = None  # wake word or push-to-talk press → first audio sent
     first_delta_to_device_ms: float | None = None
     first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
     wake_word: str | None = None
@@ -189,9 +189,10 @@ class Metrics:
             turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
                                      wake_word=entry.fields.get("word"),
                                      button=entry.fields.get("source")))
-            # wake_to_send_ms: from the wake word or the button press.
-            self._wake_at = self.clock() if name is not TelemetryName.FOLLOW_UP_SPEECH \
-                else None
+            # wake_to_send_ms: from the wake word's arrival at the loop, or from the button
+            # press itself (stamped where the trigger saw it, on the same clock).
+            self._wake_at = (self.clock() if name is TelemetryName.WAKE
+                             else entry.t if name is TelemetryName.PUSH_TO_TALK else None)
         elif name is TelemetryName.BARGE_IN and turns:
             turns[-1].bargein = str(entry.fields.get("by"))
         elif name is TelemetryName.TOOL_CALL and turns:

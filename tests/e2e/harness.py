@@ -132,11 +132,13 @@ async def hear(h: Harness, text: str, timeout: float = 30.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
-                  **sections: dict[str, Any]) -> AsyncIterator[Harness]:
+                  state_dir: Path | None = None,
+                  **sections: Any) -> AsyncIterator[Harness]:
     timeline: list[Telemetry] = []
     async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
                               script=Script.from_dict(script), echo=echo,
-                              on_telemetry=timeline.append, strict=True) as run:
+                              on_telemetry=timeline.append, strict=True,
+                              state_dir=state_dir) as run:
         assert run.simulator is not None
         harness = Harness(run.simulator, run.rig, run.daemon, timeline)
         yield harness

@@ -109,9 +109,11 @@ class TriggerConfig(Strict):
 class PushToTalkConfig(Strict):
     """``mode = "press"``: a press starts a turn as the wake word does (the server's turn
     detection ends it); ``"hold"``: audio streams while the button is held and the turn is
-    committed when it is released. ``end_follow_up``: a press in the follow-up window ends
-    the conversation (else it starts a new turn). ``preroll_ms``: audio from before the
-    press that is sent too (people start speaking as they press)."""
+    committed when it is released (with ``session.turn_detection.type = "none"`` only the
+    release ends it; a server turn detection may also end it at a long pause).
+    ``end_follow_up``: a press in the follow-up window ends the conversation (else it
+    starts a new turn). ``preroll_ms``: audio from before the press that is sent too
+    (people start speaking as they press)."""
 
     mode: Literal["press", "hold"] = "press"
     end_follow_up: bool = True

@@ -318,8 +318,10 @@ class Core:
         conversation (``ptt_end_follow_up``) or starts a new turn; during a reply it is a
         barge-in (the reply is cancelled and truncated, a new turn listens). In ``"hold"``
         mode every frame is streamed while the button is held, and the release commits the
-        turn and asks for the reply (unless the turn was committed already). Ignored while
-        muted."""
+        turn and asks for the reply (unless the turn was committed already). The local
+        end-of-utterance detection (turn detection ``none``) waits while the button is held;
+        a server turn detection cannot be held back and may end the turn at a long pause
+        (the release then commits nothing more). Ignored while muted."""
         out: list[Action] = []
         if self.muted:
             return out
@@ -335,6 +337,8 @@ class Core:
             if commit:
                 self._turn_committed = True
                 self._progress_at = t
+                if self.endpointer is not None:
+                    self.endpointer.reset()  # this utterance is over: no second commit
                 out.append(SendEvent(ev.InputAudioBufferCommit()))
                 out.append(SendEvent(ev.ResponseCreate()))
             return out
@@ -437,7 +441,9 @@ class Core:
                 self._progress_at = t
             if decision.speech_started:
                 out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
-            if self.endpointer is not None and self.s.local_end_of_utterance:
+            # Held push-to-talk: the release ends the turn, not a pause.
+            if (self.endpointer is not None and self.s.local_end_of_utterance
+                    and not self._held):
                 end = self.endpointer.process(pcm, t)
                 if end.end_of_utterance:
                     self._turn_committed = True

@@ -47,6 +47,7 @@ class Hooks:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing: dict[str, str] = {}  # state → its hook's last failure (logged)
+        self._closing = False
 
     def start(self) -> None:
         if self.hooks and self._task is None:
@@ -66,11 +67,13 @@ class Hooks:
     _busy = False
 
     async def _run(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: a cancel that lands as a child
+        # exits can be lost inside the subprocess calls.
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, None
-            if pending is None:
+            if pending is None or self._closing:
                 continue
             self._busy = True
             try:
@@ -95,7 +98,8 @@ class Hooks:
             failure = f"cannot run {argv[0]}: {exc.strerror or exc}"
         else:
             try:
-                _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    _, err = await proc.communicate()
             except TimeoutError:
                 failure = f"still running after {self.timeout_s:g} s: killed"
                 _kill(proc)
@@ -122,6 +126,8 @@ class Hooks:
             log.warning("feedback hook on_%s (%s) failed: %s", state, program, failure)
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
