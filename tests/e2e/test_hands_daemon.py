@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from harness import LONG_REPLY, running, service, silence, wake_word
 
 from edgevoice.conversation.core import State
 from edgevoice.conversation.telemetry import TelemetryName
+from edgevoice.triggers.keys import input_event, key_code
 from support import espeak, until
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.realtime]
@@ -133,14 +135,32 @@ async def test_muted_no_byte_leaves_no_frame_reaches_the_wake_word_and_it_surviv
         assert h.sim.connection_count == 0 and h.sim.appended_audio == b""
         assert TelemetryName.WAKE not in h.names() and TelemetryName.PUSH_TO_TALK not in h.names()
         assert (state_dir / "muted").read_text().strip() == "1"
-    # A restart (a new daemon on the same state directory, no switch now): still muted.
+    # A restart (a new daemon on the same state directory, no switch now): still muted. Its
+    # mute key is on an input device that is not there at start (a remote not plugged in):
+    # reported, waited for, then used. (No /dev/uinput here: the device is a FIFO of real
+    # input_event records, read by the same reader as an evdev device.)
     pins.reset()
-    async with running(tmp_path / "b", script, state_dir=state_dir) as h:
+    remote = tmp_path / "remote-event"
+    keys = [{"source": "input", "device": str(remote), "key": "KEY_MICMUTE",
+             "action": "mute", "name": "remote"}]
+    async with running(tmp_path / "b", script, state_dir=state_dir, triggers=keys,
+                       audio={"reopen_backoff_s": [0.1]}) as h:
         assert h.daemon.muted
+        await until(lambda: h.daemon.snapshot()["triggers"][0]["state"] == "missing")
         h.say(wake_word() + silence(0.5))
         await asyncio.sleep(3.0)
         assert h.sim.appended_audio == b"" and TelemetryName.WAKE not in h.names()
-        h.daemon.set_muted(False, "test")
+        os.mkfifo(remote)
+        fd = os.open(remote, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            await until(lambda: h.daemon.snapshot()["triggers"][0]["state"] == "ok",
+                        what="the remote plugged in")
+            code = key_code("KEY_MICMUTE")
+            os.write(fd, input_event(code, 1) + input_event(code, 0))  # a press toggles
+            await h.event(TelemetryName.UNMUTED)
+        finally:
+            os.close(fd)
+        assert h.entries(TelemetryName.UNMUTED)[0].fields == {"source": "remote"}
         assert (state_dir / "muted").read_text().strip() == "0"
         assert h.daemon._earcons == 1  # the unmute chime (the restart's mute played none)
         h.say(wake_word() + espeak("hello") + silence(1.5))
