@@ -32,6 +32,15 @@ Guarantees:
 - A device that vanishes is reopened by its supervisor; meanwhile the status says so and the
   core is told at once (microphone: the turn is committed or ended, the wake word starts
   afresh when it is back; speaker: the reply is cancelled and truncated to what was played).
+- Push-to-talk and mute triggers (:mod:`edgevoice.triggers`) report on the loop and reach
+  the core as inputs (:meth:`Core.on_button`, :meth:`Core.set_muted`); nothing waits for a
+  pin or an input device. While muted (:attr:`Daemon.muted`) a microphone frame is counted
+  and dropped before anything sees it: the wake word gets no frame, the core none, the link
+  nothing; audio still queued for the service when the mute came is dropped. The mute is
+  kept in ``state_dir`` and restored at start.
+- After every batch of the core's actions (and every tick) the feedback state is worked out
+  (:func:`~edgevoice.feedback.feedback_state`); a change is a ``state`` timeline entry and
+  goes to the hooks and the light (:mod:`edgevoice.feedback`), which never block the loop.
 - Telemetry entries (the timeline of :mod:`edgevoice.conversation.telemetry`) go to the
   logger, to :class:`~edgevoice.metrics.Metrics` (the last turns' latency figures and upstream
   byte counts, bounded, for status output and the benchmark) and to ``on_telemetry``.
@@ -92,6 +101,8 @@ EARCON_RATE = 24000
 WAKE_BACKLOG_S = 2.0
 #: The file in the state directory that keeps the privacy mute across restarts.
 MUTE_FILE = "muted"
+#: While muted the frames are only counted: the loop wakes for them every 320 ms.
+MUTED_BATCH_SAMPLES = SAMPLE_RATE * 32 // 100
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -378,6 +389,7 @@ class Daemon:
             # Muted: the frame goes nowhere (no wake word, no gate, nothing to send).
             self.muted_frames += 1
             self.playback.take_reference()
+            self.capture.wake_after(MUTED_BATCH_SAMPLES)  # nothing needs them soon
             now = self.clock()
             self._last_frame_at = now
             if now - self._last_tick >= TICK_S:

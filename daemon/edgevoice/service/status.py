@@ -50,7 +50,8 @@ values::
         {"turn": 3,                  # running number since start
          "started": 1732200001.2,    # epoch seconds of the wake word (or follow-up speech)
          "wake_word": "hey_jarvis",  # null for a follow-up turn
-         "wake_to_send_ms": 12.5,    # wake word detected → first audio frame sent upstream
+         "button": null,             # the push-to-talk trigger that started it, if one did
+         "wake_to_send_ms": 12.5,    # wake word (or button press) → first audio sent upstream
          "first_audio_ms": 850.0,    # end of the user's speech → first reply audio played
          "bargein": false,           # the user interrupted the reply
          "tools": ["set_light"],     # functions called in this turn
