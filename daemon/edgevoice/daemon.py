@@ -322,6 +322,7 @@ class Daemon:
                 await self.capture.start()
                 self.link.start(wanted=self.cfg.conversation.connect_on_start)
                 self.feedback.start()
+                self.feedback.show(self.state)  # the light and on_idle from the start
                 if self._start_muted or self._saved_muted():
                     # Kept from before the restart: muted again, without a chime.
                     self._do([a for a in self.core.set_muted(True, self.clock(), "restart")

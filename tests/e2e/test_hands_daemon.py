@@ -100,7 +100,8 @@ async def test_hold_to_talk_turn_barge_in_and_follow_up_end_by_the_button(
         assert seq[3] == "listening" and seq[-2:] == ["listening", "idle"], seq
         await until(lambda: hook_log.exists() and hook_log.read_text().split()[-1:] == ["idle"],
                     timeout=10, what="the hooks")
-        assert hook_log.read_text().split()[:3] == ["listening", "thinking", "speaking"]
+        # on_idle at start (the daemon shows its state from the start), then the turn's.
+        assert hook_log.read_text().split()[:4] == ["idle", "listening", "thinking", "speaking"]
         await until(lambda: [pins.pin(p).state for p in (5, 6, 13)] == [0, 0, 0],
                     what="the light off when idle")
         turns = h.daemon.snapshot()["turns"]
@@ -195,3 +196,33 @@ async def test_mute_command_through_the_status_socket_of_edgevoice_run(tmp_path:
 
         reply = await asyncio.to_thread(request, svc.status_socket, "mute sideways")
         assert "unknown request" in json.dumps(reply)
+
+
+async def test_offline_and_error_states_reach_their_hooks(tmp_path: Path, pins: MockFactory) -> None:
+    hook_log = tmp_path / "hooks.txt"
+    hooks = {f"on_{s}": record_hook(hook_log) for s in ("offline", "error", "idle")}
+    async with running(tmp_path, {"turn": [{"say": "Back online."}]},
+                       triggers=[{"source": "gpio", "pin": 17, "bounce_ms": 0}],
+                       feedback=hooks) as h:
+        # The service cannot be reached when the button starts a turn: offline.
+        await h.sim.close()
+        pins.pin(17).drive_low()
+        await until(lambda: h.daemon.state == "offline", timeout=10, what="offline")
+        pins.pin(17).drive_high()
+        await h.sim.start()  # reachable again: the link reconnects and the turn goes on
+        h.say(espeak("are you there") + silence(1.5))
+        await h.event(TelemetryName.REPLY_DONE, timeout=20)
+        await until(lambda: h.daemon.core.state is State.IDLE, timeout=15, what="idle")
+        # The microphone is unplugged: error, until it is back.
+        h.rig.set_devices(microphone=False)
+        await asyncio.to_thread(h.rig.mute_microphone)
+        await until(lambda: h.daemon.state == "error", timeout=10, what="error")
+        h.rig.set_devices()
+        h.rig.mic.resume()
+        await until(lambda: h.daemon.state == "idle", timeout=10, what="idle again")
+        await until(lambda: hook_log.exists() and hook_log.read_text().split()[-1:] == ["idle"]
+                    and "error" in hook_log.read_text(), timeout=10, what="the hooks")
+        seq = states(h)
+        assert "offline" in seq and seq.index("offline") < seq.index("error"), seq
+        ran = hook_log.read_text().split()
+        assert ran[0] == "idle" and "offline" in ran and ran[-2:] == ["error", "idle"], ran
