@@ -9,7 +9,6 @@ hooks run as child processes from one task, lights change on a worker thread of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from edgevoice.config.hands import FeedbackConfig
@@ -33,8 +32,7 @@ def feedback_state(activity: str, *, offline: bool, error: bool) -> str:
 class Feedback:
     """Hooks and the light of ``cfg`` (either may be absent)."""
 
-    def __init__(self, cfg: FeedbackConfig, *, pin_factory: Any = None,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, cfg: FeedbackConfig, *, pin_factory: Any = None) -> None:
         self.hooks = Hooks(cfg.hooks(), timeout_s=cfg.hook_timeout_s, env=cfg.hook_env)
         self.light = Light(cfg.light, pin_factory=pin_factory) if cfg.light else None
         self.state: str | None = None

@@ -48,6 +48,7 @@ class Hooks:
         self._task: asyncio.Task[None] | None = None
         self._failing: dict[str, str] = {}  # state → its hook's last failure (logged)
         self._closing = False
+        self._busy = False  # a hook runs now
 
     def start(self) -> None:
         if self.hooks and self._task is None:
@@ -63,8 +64,6 @@ class Hooks:
         """Until no change waits and no hook runs (tests)."""
         while self._pending is not None or self._wake.is_set() or self._busy:
             await asyncio.sleep(0.01)
-
-    _busy = False
 
     async def _run(self) -> None:
         # The flag, not only the cancellation, ends the loop: a cancel that lands as a child
