@@ -320,13 +320,14 @@ class Daemon:
                 self.listener.start()
                 await self.playback.start()
                 await self.capture.start()
-                self.link.start(wanted=self.cfg.conversation.connect_on_start)
                 self.feedback.start()
                 self.feedback.show(self.state)  # the light and on_idle from the start
-                if self._start_muted or self._saved_muted():
+                muted = self._start_muted or self._saved_muted()
+                if muted:
                     # Kept from before the restart: muted again, without a chime.
                     self._do([a for a in self.core.set_muted(True, self.clock(), "restart")
                               if not isinstance(a, c.Earcon)])
+                self.link.start(wanted=self.cfg.conversation.connect_on_start and not muted)
                 self.triggers.start()  # a closed mute switch mutes now
                 self._update_feedback()
                 self._spawn(self._pump_events(), "events")
