@@ -1,5 +1,5 @@
-"""Command line: ``edgevoice run | demo | status | devices | check-config | simulator |
-tool-runner``.
+"""Command line: ``edgevoice run | demo | status | mute | devices | check-config | simulator
+| tool-runner``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -42,7 +42,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{where}: {line}", file=sys.stderr)
     if problems:
         return 2
+    from edgevoice.triggers import trigger_notes
+
+    # Not errors: a missing input device is waited for at run time.
+    for line in trigger_notes(config.triggers):
+        print(f"{where}: warning: {line}", file=sys.stderr)
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
+    if config.triggers:
+        tools += f", {len(config.triggers)} trigger(s)"
     print(f"{where}: valid{tools}")
     address = config.metrics.address()
     if address is not None and not is_loopback_host(address[0]):
@@ -172,6 +179,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mute(args: argparse.Namespace) -> int:
+    from edgevoice.config import DEFAULT_STATUS_SOCKET
+    from edgevoice.service.status import StatusUnavailable, request
+
+    if args.socket:
+        path: Path | None = Path(args.socket)
+    else:
+        config, _ = _load(args)
+        path = config.service.status_socket_path()
+        if path is None:
+            print("edgevoice: the status socket is turned off (service.status_socket = \"\"); "
+                  f"use --socket PATH (default {DEFAULT_STATUS_SOCKET})", file=sys.stderr)
+            return 1
+    try:
+        reply = request(path, f"mute {args.what}", timeout=args.timeout)
+    except StatusUnavailable as exc:
+        print(f"edgevoice: {exc}", file=sys.stderr)
+        return 1
+    if reply.get("error"):
+        print(f"edgevoice: {reply['error']}", file=sys.stderr)
+        return 1
+    print("muted" if reply.get("muted") else "unmuted")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgevoice", description="Hands-free voice assistant daemon (Azure AI Voice Live)."
@@ -216,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the status socket (default: service.status_socket of the config)")
     p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser(
+        "mute", help="the privacy mute of the running daemon: no wake word, no audio leaves"))
+    p.add_argument("what", choices=["on", "off", "toggle"])
+    p.add_argument("--socket", metavar="PATH",
+                   help="the status socket (default: service.status_socket of the config)")
+    p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mute)
 
     p = sub.add_parser(
         "tool-runner", help='run the run_as = "user" tools for the daemon, as this user '

@@ -35,6 +35,15 @@ Guarantees:
 - With ``[homeassistant]`` the :class:`~edgevoice.homeassistant.HomeAssistant` link runs as
   its own task: it is told the state, the wake word and the transcript without ever making
   the loop wait, and says ``offline`` (bounded) at shutdown.
+- Push-to-talk and mute triggers (:mod:`edgevoice.triggers`) report on the loop and reach
+  the core as inputs (:meth:`Core.on_button`, :meth:`Core.set_muted`); nothing waits for a
+  pin or an input device. While muted (:attr:`Daemon.muted`) a microphone frame is counted
+  and dropped before anything sees it: the wake word gets no frame, the core none, the link
+  nothing; audio still queued for the service when the mute came is dropped. The mute is
+  kept in ``state_dir`` and restored at start.
+- After every batch of the core's actions (and every tick) the feedback state is worked out
+  (:func:`~edgevoice.feedback.feedback_state`); a change is a ``state`` timeline entry and
+  goes to the hooks and the light (:mod:`edgevoice.feedback`), which never block the loop.
 - Telemetry entries (the timeline of :mod:`edgevoice.conversation.telemetry`) go to the
   logger, to :class:`~edgevoice.metrics.Metrics` (the last turns' latency figures and upstream
   byte counts, bounded, for status output and the benchmark), to the Prometheus
@@ -89,6 +98,7 @@ from edgevoice.conversation.echo import EchoGuard
 from edgevoice.conversation.outcome import CUES, USAGE_FIELDS
 from edgevoice.ducking import Ducker, ducking_guard, make_ducker
 from edgevoice.exporter import Exporter, MetricsServer
+from edgevoice.feedback import Feedback, feedback_state
 from edgevoice.homeassistant import HomeAssistant
 from edgevoice.link.auth import Auth
 from edgevoice.link.client import VoiceLiveLink
@@ -101,6 +111,7 @@ from edgevoice.metrics import Metrics, TurnFigures
 from edgevoice.tools import ToolBox
 from edgevoice.tools.actions import ToolFailure, execute
 from edgevoice.tools.confirm import Answer, YesRule
+from edgevoice.triggers import Triggers
 from edgevoice.util import child_environ, data_path, is_loopback_host
 from edgevoice.wire import events as ev
 
@@ -113,6 +124,10 @@ TICK_FALLBACK_S = 1.0
 EARCON_RATE = 24000
 #: The most audio waiting for the wake word's worker; beyond it frames are dropped (counted).
 WAKE_BACKLOG_S = 2.0
+#: The file in the state directory that keeps the privacy mute across restarts.
+MUTE_FILE = "muted"
+#: While muted the frames are only counted: the loop wakes for them every 320 ms.
+MUTED_BATCH_SAMPLES = SAMPLE_RATE * 32 // 100
 
 #: The longest a confirmation prompt may take to be spoken (on top of the answer's window).
 CONFIRM_PROMPT_MAX_S = 30.0
@@ -155,6 +170,9 @@ def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
         auto_response=td.type != "none" and td.create_response,
         drive_replies=td.type != "none" and not td.create_response,
         cue_lines=cfg.cues.lines(),
+        ptt_mode=cfg.push_to_talk.mode,
+        ptt_end_follow_up=cfg.push_to_talk.end_follow_up,
+        ptt_preroll_s=cfg.push_to_talk.preroll_ms / 1000,
     )
 
 
@@ -250,6 +268,22 @@ class _Context:
         return text
 
 
+def mute_earcons(volume_db: float = -12.0) -> dict[str, bytes]:
+    """The mute and unmute chimes (24 kHz PCM16): two short tones, falling for mute, rising
+    for unmute — told apart without looking."""
+    gain = 10 ** (volume_db / 20) * 32767
+    n = int(0.09 * EARCON_RATE)
+    ramp = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * EARCON_RATE))
+
+    def tone(hz: float) -> np.ndarray:
+        return np.sin(2 * np.pi * hz * np.arange(n) / EARCON_RATE) * ramp
+
+    gap = np.zeros(int(0.03 * EARCON_RATE))
+    hi, lo = tone(1320.0), tone(880.0)
+    return {name: (np.concatenate(parts) * gain).astype("<i2").tobytes()
+            for name, parts in (("mute", (hi, gap, lo)), ("unmute", (lo, gap, hi)))}
+
+
 class _Upstream:
     """16 kHz PCM16 frames → the session's input format and rate (streaming resampler; both
     steps pass the audio through untouched for 16 kHz pcm16, the default)."""
@@ -275,6 +309,9 @@ class Daemon:
     (``[[tools]]``) run in a :class:`~edgevoice.tools.ToolBox` keeping its exactly-once record
     in ``state_dir``. ``on_telemetry`` gets every timeline entry (the demo prints them).
     ``metrics`` keeps the figures (``turns`` and ``tool_calls`` are its, for short).
+    ``pin_factory``: gpiozero's pin factory for the GPIO tools, triggers and light (None: the
+    board's). ``muted``: start muted (a rebuilt daemon keeps the mute of the one before; the
+    mute kept in ``state_dir`` applies too).
     """
 
     def __init__(
@@ -285,8 +322,12 @@ class Daemon:
         on_telemetry: Callable[[c.Telemetry], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         state_dir: Path | None = None,
+        pin_factory: Any = None,
+        muted: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.state_dir = state_dir
+        self._start_muted = muted
         self.clock = clock
         self.on_telemetry = on_telemetry
         self.toolbox: ToolBox | None = None
@@ -299,8 +340,14 @@ class Daemon:
                                    runner_socket=svc.tool_runner_path(),
                                    ask=self._ask_user,
                                    yes=YesRule(cfg.confirmation.yes,
-                                               cfg.confirmation.max_words))
+                                               cfg.confirmation.max_words),
+                                   pin_factory=pin_factory)
         self.run_tool: ToolRunner = self.toolbox.call if self.toolbox else no_tools
+        self.triggers = Triggers(cfg.triggers, on_talk=self._on_talk, on_mute=self._on_mute,
+                                 clock=clock, backoff=cfg.audio.reopen_backoff_s,
+                                 pin_factory=pin_factory)
+        self.feedback = Feedback(cfg.feedback, pin_factory=pin_factory)
+        self.state = "idle"  # the feedback state (see feedback_state)
         self.ready = asyncio.Event()
         self.wake = setup.wake_gate(cfg)
         self.wake_words = list(self.wake.detector.names)  # the gate is the worker's
@@ -316,6 +363,8 @@ class Daemon:
         self._usage_file = state_dir / USAGE_FILE if state_dir is not None else None
         self._usage_save_failed = False  # said once
         self._load_usage()
+        self.earcons = {"wake": self.earcon, **mute_earcons(cfg.conversation.earcon_volume_db),
+                        **self.cue_earcons}
         barge = cfg.bargein
         delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
         # The reference must reach back over a late wake word (Core.on_wake's echo check).
@@ -376,6 +425,7 @@ class Daemon:
         self._answers: dict[str, asyncio.Future[Answer]] = {}  # confirmations asked
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
+        self.muted_frames = 0  # microphone frames dropped unseen while muted
 
     def _load_usage(self) -> None:
         path = self._usage_file
@@ -429,11 +479,22 @@ class Daemon:
                 self.listener.start()
                 await self.playback.start()
                 await self.capture.start()
-                self.link.start(wanted=self.cfg.conversation.connect_on_start)
+                self.feedback.start()
+                self.feedback.show(self.state)  # the light and on_idle from the start
+                muted = self._start_muted or self._saved_muted()
+                if muted:
+                    # Kept from before the restart: muted again, without a chime.
+                    self._do([a for a in self.core.set_muted(True, self.clock(), "restart")
+                              if not isinstance(a, c.Earcon)])
+                self.link.start(wanted=self.cfg.conversation.connect_on_start and not muted)
+                self.triggers.start()  # a closed mute switch mutes now
+                self._update_feedback()
                 self._spawn(self._pump_events(), "events")
                 self._spawn(self._tick(), "ticker")
                 self._spawn(self._ducking(), "ducking")
                 if self.homeassistant is not None:
+                    self.homeassistant.set_muted(self.muted)
+                    self.homeassistant.set_state(self.state)
                     self.homeassistant.start()
                 await stop.wait()
             finally:
@@ -470,6 +531,8 @@ class Daemon:
             await self.metrics_server.close()
         self.playback.stop()
         await self.ducker.unduck()
+        await self.triggers.aclose()
+        await self.feedback.aclose()
         await self.link.close()
         if self.homeassistant is not None:
             await self.homeassistant.aclose()  # says "offline" (bounded)
@@ -509,6 +572,16 @@ class Daemon:
         if not self.ready.is_set():  # the first frame: the microphone delivers
             log.info("listening for %s", ", ".join(self.wake_words))
             self.ready.set()
+        if self.core.muted:
+            # Muted: the frame goes nowhere (no wake word, no gate, nothing to send).
+            self.muted_frames += 1
+            self.playback.take_reference()
+            self.capture.wake_after(MUTED_BATCH_SAMPLES)  # nothing needs them soon
+            now = self.clock()
+            self._last_frame_at = now
+            if now - self._last_tick >= TICK_S:
+                self._run_tick(now)
+            return
         try:
             for when, level in self.playback.take_reference():
                 self.core.on_playback_reference(level, when)
@@ -547,6 +620,69 @@ class Daemon:
                 self.errors += 1
                 log.exception("error while handling the wake word %s at %.3f", det.name,
                               det.t_audio)
+
+    def _on_talk(self, pressed: bool, t: float, source: str) -> None:
+        """A push-to-talk trigger went down or up at ``t`` (on the loop)."""
+        if pressed and self.core.muted:
+            log.info("push-to-talk %s ignored: muted", source)
+        try:
+            self._do(self.core.on_button(pressed, t, source))
+        except Exception:
+            self.errors += 1
+            log.exception("error while handling the push-to-talk %s", source)
+
+    def press(self, pressed: bool, source: str = "button") -> None:
+        """A push-to-talk press (True) or release now: what a trigger reports (the demo's
+        and the benchmark's virtual button)."""
+        self._on_talk(pressed, self.clock(), source)
+
+    def _on_mute(self, muted: bool | None, t: float, source: str) -> None:
+        self.set_muted(not self.core.muted if muted is None else muted, source)
+
+    @property
+    def muted(self) -> bool:
+        """The privacy mute: while True no wake word runs and no audio leaves."""
+        return self.core.muted
+
+    def set_muted(self, muted: bool, source: str) -> None:
+        """Mute or unmute (``source``: who asked, for the log and the timeline: a trigger's
+        name, ``"command"``, …). Muting ends any conversation at once, drops audio still
+        queued for the service and lets the connection go; the wake word's backlog is
+        dropped unseen. The state is kept in the state directory (it survives a restart).
+        Idempotent; on the loop."""
+        actions = self.core.set_muted(muted, self.clock(), source)
+        if not actions:
+            return
+        if muted:
+            self.listener.forget()  # frames queued for the wake word are never looked at
+        self._do(actions)
+        if muted:
+            self.link.set_wanted(False)  # audio still queued for the service is dropped
+        log.info("%s by %s", "muted" if muted else "unmuted", source)
+        self._save_muted(muted)
+        if self.homeassistant is not None:
+            self.homeassistant.set_muted(muted)
+
+    def _mute_file(self) -> Path | None:
+        return self.state_dir / MUTE_FILE if self.state_dir is not None else None
+
+    def _saved_muted(self) -> bool:
+        path = self._mute_file()
+        try:
+            return path is not None and path.read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def _save_muted(self, muted: bool) -> None:
+        path = self._mute_file()
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("1\n" if muted else "0\n")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot keep the mute state in %s: %s", path, exc.strerror or exc)
 
     # A device's supervisor calls these on the loop, once per state change; "missing" comes
     # right after the stream failed, before anything the failure woke (a playback drain).
@@ -589,7 +725,6 @@ class Daemon:
         self._do(self.core.on_event(event, self.clock()))
         if isinstance(event, LinkUp | LinkDown):
             log.info("%s", self.link.status_text)
-            self._show_state()
 
     async def _tick(self) -> None:
         """Ticks while no frame comes (the microphone is missing or hung); the frames carry
@@ -605,6 +740,7 @@ class Daemon:
         self._last_tick = now
         try:
             self._do(self.core.on_tick(now))
+            self._update_feedback()  # the link's backoff has no event of its own
         except Exception:
             self.errors += 1
             log.exception("error in the timer tick")
@@ -673,6 +809,23 @@ class Daemon:
             except Exception:
                 self.errors += 1
                 log.exception("error while carrying out %s", type(action).__name__)
+        if actions:
+            self._update_feedback()
+
+    def _update_feedback(self) -> None:
+        """The feedback state from the core, the devices and the link; on a change: the
+        timeline entry, the hooks and the light (none of which waits)."""
+        state = feedback_state(
+            self.core.activity(),
+            offline=self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED),
+            error=bool(self._missing))
+        if state == self.state:
+            return
+        self.state = state
+        self.feedback.show(state)
+        if self.homeassistant is not None:
+            self.homeassistant.set_state(state)
+        self._telemetry(c.Telemetry(c.TelemetryName.STATE, self.clock(), {"state": state}))
 
     def _act(self, a: c.Action, frame_t: float | None) -> None:
         if isinstance(a, c.SendAudio):
@@ -715,7 +868,6 @@ class Daemon:
         elif isinstance(a, c.StateChanged):
             self.link.hold_recycle = a.new is not c.State.IDLE
             self._state_since = time.time()
-            self._show_state(a.new)
             # Idle: nothing but the wake word needs the frames, and it only needs them soon
             # once speech began (see WakeWorker.relaxed).
             self.listener.relaxed = a.new is c.State.IDLE
@@ -735,7 +887,7 @@ class Daemon:
         self.link.send(ev.ResponseCreate(additional_instructions=context))
 
     def _earcon(self, name: str = "wake") -> None:
-        pcm = self.earcon if name == "wake" else self.cue_earcons.get(name, b"")
+        pcm = self.earcons.get(name, b"")
         if pcm:
             self._earcons += 1
             item = f"earcon_{self._earcons}"
@@ -775,32 +927,12 @@ class Daemon:
                 log.exception("telemetry hook failed")
 
     # ------------------------------------------------------------------ Home Assistant
-    # Integration points for the privacy mute and the feedback states: with
-    # ``Daemon.set_muted`` and the feedback state, ``_on_mute_request`` becomes
-    # ``self.set_muted(muted, "homeassistant")``, ``set_muted`` reports every change with
-    # ``self.homeassistant.set_muted(muted)``, and ``_show_state`` passes the feedback state.
 
     def _on_mute_request(self, muted: bool) -> None:
         """Home Assistant's mute switch was flipped (on the loop)."""
-        log.warning("Home Assistant asked to %s, but this daemon has no privacy mute; the "
-                    "switch stays off", "mute" if muted else "unmute")
+        self.set_muted(muted, "homeassistant")
         if self.homeassistant is not None:
-            self.homeassistant.set_muted(False)
-
-    def _show_state(self, state: c.State | None = None) -> None:
-        """Tell Home Assistant the state (idle, listening, thinking, offline). Never waits."""
-        if self.homeassistant is None:
-            return
-        state = self.core.state if state is None else state
-        if self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED):
-            shown = "offline"
-        elif state is c.State.RESPONDING:
-            shown = "thinking"
-        elif state in (c.State.LISTENING, c.State.FOLLOW_UP):
-            shown = "listening"
-        else:
-            shown = "idle"
-        self.homeassistant.set_state(shown)
+            self.homeassistant.set_muted(self.muted)  # the real state, also if unchanged
 
     # ------------------------------------------------------------------ status
 
@@ -822,6 +954,11 @@ class Daemon:
                 "speaker": {"device": self.playback.device_name or self.cfg.audio.output_device,
                             "state": self.playback.state.value}},
             "wake_words": list(self.wake_words),
+            "feedback_state": self.state,
+            "muted": self.core.muted,
+            "push_to_talk": self.cfg.push_to_talk.mode,
+            "triggers": self.triggers.status(),
+            "feedback": self.feedback.status(),
             "wake": dataclasses.asdict(self.listener.stats),
             **self.metrics.status(),
             **({"homeassistant": self.homeassistant.status()}

@@ -39,7 +39,8 @@ from edgevoice.conversation.telemetry import Telemetry, TelemetryName
 MAX_TURNS_KEPT = 20
 
 # Entries that start a turn: a new TurnFigures, and its ungated window opens.
-_TURN_STARTS = frozenset({TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH})
+_TURN_STARTS = frozenset({TelemetryName.WAKE, TelemetryName.FOLLOW_UP_SPEECH,
+                          TelemetryName.PUSH_TO_TALK})
 
 
 @dataclass
@@ -59,10 +60,11 @@ class TurnFigures:
 
     turn: int
     started: float
-    wake_to_send_ms: float | None = None
+    wake_to_send_ms: float | None = None  # wake word or push-to-talk press → first audio sent
     first_delta_to_device_ms: float | None = None
     first_audio_ms: float | None = None  # end of the user's speech → reply at the speaker
     wake_word: str | None = None
+    button: str | None = None  # the push-to-talk trigger that started the turn
     bargein: str | None = None
     tools: list[str] = field(default_factory=list)
     upstream_bytes: int = 0
@@ -197,8 +199,12 @@ class Metrics:
         elif name in _TURN_STARTS:
             self._ungated.settle(frame_t)  # what was counted belongs to the turn before
             turns.append(TurnFigures(turn=self.core.turn, started=entry.t,
-                                     wake_word=entry.fields.get("word")))
-            self._wake_at = self.clock() if name is TelemetryName.WAKE else None
+                                     wake_word=entry.fields.get("word"),
+                                     button=entry.fields.get("source")))
+            # wake_to_send_ms: from the wake word's arrival at the loop, or from the button
+            # press itself (stamped where the trigger saw it, on the same clock).
+            self._wake_at = (self.clock() if name is TelemetryName.WAKE
+                             else entry.t if name is TelemetryName.PUSH_TO_TALK else None)
         elif name is TelemetryName.BARGE_IN and turns:
             turns[-1].bargein = str(entry.fields.get("by"))
         elif name is TelemetryName.TOOL_CALL and turns:
@@ -316,7 +322,7 @@ class Metrics:
         wall = time.time() - self.clock()  # monotonic → epoch
         return {
             "turns": [{"turn": t.turn, "started": t.started + wall, "wake_word": t.wake_word,
-                       "wake_to_send_ms": t.wake_to_send_ms,
+                       "button": t.button, "wake_to_send_ms": t.wake_to_send_ms,
                        "first_audio_ms": t.first_audio_ms,
                        "first_delta_to_device_ms": t.first_delta_to_device_ms,
                        "bargein": t.bargein is not None, "tools": list(t.tools),

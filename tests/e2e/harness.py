@@ -133,7 +133,7 @@ async def hear(h: Harness, text: str, timeout: float = 30.0) -> None:
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, script: dict[str, Any], *, echo: EchoPath | None = None,
                   state_dir: Path | None = None,
-                  **sections: dict[str, Any]) -> AsyncIterator[Harness]:
+                  **sections: Any) -> AsyncIterator[Harness]:
     timeline: list[Telemetry] = []
     async with running_daemon(Config.model_validate(sections), tmp_path / "rig",
                               script=Script.from_dict(script), echo=echo,

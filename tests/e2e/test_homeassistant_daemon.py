@@ -65,8 +65,15 @@ async def test_the_daemon_shows_up_in_home_assistant_and_follows_a_turn(tmp_path
 
             async with aiomqtt.Client("127.0.0.1", broker.port) as client:
                 await client.publish(f"{BASE}/mute/set", "ON", qos=1)
-            await until(lambda: "Home Assistant asked to mute" in svc.stderr(), 10,
-                        what="the mute request reaching the daemon")
+            # The switch mutes the daemon for real: the switch's state, the State sensor
+            # and the daemon's own status say so.
+            await until(lambda: latest(f"{BASE}/mute") == b"ON", 10, what="the switch on")
+            await until(lambda: latest(f"{BASE}/state") == b"muted", 10, what="muted")
+            assert (await svc.status())["muted"] is True
+            async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                await client.publish(f"{BASE}/mute/set", "OFF", qos=1)
+            await until(lambda: latest(f"{BASE}/mute") == b"OFF", 10, what="the switch off")
+            await until(lambda: latest(f"{BASE}/state") == b"idle", 10, what="idle again")
 
             await svc.stop_with_sigterm()
             await until(lambda: latest(f"{BASE}/availability") == b"offline", 5,

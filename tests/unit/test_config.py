@@ -28,8 +28,8 @@ def test_documented_defaults_equal_builtin_defaults() -> None:
 def test_every_key_of_the_schema_is_documented() -> None:
     text = DEFAULTS.read_text()
 
-    for section in ("audio", "wake", "vad", "voicelive", "session", "ducking", "service",
-                    "metrics", "cues", "limits", "context"):
+    for section in ("audio", "wake", "vad", "voicelive", "session", "ducking", "push_to_talk",
+                    "feedback", "service", "metrics", "cues", "limits", "context"):
         model = Config.model_fields[section].annotation
         for key in model.model_fields:  # type: ignore[union-attr]
             assert f"{key} =" in text or f"{key}]" in text or f"# {key} =" in text, \

@@ -162,3 +162,20 @@ def test_format_status_shows_the_home_assistant_connection() -> None:
     assert ("  Home Assistant: backoff, retry in 5 s  mqtt://ha.lan:8883  device kitchen  "
             "([code:135] Not authorized)") in format_status(down, now=0).splitlines()
     assert "Home Assistant" not in format_status(IDLE, now=0)
+
+
+def test_mute_triggers_and_failing_hooks_in_the_status() -> None:
+    s = snap(muted=True, feedback_state="muted",
+             triggers=[{"name": "hat", "source": "gpio", "action": "talk", "pin": "17",
+                        "state": "ok"},
+                       {"name": "remote", "source": "input", "action": "mute",
+                        "device": "BT Remote", "key": "KEY_MICMUTE", "state": "missing",
+                        "reason": "no input device named 'BT Remote'"}],
+             feedback={"hooks": {"failing": {"listening": "exit status 1"}}})
+    assert status_line(s) == "muted"
+    text = format_status(s, now=0)
+    assert "  feedback:    muted  (MUTED: no wake word, no audio leaves)" in text
+    assert "  trigger:     hat: push-to-talk, GPIO 17, ok" in text
+    assert ("  trigger:     remote: mute, BT Remote KEY_MICMUTE, missing "
+            "(no input device named 'BT Remote')") in text
+    assert "  hooks:       failing: on_listening: exit status 1" in text

@@ -27,6 +27,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgevoice.config.hands import (
+    FeedbackConfig,
+    PushToTalkConfig,
+    TriggerConfig,
+    check_pins,
+)
 from edgevoice.config.tools import (
     ConfirmationConfig,
     MqttBroker,
@@ -615,6 +621,9 @@ class Config(Strict):
     tools: list[ToolConfig] = Field(default_factory=list)
     confirmation: ConfirmationConfig = Field(default_factory=ConfirmationConfig)
     homeassistant: HomeAssistantConfig | None = None
+    push_to_talk: PushToTalkConfig = Field(default_factory=PushToTalkConfig)
+    triggers: list[TriggerConfig] = Field(default_factory=list)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cues: CuesConfig = Field(default_factory=CuesConfig)
@@ -695,6 +704,13 @@ class Config(Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _pins_once(self) -> Config:
+        problems = check_pins(self.triggers, self.feedback.light, self.tools)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -761,7 +777,9 @@ def _secret_looking_keys(data: Any, path: tuple[str, ...] = ()) -> list[tuple[st
     found: list[tuple[str, ...]] = []
     if isinstance(data, dict):
         for k, v in data.items():
-            if path[:1] != ("tools",) and str(k).lower() in _SECRET_NAMES:
+            # A tool's parameters and a trigger's key (an evdev key name) are not secrets.
+            if (path[:1] != ("tools",) and not (path[:1] == ("triggers",) and k == "key")
+                    and str(k).lower() in _SECRET_NAMES):
                 found.append((*path, str(k)))
             found += _secret_looking_keys(v, (*path, str(k)))
     elif isinstance(data, list):

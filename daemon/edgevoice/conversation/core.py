@@ -17,6 +17,10 @@ States::
 Guarantees:
 - In IDLE no audio leaves: :class:`SendAudio` is only emitted in LISTENING (and, at a
   barge-in or a follow-up, for the speech that started the new turn).
+- While muted (:meth:`Core.set_muted`) no :class:`SendAudio` is emitted at all, and no wake
+  word or button starts a turn; muting ends the conversation.
+- A push-to-talk press (:meth:`Core.on_button`) is a turn start, a barge-in or the end of
+  the follow-up window as the wake word is; in hold mode its release commits the turn once.
 - Every chunk the upstream VAD gate selects from the end of the wake word on is sent once, in
   order; the link buffers it while connecting.
 - A ``call_id`` delivered once produces one :class:`RunTool` (the link delivers each
@@ -237,6 +241,14 @@ class CoreSettings:
     confirm_answer_s: float = 8.0
     auto_response: bool = True
 
+    # Push-to-talk: "press" starts a turn like the wake word; "hold" streams while held and
+    # commits at the release. A press in the follow-up window ends the conversation with
+    # ptt_end_follow_up (else it starts a new turn). The audio from ptt_preroll_s before the
+    # press is sent too (as far as the upstream gate reaches back).
+    ptt_mode: str = "press"
+    ptt_end_follow_up: bool = True
+    ptt_preroll_s: float = 0.3
+
 
 @dataclass
 class _Confirmation:
@@ -298,6 +310,8 @@ class Core:
         self._line_pending = False  # the response in progress or asked for is a cue's line
         #: Why no conversation may start now (the token budget is spent); None: it may.
         self.limit: str | None = None
+        self.muted = False  # the privacy mute (set_muted): no wake word, no audio leaves
+        self._held = False  # push-to-talk held (hold mode) for the current turn
         # (t, is the user) of recent voiced frames: a wake word or follow-up speech while the
         # assistant's voice may still come back from the room needs the user's own voice.
         self._voiced: deque[tuple[float, bool]] = deque()
@@ -326,6 +340,7 @@ class Core:
                 and not self._turn_committed):
             # An abandoned manual turn: what it sent must not start the next one.
             out.append(SendEvent(ev.InputAudioBufferClear()))
+        self._held = False
         self._go(State.IDLE, t, out)
         out.append(Unduck())
         out.append(Telemetry(TelemetryName.IDLE, t, {"why": why}))
@@ -358,6 +373,8 @@ class Core:
         on the frames up to ``t``, and the request is streamed from ``word_end`` all the
         same, the frames already seen included (as far as the upstream gate reaches back)."""
         out: list[Action] = []
+        if self.muted:
+            return out  # the daemon runs no wake word while muted; a late one is dropped
         if (self.state is not State.IDLE and self._echo_possible(t, WAKE_WORD_S)
                 and self._user_ms(t, WAKE_WORD_S) < USER_EVIDENCE_MS):
             out.append(Telemetry(TelemetryName.WAKE_IGNORED_ECHO, t, {"word": name}))
@@ -390,9 +407,120 @@ class Core:
                 self._barge_in(t, out, "wake word", then=State.LISTENING)
         return out
 
+    def on_button(self, pressed: bool, t: float, source: str = "button") -> list[Action]:
+        """A push-to-talk button or key went down (``pressed``) or up at ``t``.
+
+        A press in IDLE starts a turn as the wake word does (earcon, duck, connect), streaming
+        from ``ptt_preroll_s`` before the press; in the follow-up window it ends the
+        conversation (``ptt_end_follow_up``) or starts a new turn; during a reply it is a
+        barge-in (the reply is cancelled and truncated, a new turn listens). In ``"hold"``
+        mode every frame is streamed while the button is held, and the release commits the
+        turn and asks for the reply (unless the turn was committed already). The local
+        end-of-utterance detection (turn detection ``none``) waits while the button is held;
+        a server turn detection cannot be held back and may end the turn at a long pause
+        (the release then commits nothing more). Ignored while muted."""
+        out: list[Action] = []
+        if self.muted:
+            return out
+        hold = self.s.ptt_mode == "hold"
+        if not pressed:
+            if not self._held:
+                return out
+            self._held = False
+            self.upstream.held = False
+            commit = self.state is State.LISTENING and not self._turn_committed
+            out.append(Telemetry(TelemetryName.PUSH_TO_TALK_RELEASED, t,
+                                 {"source": source, "committed": commit}))
+            if commit:
+                self._turn_committed = True
+                self._progress_at = t
+                if self.endpointer is not None:
+                    self.endpointer.reset()  # this utterance is over: no second commit
+                out.append(SendEvent(ev.InputAudioBufferCommit()))
+                out.append(SendEvent(ev.ResponseCreate()))
+            return out
+        since = t - self.s.ptt_preroll_s
+        if self.state is State.IDLE or (self.state is State.FOLLOW_UP
+                                        and not self.s.ptt_end_follow_up):
+            self.turn += 1
+            out.append(Telemetry(TelemetryName.PUSH_TO_TALK, t, {"source": source}))
+            if self.state is State.IDLE:
+                if self.s.earcon:
+                    out.append(Earcon("wake"))
+                out.append(Duck())
+                out.append(Connect(True))
+            self._idle_since = None
+            self._heard_speech = hold  # held: the user decides when the turn ends
+            self._go(State.LISTENING, t, out)
+            opened = self.upstream.open(since)
+            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
+        elif self.state is State.FOLLOW_UP:
+            self._end_conversation(t, out, "ended by the button")
+            return out
+        elif self.state is State.RESPONDING:
+            self._pending_chunks = []  # the gate reopens from the press instead
+            self._barge_in(t, out, "button", then=State.LISTENING)
+            self._heard_speech = hold
+            opened = self.upstream.open(since)
+            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
+        elif self.state is State.LISTENING and not self._turn_committed:
+            pass  # already listening: a press (or a hold) goes on with this turn
+        else:
+            return out  # the turn is committed and its reply has not begun
+        if hold:
+            self._held = True
+            self.upstream.held = True
+        return out
+
+    def set_muted(self, muted: bool, t: float, source: str) -> list[Action]:
+        """The privacy mute on or off (``source`` names who asked, for the timeline). Muting
+        ends any conversation at once (a reply in progress is cancelled and stopped, then
+        truncated to what was played); while muted, frames and wake detections are ignored
+        and nothing is sent. An earcon says either way."""
+        out: list[Action] = []
+        if muted == self.muted:
+            return out
+        self.muted = muted
+        out.append(Telemetry(TelemetryName.MUTED if muted else TelemetryName.UNMUTED, t,
+                             {"source": source}))
+        if muted and self.state is not State.IDLE:
+            if self._response_id is not None:
+                out.append(SendEvent(ev.ResponseCancel()))
+            if self._playing_item is not None:
+                out.append(StopPlayback(self._playing_item))
+            self._response_id = None
+            self._response_done = True
+            self._playing_item = None
+            self._paused = False
+            self._drained = True
+            self._end_after_reply = False
+            self._end_conversation(t, out, "muted")
+        self.upstream.reset()  # the next frames start a new stream
+        self._voiced.clear()
+        self._pending_chunks = []
+        out.append(Earcon("mute" if muted else "unmute"))
+        return out
+
+    def activity(self) -> str:
+        """What the conversation is doing, as the feedback states name it: ``muted``,
+        ``idle``, ``listening`` (a turn or the follow-up window takes the user's speech),
+        ``thinking`` (the user's turn is committed, or a reply has begun without audio yet,
+        e.g. while tools run) or ``speaking``."""
+        if self.muted:
+            return "muted"
+        if self.state is State.IDLE:
+            return "idle"
+        if self.state is State.LISTENING:
+            return "thinking" if self._turn_committed else "listening"
+        if self.state is State.FOLLOW_UP:
+            return "listening"
+        return "speaking" if self._playing_item is not None else "thinking"
+
     def on_frame(self, pcm: bytes, t: float) -> list[Action]:
         """One microphone frame (16 kHz mono PCM16) whose first sample is at ``t``."""
         out: list[Action] = []
+        if self.muted:
+            return out  # nothing is looked at, nothing leaves
         state = self.state
         decision = self.upstream.process(pcm, t)
         if state is State.IDLE:
@@ -412,7 +540,9 @@ class Core:
                 self._progress_at = t
             if decision.speech_started:
                 out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
-            if self.endpointer is not None and self.s.local_end_of_utterance:
+            # Held push-to-talk: the release ends the turn, not a pause.
+            if (self.endpointer is not None and self.s.local_end_of_utterance
+                    and not self._held):
                 end = self.endpointer.process(pcm, t)
                 if end.end_of_utterance:
                     self._turn_committed = True

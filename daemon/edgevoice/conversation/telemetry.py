@@ -50,9 +50,16 @@ class TelemetryName(enum.StrEnum):
     REPLY_REQUESTED = "reply requested"  # the daemon asks for the reply (response.create)
     SPEAKER_PAUSED = "speaker paused"  # voiced_ms: the user may be barging in
     SPEAKER_RESUMED = "speaker resumed"  # it was not a barge-in
-    # by: "local speech", "server speech", "wake word" or "stop word"; speech_ms (local
-    # speech): from the first frame of the user's speech to the one that decided
+    # by: "local speech", "server speech", "wake word", "stop word" or "button"; speech_ms
+    # (local speech): from the first frame of the user's speech to the one that decided
     BARGE_IN = "barge-in"
+    # Push-to-talk, the privacy mute and the feedback state.
+    PUSH_TO_TALK = "push to talk"  # source: a press starts a turn from IDLE or the follow-up
+    PUSH_TO_TALK_RELEASED = "push to talk released"  # source, committed (hold mode)
+    MUTED = "muted"  # source: no wake word runs and no audio leaves until unmuted
+    UNMUTED = "unmuted"  # source
+    STATE = "state"  # state: the feedback state (idle, listening, thinking, speaking, muted,
+    #   offline, error), emitted by the daemon when it changes
     PLAYBACK_STOPPED = "playback stopped"  # item, played_ms
     TRUNCATE = "truncate"  # item, audio_end_ms: conversation.item.truncate sent
     # Tools.

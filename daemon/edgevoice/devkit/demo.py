@@ -8,12 +8,15 @@ with two differences only: the sound card is virtual (the bundled ALSA config
 ``data/demo-script.toml``.
 
 The microphone plays the demo recording (:data:`RECORDING`): "hey jarvis", a question, a pause
-long enough for the reply and the follow-up window, "hey jarvis" again, a request that makes
-the model call a tool, and an interruption during the spoken reply. The speaker's output is
-written to a WAV. The timeline (ms since start) shows the wake word, speech start and end,
-first reply audio, the barge-in with the truncated milliseconds, the tool call and the return
-to idle, and at the end the tokens the replies used (``usage``: the totals since start and
-the replies by status); ``--json`` prints one JSON object per line instead.
+long enough for the reply and the follow-up window, then a press of a virtual push-to-talk
+button (:data:`BUTTON`, at its place in the recording; :meth:`Daemon.press` is what a GPIO
+button or an input key reports), a request that makes the model call a tool, and an
+interruption during the spoken reply. The speaker's output is written to a WAV. The timeline
+(ms since start) shows the wake word, the button press, speech start and end, first reply
+audio, the barge-in with the truncated milliseconds, the tool call, the return to idle and
+the sequence of feedback states (``state``: listening, thinking, speaking, …), and at the
+end the tokens the replies used (``usage``: the totals since start and the replies by
+status); ``--json`` prints one JSON object per line instead.
 """
 
 from __future__ import annotations
@@ -46,24 +49,44 @@ from edgevoice.util import data_path
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
 
+#: In :data:`RECORDING`: a press (and release, :data:`BUTTON_HOLD_S` later) of the virtual
+#: push-to-talk button instead of a clip.
+BUTTON = "button"
+BUTTON_HOLD_S = 0.2
+
 #: The demo recording: (silence before, clip) in order; clips are 16 kHz WAVs in data/.
 RECORDING: tuple[tuple[float, str], ...] = (
     (1.0, "demo/wake.wav"),
     (0.3, "question.wav"),
-    (13.0, "demo/wake.wav"),  # the reply (~5 s) and the follow-up window (6 s) pass
+    (14.0, BUTTON),  # the reply (~5 s) and the follow-up window (6 s) pass
     (0.3, "demo/light.wav"),
     (3.6, "demo/stop.wav"),  # into the reply that follows the tool call
 )
 
 
 def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> bytes:
-    """The recording as 16 kHz PCM16."""
+    """The recording as 16 kHz PCM16 (a button press takes no audio)."""
     out = bytearray()
     for gap, name in plan:
         out += bytes(int(gap * MIC_RATE) * 2)
+        if name == BUTTON:
+            continue
         pcm, rate = read_wav(data_path(name))
         out += resample(pcm, rate, MIC_RATE)
     return bytes(out)
+
+
+def button_presses(plan: tuple[tuple[float, str], ...] = RECORDING) -> list[float]:
+    """When the button is pressed, in seconds from the start of the recording."""
+    at, presses = 0, []
+    for gap, name in plan:
+        at += int(gap * MIC_RATE) * 2
+        if name == BUTTON:
+            presses.append(at / 2 / MIC_RATE)
+        else:
+            pcm, rate = read_wav(data_path(name))
+            at += len(resample(pcm, rate, MIC_RATE))
+    return presses
 
 
 class Rig:
@@ -225,8 +248,7 @@ async def running_daemon(
         auth = make_auth(cfg.voicelive, api_key)
         try:
             with Rig(directory, echo=echo) as rig:
-                daemon = Daemon(cfg, auth=auth, on_telemetry=on_telemetry,
-                                state_dir=state_dir)
+                daemon = Daemon(cfg, auth=auth, on_telemetry=on_telemetry, state_dir=state_dir)
                 stop = asyncio.Event()
                 task = asyncio.create_task(daemon.run(stop))
                 try:
@@ -273,7 +295,11 @@ async def run_demo(
             timeline.mark("listening", words=",".join(daemon.wake_words))
             t_feed = time.monotonic()
             run.rig.mic.feed(pcm)
-            status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
+            buttons = asyncio.create_task(_press_buttons(daemon, t_feed))
+            try:
+                status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
+            finally:
+                buttons.cancel()
         reply = run.rig.speaker_pcm()
     usage = daemon.metrics.status()["usage"]
     timeline.mark("usage", **usage["tokens"], replies=usage["replies"])
@@ -282,6 +308,15 @@ async def run_demo(
     if status:
         timeline.mark("incomplete", turns=len(daemon.turns), errors=daemon.errors)
     return status
+
+
+async def _press_buttons(daemon: Daemon, t_feed: float) -> None:
+    """The virtual push-to-talk button of the recording, pressed at its times."""
+    for at in button_presses():
+        await asyncio.sleep(max(0.0, t_feed + at - time.monotonic()))
+        daemon.press(True, "demo button")
+        await asyncio.sleep(BUTTON_HOLD_S)
+        daemon.press(False, "demo button")
 
 
 async def _wait_done(daemon: Daemon, length_s: float, t_feed: float, timeout_s: float) -> int:

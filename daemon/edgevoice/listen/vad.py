@@ -226,6 +226,8 @@ class UpstreamGate:
       the end of that VAD frame has been sent; the frame that reaches it is the last one
       (``speech_stopped``). A voiced VAD frame during the tail extends it.
     * Audio is never sent twice and never reordered (:meth:`open` excepted, see there).
+    * While :attr:`held` (push-to-talk held), an open stream never stops; the tail is counted
+      from the frame where ``held`` went false.
     """
 
     def __init__(
@@ -266,6 +268,9 @@ class UpstreamGate:
         self._streaming = False
         self._speech_end = 0  # end of the last voiced VAD frame while streaming
         self._sent_end = 0  # stream position up to which audio was returned to send
+        # Push-to-talk held: once open, every frame is sent whatever the VAD says (the user
+        # says when the turn ends); the tail starts at the release.
+        self.held = False
 
     @property
     def streaming(self) -> bool:
@@ -281,6 +286,7 @@ class UpstreamGate:
         self._streaming = False
         self._speech_end = 0
         self._sent_end = 0
+        self.held = False
 
     def open(self, since_t: float) -> UpstreamDecision:
         """Start streaming now, from stream time ``since_t`` on (the end of the wake word):
@@ -333,7 +339,9 @@ class UpstreamGate:
             send = self._send_since(onset_at * fs - self.prefix_padding_samples)
             return UpstreamDecision(send, True, False, True, any_voiced)
         self._sent_end = self._pos
-        if self._pos >= self._speech_end + self.tail_samples:
+        if self.held:
+            self._speech_end = self._pos  # the tail counts from the release
+        elif self._pos >= self._speech_end + self.tail_samples:
             self._streaming = False
             return UpstreamDecision((chunk,), False, True, False, any_voiced)
         return UpstreamDecision((chunk,), False, False, True, any_voiced)

@@ -44,6 +44,8 @@ async def serve(
       and the running daemon keeps its config (``READY=1`` again at once). A valid one
       applies the log level at once and the rest at the next idle moment — the parts are
       rebuilt then, so a running conversation is never dropped — then ``READY=1``.
+    - ``edgevoice mute on|off|toggle`` through the status socket mutes the running daemon
+      (the state is kept in the state directory; a rebuilt daemon reads it back).
     - SIGTERM: ``STOPPING=1``; the daemon shuts down (speaker stopped, volumes restored,
       socket closed) and 0 is returned. Bounded: a few seconds.
     Returns 2 when the config's wake word models cannot be loaded at start.
@@ -89,7 +91,7 @@ class _Service:
     async def run(self) -> int:
         remove = handle_signals(asyncio.get_running_loop(), stop=self.stopping.set,
                                 reload=self.reload_asked.set)
-        status_server = await _start_status_server(self.cfg, self.snapshot)
+        status_server = await _start_status_server(self.cfg, self.snapshot, self.command)
         try:
             return await self._serve()
         finally:
@@ -106,6 +108,16 @@ class _Service:
         if self.phase != "running":
             snap["state"] = self.phase
         return snap
+
+    def command(self, request: str) -> dict[str, Any]:
+        """A command from the status socket (:data:`~edgevoice.service.status.COMMANDS`)."""
+        daemon = self.daemon
+        if daemon is None or self.phase not in ("running", "reloading"):
+            return {"error": f"cannot {request} now: the daemon is {self.phase}"}
+        what = request.split()[-1]
+        muted = {"on": True, "off": False}.get(what, not daemon.muted)
+        daemon.set_muted(muted, "command")
+        return {"ok": True, "muted": daemon.muted}
 
     def _status(self) -> str:
         return status_line(self.snapshot())
@@ -135,7 +147,8 @@ class _Service:
         """Build the daemon from ``cfg`` and start it; None (logged) if it cannot be built."""
         auth = self.auth_for(cfg)
         try:
-            daemon = Daemon(cfg, auth=auth, state_dir=self.state_dir)
+            daemon = Daemon(cfg, auth=auth, state_dir=self.state_dir,
+                            muted=self.daemon is not None and self.daemon.muted)
         except (WakeModelError, ValueError) as exc:
             await auth.close()
             if reloading:
@@ -232,14 +245,15 @@ def _state_dir() -> Path | None:
 
 
 async def _start_status_server(
-    cfg: Config, snapshot: Callable[[], dict[str, Any]]
+    cfg: Config, snapshot: Callable[[], dict[str, Any]],
+    commands: Callable[[str], dict[str, Any]] | None = None,
 ) -> StatusServer | None:
     """The status socket's server, serving ``snapshot()``; None when the config has no
     socket or it cannot be created (logged: the daemon serves on without it)."""
     socket_path = cfg.service.status_socket_path()
     if socket_path is None:
         return None
-    server = StatusServer(socket_path, snapshot)
+    server = StatusServer(socket_path, snapshot, commands=commands)
     try:
         await server.start()
     except StatusError as exc:

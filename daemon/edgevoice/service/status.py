@@ -33,6 +33,18 @@ values::
         "transcript": false          # whether the last transcript is published
       },
       "wake_words": ["hey_jarvis"],
+      "feedback_state": "idle",      # idle | listening | thinking | speaking | muted | offline
+                                     #   | error: what hooks and the light show
+      "muted": false,                # the privacy mute (edgevoice mute on|off|toggle)
+      "push_to_talk": "press",       # press | hold
+      "triggers": [                  # the [[triggers]]: buttons, switches, input keys
+        {"name": "push-to-talk GPIO 17", "source": "gpio", "action": "talk", "pin": "17",
+         "state": "ok", "pressed": false},
+        {"name": "wheel", "source": "input", "action": "talk", "device": "Wheel",
+         "key": "KEY_VOICECOMMAND", "state": "missing", "reason": "no input device named …"}
+      ],
+      "feedback": {"state": "idle", "hooks": {"runs": 3, "failures": 0, "failing": {}},
+                   "light": {"kind": "rgb", "state": "idle", "error": null}},
       "wake": {                      # the wake word's worker thread (WakeWorkerStats)
         "frames": 90000,             # microphone frames handed to it
         "frames_dropped": 0,         # dropped because its backlog was full (never processed)
@@ -46,7 +58,8 @@ values::
         {"turn": 3,                  # running number since start
          "started": 1732200001.2,    # epoch seconds of the wake word (or follow-up speech)
          "wake_word": "hey_jarvis",  # null for a follow-up turn
-         "wake_to_send_ms": 12.5,    # wake word detected → first audio frame sent upstream
+         "button": null,             # the push-to-talk trigger that started it, if one did
+         "wake_to_send_ms": 12.5,    # wake word (or button press) → first audio sent upstream
          "first_audio_ms": 850.0,    # end of the user's speech → first reply audio played
          "bargein": false,           # the user interrupted the reply
          "tools": ["set_light"],     # functions called in this turn
@@ -83,7 +96,10 @@ values::
 
 :class:`StatusServer` serves the snapshot on a unix stream socket: a client connects, sends
 one line (``status``, or nothing and EOF) and reads one JSON object and a newline; the server
-then closes the connection. Guarantees: the socket is mode 0660 (owner and group only; the
+then closes the connection. The same socket takes the daemon's few commands (``mute on``,
+``mute off``, ``mute toggle``): whoever may read the status may mute the microphone, nobody
+else (the socket's permissions). A command's reply is its result (``{"ok": true, "muted":
+true}``) or ``{"error": …}``. Guarantees: the socket is mode 0660 (owner and group only; the
 group of the service may query it) and is created under its final name already with that
 mode; a directory it has to create is 0750; a stale socket is replaced, a live one (another
 daemon) is an error; requests are bounded (1 KiB, 2 s, 8 clients at once); the provider runs
@@ -175,8 +191,8 @@ def spoken(wake_word: str) -> str:
 def status_line(snapshot: Snapshot) -> str:
     """The STATUS= text for a snapshot: what someone looking at ``systemctl status`` needs
     first. The most pressing condition wins, in this order: starting / reloading / stopping,
-    microphone missing, authentication failed, reconnecting, in conversation, speaker missing,
-    token budget reached, listening for the wake word(s)."""
+    muted, microphone missing, authentication failed, reconnecting, in conversation, speaker
+    missing, token budget reached, listening for the wake word(s)."""
     state = str(_value(snapshot.get("state")) or "")
     if state == "starting":
         return "starting"
@@ -184,6 +200,8 @@ def status_line(snapshot: Snapshot) -> str:
         return "reloading the configuration"
     if state == "stopping":
         return "stopping"
+    if snapshot.get("muted"):
+        return "muted"
     if device_state(snapshot, "microphone") == "missing":
         return "microphone missing"
     link = _section(snapshot, "link")
@@ -308,6 +326,24 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
     words = snapshot.get("wake_words") or []
     if words:
         lines.append(f"  wake words:  {', '.join(map(str, words))}")
+    if snapshot.get("feedback_state") is not None:
+        lines.append(f"  feedback:    {snapshot['feedback_state']}"
+                     + ("  (MUTED: no wake word, no audio leaves)" if snapshot.get("muted")
+                        else ""))
+    for trig in snapshot.get("triggers") or []:
+        if not isinstance(trig, Mapping):
+            continue
+        what = "push-to-talk" if trig.get("action") == "talk" else str(trig.get("action", "?"))
+        where = (f"GPIO {trig['pin']}" if trig.get("pin") is not None
+                 else f"{trig.get('device', '?')} {trig.get('key', '')}".rstrip())
+        row = f"  trigger:     {trig.get('name', '?')}: {what}, {where}, {trig.get('state', '?')}"
+        if trig.get("reason"):
+            row += f" ({trig['reason']})"
+        lines.append(row)
+    hooks = _section(_section(snapshot, "feedback"), "hooks")
+    if hooks.get("failing"):
+        failing = ", ".join(f"on_{k}: {v}" for k, v in hooks["failing"].items())
+        lines.append(f"  hooks:       failing: {shorten(failing, 120)}")
     dropped = _section(snapshot, "wake").get("frames_dropped")
     if _number(dropped) and dropped:
         episodes = _section(snapshot, "wake").get("drop_episodes")
@@ -431,9 +467,11 @@ class StatusServer:
     """
 
     def __init__(self, path: str | os.PathLike[str], provider: Callable[[], Snapshot], *,
-                 request_timeout: float = 2.0, max_clients: int = 8) -> None:
+                 request_timeout: float = 2.0, max_clients: int = 8,
+                 commands: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self.path = Path(path)
         self._provider = provider
+        self._commands = commands
         self._timeout = request_timeout
         self._max_clients = max_clients
         self._server: asyncio.Server | None = None
@@ -574,9 +612,11 @@ class StatusServer:
             if line is None:
                 reply = json.dumps({"error": "request too long"}).encode() + b"\n"
             else:
-                request = line.decode("utf-8", "replace").strip().lower()
+                request = " ".join(line.decode("utf-8", "replace").strip().lower().split())
                 if request in ("", "status"):
                     reply = self.render()
+                elif request in COMMANDS and self._commands is not None:
+                    reply = self._command(request)
                 else:
                     reply = json.dumps({"error": f"unknown request {request[:40]!r}; "
                                                  "send 'status'"}).encode() + b"\n"
@@ -592,6 +632,20 @@ class StatusServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), self._timeout)
+
+
+    def _command(self, request: str) -> bytes:
+        assert self._commands is not None
+        try:
+            result: Any = dict(self._commands(request))
+        except Exception as exc:
+            log.warning("status socket: %r failed: %s: %s", request, type(exc).__name__, exc)
+            result = {"error": f"{request} failed: {type(exc).__name__}"}
+        return json.dumps(result, default=_jsonable).encode() + b"\n"
+
+
+#: The commands the status socket takes besides ``status``.
+COMMANDS = frozenset({"mute on", "mute off", "mute toggle"})
 
 
 def _strip_nonfinite(value: Any) -> Any:
@@ -612,6 +666,12 @@ def query_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str
     """Ask the daemon at ``path`` for its snapshot. Blocking; at most ``timeout`` seconds.
     Raises :class:`StatusUnavailable` with a message for people when the daemon does not
     run, cannot be reached or answers nonsense."""
+    return request(path, "status", timeout)
+
+
+def request(path: str | os.PathLike[str], line: str, timeout: float = 3.0) -> dict[str, Any]:
+    """Send one request line (``status``, ``mute on``, …) and return the JSON reply, as
+    :func:`query_status` does."""
     path = Path(path)
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -637,7 +697,7 @@ def query_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str
         chunks: list[bytes] = []
         size = 0
         try:
-            sock.sendall(b"status\n")
+            sock.sendall(line.encode() + b"\n")
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
             while True:
