@@ -60,7 +60,7 @@ def test_demo_runs_the_daemon_through_every_kind_of_turn(tmp_path: Path) -> None
     # The interruption is the user's next turn, answered; the demo ends idle.
     said = [e["text"] for e in entries if e["event"] == TelemetryName.USER_SAID]
     assert len(said) == 3 and "Stop" in said[-1]
-    assert names[-1] == "wrote" and TelemetryName.IDLE in names[-3:]
+    assert names[-1] == "wrote" and names[-2] == "usage" and TelemetryName.IDLE in names[-4:]
 
     with wave.open(str(out)) as w:
         assert w.getframerate() == 24000 and w.getnchannels() == 1
