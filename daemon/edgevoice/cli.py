@@ -41,8 +41,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{where}: {line}", file=sys.stderr)
     if problems:
         return 2
+    from edgevoice.tools.pins import pin_warnings
+
+    # Valid, but a tool would fail at its first call on this machine (no PWM, a Pi 5).
+    warnings = pin_warnings(config.tools)
+    for line in warnings:
+        print(f"{where}: warning: {line}", file=sys.stderr)
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
-    print(f"{where}: valid{tools}")
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{where}: valid{tools}{warned}")
     return 0
 
 
