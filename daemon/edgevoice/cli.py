@@ -1,5 +1,5 @@
-"""Command line: ``edgevoice run | demo | status | devices | check-config | simulator |
-tool-runner``.
+"""Command line: ``edgevoice run | demo | status | devices | check-config | doctor |
+simulator | tool-runner``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -51,6 +51,58 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warned = f", {len(warnings)} warning(s)" if warnings else ""
     print(f"{where}: valid{tools}{warned}")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from edgevoice.audio.devices import quiet_native_logs
+    from edgevoice.listen.setup import wake_problems
+    from edgevoice.service import doctor
+
+    make_undumpable()  # it reads the API key and MQTT passwords
+    setup_logging("debug" if args.verbose else "error", journal=False)
+    quiet_native_logs()
+    unknown = set(args.skip) - set(doctor.CHECKS)
+    if unknown:
+        print(f"edgevoice doctor: unknown check(s) to skip: {', '.join(sorted(unknown))} "
+              f"(checks: {', '.join(doctor.CHECKS)})", file=sys.stderr)
+        return 2
+    config: Config | None = None
+    try:
+        config, path = _load(args)
+    except ConfigError as exc:
+        first = exc.errors[0] if exc.errors else str(exc)
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        check = doctor.Check("config", "fail", first + more,
+                             "edgevoice check-config lists every problem with its key path")
+    else:
+        where = str(path) if path else "built-in defaults (no config file found)"
+        problems = wake_problems(config)
+        tools = f", {len(config.tools)} tool(s)" if config.tools else ""
+        check = doctor.Check("config", "ok", f"{where}: valid{tools}")
+        if problems:
+            check = doctor.Check("config", "fail", f"{where}: {'; '.join(problems)}",
+                                 "fix the models in [wake]")
+            config = None
+    out = sys.stdout
+
+    def progress(line: str) -> None:
+        print(f"{'':<17} {line}", file=out, flush=True)
+
+    opts = doctor.Options(listen_s=args.listen, wake_s=args.wake, timeout_s=args.timeout,
+                          skip=frozenset(args.skip), unit_dir=Path(args.unit_dir),
+                          progress=None if args.json else progress)
+    report = None if args.json else lambda c: print(doctor.format_check(c), file=out, flush=True)
+    checks = asyncio.run(doctor.run_checks(config, check, opts, report))
+    ok = doctor.passed(checks, opts.skip)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        bad = [c.name for c in checks if c.status in ("fail", "warn")]
+        print("all checks passed" if ok else f"to fix: {', '.join(bad) or 'skipped checks'}",
+              file=out)
+    return 0 if ok else 1
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -192,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("check-config", help="validate the configuration"))
     p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser(
+        "doctor", help="check this device: config, microphone, speaker, wake word, endpoint, "
+                       "ducking, tools, service (exit 0 only when all pass)"))
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.add_argument("--listen", type=float, default=3.0, metavar="S",
+                   help="measure the microphone's level for S seconds (default: %(default)s)")
+    p.add_argument("--wake", type=float, default=0.0, metavar="S",
+                   help="listen up to S seconds for the wake word (default: only load it)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="each network step (DNS, TLS, handshake, MQTT) (default: %(default)s)")
+    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
+                   help="leave a check out (repeatable): microphone, speaker, 'wake word', "
+                        "endpoint, ducking, tools, service")
+    p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    p.set_defaults(func=cmd_doctor)
 
     p = with_config(sub.add_parser(
         "devices", help="list capture and playback devices; mark the configured ones"))
