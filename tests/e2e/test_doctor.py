@@ -148,3 +148,20 @@ async def test_a_broken_device_gets_a_line_and_a_fix_per_problem(tmp_path: Path)
     assert line("ok", "config") and line("ok", "ducking")
     assert lines[-1] == "to fix: microphone, endpoint, tools, service"
     assert wrong not in out and KEY not in out
+
+
+async def test_a_clipped_microphone_is_a_warning(tmp_path: Path) -> None:
+    cfg = config(tmp_path, endpoint="ws://127.0.0.1:9", broker_port=1, program="/bin/true")
+    square = np.tile(np.array([32767] * 8 + [-32768] * 8, "<i2"), 16000 * 4 // 16)
+    with Rig(tmp_path / "rig") as rig:
+        rig.mic.feed(square.tobytes())
+        code, out = await doctor(tmp_path, cfg, tmp_path, KEY, "--json", "--listen", "1.5",
+                                 *[a for c in ("speaker", "wake word", "endpoint", "tools",
+                                               "service") for a in ("--skip", c)])
+    report = json.loads(out[out.index("{"):])
+    mic = report["checks"][1]
+    assert code == 1 and not report["ok"]
+    assert mic["status"] == "warn" and "clipped" in mic["detail"], mic
+    assert mic["data"]["clipped_share"] > 0.5 and "lower the capture gain" in mic["fix"]
+    assert [c["status"] for c in report["checks"]] == ["ok", "warn", "skip", "skip", "skip", "ok",
+                                                        "skip", "skip"]
