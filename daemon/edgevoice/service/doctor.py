@@ -225,7 +225,7 @@ async def check_wake(cfg: Config, opts: Options) -> Check:
         gate = await asyncio.to_thread(wake_gate, cfg)
     except WakeModelError as exc:
         return Check("wake word", "fail", str(exc), "fix the model in [wake]")
-    names = gate.detector.names if hasattr(gate, "detector") else [m.name for m in cfg.wake.models]
+    names = gate.detector.names
     loaded = f"loaded {', '.join(names)}"
     if opts.wake_s <= 0:
         gate.detector.close()
