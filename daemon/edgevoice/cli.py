@@ -63,11 +63,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     make_undumpable()  # it reads the API key and MQTT passwords
     setup_logging("debug" if args.verbose else "error", journal=False)
     quiet_native_logs()
+    args.skip = ["wake word" if name == "wake" else name for name in args.skip]
     unknown = set(args.skip) - set(doctor.CHECKS)
     if unknown:
         print(f"edgevoice doctor: unknown check(s) to skip: {', '.join(sorted(unknown))} "
               f"(checks: {', '.join(doctor.CHECKS)})", file=sys.stderr)
         return 2
+    # Bounded: the level window is kept in memory, and every check must end.
+    for name, value, hi in (("--listen", args.listen, 60), ("--wake", args.wake, 600),
+                            ("--timeout", args.timeout, 120)):
+        if not 0 <= value <= hi or (name == "--listen" and value < 0.5):
+            print(f"edgevoice doctor: {name} {value:g} is out of range (at most {hi} s)",
+                  file=sys.stderr)
+            return 2
     config: Config | None = None
     try:
         config, path = _load(args)
@@ -255,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="each network step (DNS, TLS, handshake, MQTT) (default: %(default)s)")
     p.add_argument("--skip", action="append", default=[], metavar="CHECK",
-                   help="leave a check out (repeatable): microphone, speaker, 'wake word', "
-                        "endpoint, ducking, tools, service")
+                   help="leave a check out (repeatable): microphone, speaker, wake, endpoint, "
+                        "ducking, tools, service")
     p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     p.set_defaults(func=cmd_doctor)

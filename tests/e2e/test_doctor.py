@@ -124,7 +124,7 @@ async def test_a_broken_device_gets_a_line_and_a_fix_per_problem(tmp_path: Path)
         with Rig(tmp_path / "rig"):  # a microphone that only hears silence
             code, out = await doctor(tmp_path, cfg, tmp_path / "no-units", wrong,
                                      "--listen", "1", "--timeout", "3",
-                                     "--skip", "speaker", "--skip", "wake word")
+                                     "--skip", "speaker", "--skip", "wake")
     finally:
         await sim.close()
     assert code == 1, out

@@ -124,6 +124,11 @@ def _db(x: float) -> str:
     return "-inf" if x == -math.inf else f"{x:.0f}"
 
 
+def _finite(x: float) -> float | None:
+    """A level for JSON: None for silence (-inf, which JSON cannot hold)."""
+    return round(x, 1) if math.isfinite(x) else None
+
+
 # ----------------------------------------------------------------------------- audio
 
 
@@ -142,7 +147,7 @@ async def check_microphone(cfg: Config, opts: Options) -> Check:
                      fix_device)
     name = capture.device_name or audio.input_device
     try:
-        levels: list[float] = []
+        levels: list[float | None] = []
         deadline = time.monotonic() + opts.listen_s
         taken = 0
         while time.monotonic() < deadline:
@@ -150,7 +155,7 @@ async def check_microphone(cfg: Config, opts: Options) -> Check:
             part = np.frombuffer(b"".join(chunks[taken:]), "<i2")
             taken = len(chunks)
             rms, _, _ = _level(part)
-            levels.append(round(rms, 1))
+            levels.append(_finite(rms))
             if opts.progress is not None:
                 opts.progress(f"microphone {_db(rms):>5} dBFS |{_bar(rms)}|")
     finally:
@@ -158,8 +163,8 @@ async def check_microphone(cfg: Config, opts: Options) -> Check:
     samples = np.frombuffer(b"".join(chunks), "<i2")
     rms, peak, clipped = _level(samples)
     seconds = samples.size / 16000
-    data = {"device": name, "seconds": round(seconds, 2), "rms_dbfs": round(rms, 1),
-            "peak_dbfs": round(peak, 1), "clipped_share": round(clipped, 5), "levels": levels}
+    data = {"device": name, "seconds": round(seconds, 2), "rms_dbfs": _finite(rms),
+            "peak_dbfs": _finite(peak), "clipped_share": round(clipped, 5), "levels": levels}
     where = f"{name!r}: level {_db(rms)} dBFS, peak {_db(peak)} dBFS over {seconds:.1f} s"
     if samples.size == 0:
         return Check("microphone", "fail", f"{name!r} opened but delivered no audio in "
