@@ -99,6 +99,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     opts = doctor.Options(listen_s=args.listen, wake_s=args.wake, timeout_s=args.timeout,
                           skip=frozenset(args.skip), unit_dir=Path(args.unit_dir),
+                          installed_key=Path(args.installed_key),
                           progress=None if args.json else progress)
     report = None if args.json else lambda c: print(doctor.format_check(c), file=out, flush=True)
     checks = asyncio.run(doctor.run_checks(config, check, opts, report))
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave a check out (repeatable): microphone, speaker, wake, endpoint, "
                         "ducking, tools, service")
     p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
+    p.add_argument("--installed-key", default="/etc/edgevoice/api-key", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     p.set_defaults(func=cmd_doctor)
 

@@ -70,8 +70,13 @@ def units(tmp: Path) -> Path:
     return unit_dir
 
 
-async def doctor(tmp: Path, cfg: Path, unit_dir: Path, key: str, *args: str) -> tuple[int, str]:
-    env = dict(os.environ, VOICELIVE_API_KEY=key)  # the rig's ALSA config is in os.environ
+async def doctor(tmp: Path, cfg: Path, unit_dir: Path, key: str | None,
+                 *args: str) -> tuple[int, str]:
+    """Runs the doctor; ``key`` in $VOICELIVE_API_KEY, else none in the environment."""
+    env = dict(os.environ)  # the rig's ALSA config is in os.environ
+    env.pop("VOICELIVE_API_KEY", None)
+    if key is not None:
+        env["VOICELIVE_API_KEY"] = key
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgevoice", "doctor", "--config", str(cfg), "--unit-dir",
         str(unit_dir), *args, cwd=tmp, env=env, stdout=asyncio.subprocess.PIPE,
@@ -92,8 +97,13 @@ async def test_every_check_passes_on_a_working_device(tmp_path: Path) -> None:
             rig.mic.feed(clip("question.wav") + bytes(3 * 32000) + clip("demo/wake.wav")
                          + bytes(32000) + clip("demo/wake.wav"))
             async with StatusServer(tmp_path / "run" / "status.sock", lambda: snapshot):
-                code, out = await doctor(tmp_path, cfg, units(tmp_path), KEY, "--json",
-                                         "--listen", "2", "--wake", "20")
+                # The key where install-service keeps it, as a user runs the doctor.
+                installed = tmp_path / "api-key"
+                installed.write_text(KEY + "\n")
+                installed.chmod(0o600)
+                code, out = await doctor(tmp_path, cfg, units(tmp_path), None, "--json",
+                                         "--listen", "2", "--wake", "20",
+                                         "--installed-key", str(installed))
             speaker = np.frombuffer(rig.speaker_pcm(), "<i2")
     finally:
         await sim.close()
@@ -124,6 +134,7 @@ async def test_a_broken_device_gets_a_line_and_a_fix_per_problem(tmp_path: Path)
         with Rig(tmp_path / "rig"):  # a microphone that only hears silence
             code, out = await doctor(tmp_path, cfg, tmp_path / "no-units", wrong,
                                      "--listen", "1", "--timeout", "3",
+                                     "--installed-key", str(tmp_path / "none"),
                                      "--skip", "speaker", "--skip", "wake")
     finally:
         await sim.close()
@@ -155,7 +166,7 @@ async def test_a_clipped_microphone_is_a_warning(tmp_path: Path) -> None:
     square = np.tile(np.array([32767] * 8 + [-32768] * 8, "<i2"), 16000 * 4 // 16)
     with Rig(tmp_path / "rig") as rig:
         rig.mic.feed(square.tobytes())
-        code, out = await doctor(tmp_path, cfg, tmp_path, KEY, "--json", "--listen", "1.5",
+        code, out = await doctor(tmp_path, cfg, tmp_path, None, "--json", "--listen", "1.5",
                                  *[a for c in ("speaker", "wake word", "endpoint", "tools",
                                                "service") for a in ("--skip", c)])
     report = json.loads(out[out.index("{"):])

@@ -13,7 +13,8 @@ The checks, in order (each yields one :class:`Check`):
   it listens on the microphone until one of them fires or the time runs out.
 - **endpoint**: resolves the endpoint's host, does the TLS handshake (``wss://``) and then the
   Voice Live handshake with the real credentials, until ``session.updated``, through the
-  daemon's own :class:`~edgevoice.link.client.VoiceLiveLink`.
+  daemon's own :class:`~edgevoice.link.client.VoiceLiveLink`. The key is found as
+  ``edgevoice run`` finds it, else in the file install-service stored it in.
 - **ducking**: the backend's program exists (``amixer``, the command hooks) or its server
   answers (PulseAudio).
 - **tools**: each command tool's program exists and is executable, each MQTT broker accepts
@@ -97,6 +98,9 @@ class Options:
     timeout_s: float = 10.0  #: each network step (DNS, TLS, handshake, a broker)
     skip: frozenset[str] = frozenset()
     unit_dir: Path = Path("/etc/systemd/system")
+    #: Where install-service stores the key (systemd hands it to the service as a credential,
+    #: so the usual lookup run from a shell does not find it): tried when that lookup fails.
+    installed_key: Path = Path("/etc/edgevoice/api-key")
     progress: Callable[[str], None] | None = None  #: the microphone's level as it goes
 
 
@@ -316,11 +320,20 @@ async def check_endpoint(cfg: Config, opts: Options) -> Check:
     else:
         data["tls"] = None
     # 3. the Voice Live handshake with the real credentials
-    try:
-        api_key = resolve_api_key(vl.api_key_file) if vl.auth == "api-key" else None
-    except SecretError as exc:
-        return Check("endpoint", "fail", f"no API key: {exc}", "put the key in "
-                     "/etc/edgevoice/api-key (chmod 600) or $VOICELIVE_API_KEY", data)
+    api_key = None
+    if vl.auth == "api-key":
+        try:
+            api_key = resolve_api_key(vl.api_key_file)
+        except SecretError as exc:
+            if not opts.installed_key.exists():
+                return Check("endpoint", "fail", f"no API key: {exc}", "put the key in "
+                             f"{opts.installed_key} (chmod 600) or $VOICELIVE_API_KEY", data)
+            try:
+                api_key = read_secret_file(opts.installed_key)
+            except SecretError as exc:
+                return Check("endpoint", "fail", f"the service's API key: {exc}",
+                             f"run as root (sudo), or fix {opts.installed_key}: one line, "
+                             "chmod 600", data)
     if api_key is not None:
         protect(api_key)
     link = VoiceLiveLink(vl, cfg.request_session(), make_auth(vl, api_key))
