@@ -442,3 +442,51 @@ class NotifyListener:
         t0 = msgs[0][0] if msgs else 0.0
         return "\n".join(f"{t - t0:7.3f} {fields}" for t, fields in msgs
                          if set(fields) != {"WATCHDOG"}) or "(no messages)"
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if found is None:
+        pytest.fail("mosquitto is not installed: run scripts/setup (Debian package mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A private mosquitto on 127.0.0.1; anonymous, or one user when ``users`` is given."""
+
+    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        conf = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        if users:
+            passwd = root / "passwd"
+            passwd.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password],
+                               check=True, capture_output=True, timeout=10)
+            conf += ["allow_anonymous false", f"password_file {passwd}"]
+            if os.geteuid() == 0:
+                conf.append("user root")  # the password file is in a root-only temp dir
+        else:
+            conf.append("allow_anonymous true")
+        self.config = root / "mosquitto.conf"
+        self.config.write_text("\n".join(conf) + "\n")
+        self.log = root / "mosquitto.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, timeout=10, what="mosquitto to listen")
+
+    def stop(self) -> None:
+        stop_process(self.proc)

@@ -1,5 +1,5 @@
-"""Command line: ``edgevoice run | demo | status | mute | devices | check-config | simulator
-| tool-runner``.
+"""Command line: ``edgevoice run | demo | status | mute | devices | check-config | doctor |
+simulator | tool-runner``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -42,21 +42,85 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{where}: {line}", file=sys.stderr)
     if problems:
         return 2
+    from edgevoice.tools.pins import pin_warnings
     from edgevoice.triggers import trigger_notes
 
-    # Not errors: a missing input device is waited for at run time.
-    for line in trigger_notes(config.triggers):
+    # Not errors: a missing input device is waited for at run time; a tool that would fail
+    # at its first call on this machine (no PWM, a Pi 5).
+    warnings = pin_warnings(config.tools)
+    for line in [*trigger_notes(config.triggers), *warnings]:
         print(f"{where}: warning: {line}", file=sys.stderr)
     tools = f", {len(config.tools)} tool(s)" if config.tools else ""
     if config.triggers:
         tools += f", {len(config.triggers)} trigger(s)"
-    print(f"{where}: valid{tools}")
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{where}: valid{tools}{warned}")
     address = config.metrics.address()
     if address is not None and not is_loopback_host(address[0]):
         print(f"{where}: warning: metrics.listen {config.metrics.listen} is reachable from "
               f"the network (no authentication): keep it on loopback or behind a firewall",
               file=sys.stderr)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from edgevoice.audio.devices import quiet_native_logs
+    from edgevoice.listen.setup import wake_problems
+    from edgevoice.service import doctor
+
+    make_undumpable()  # it reads the API key and MQTT passwords
+    setup_logging("debug" if args.verbose else "error", journal=False)
+    quiet_native_logs()
+    args.skip = ["wake word" if name == "wake" else name for name in args.skip]
+    unknown = set(args.skip) - set(doctor.CHECKS)
+    if unknown:
+        print(f"edgevoice doctor: unknown check(s) to skip: {', '.join(sorted(unknown))} "
+              f"(checks: {', '.join(doctor.CHECKS)})", file=sys.stderr)
+        return 2
+    # Bounded: the level window is kept in memory, and every check must end.
+    for name, value, hi in (("--listen", args.listen, 60), ("--wake", args.wake, 600),
+                            ("--timeout", args.timeout, 120)):
+        if not 0 <= value <= hi or (name == "--listen" and value < 0.5):
+            print(f"edgevoice doctor: {name} {value:g} is out of range (at most {hi} s)",
+                  file=sys.stderr)
+            return 2
+    config: Config | None = None
+    try:
+        config, path = _load(args)
+    except ConfigError as exc:
+        first = exc.errors[0] if exc.errors else str(exc)
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        check = doctor.Check("config", "fail", first + more,
+                             "edgevoice check-config lists every problem with its key path")
+    else:
+        where = str(path) if path else "built-in defaults (no config file found)"
+        problems = wake_problems(config)
+        tools = f", {len(config.tools)} tool(s)" if config.tools else ""
+        check = doctor.Check("config", "ok", f"{where}: valid{tools}")
+        if problems:  # the other checks still run: only the wake word needs the models
+            check = doctor.Check("config", "fail", f"{where}: {'; '.join(problems)}",
+                                 "fix the models in [wake]")
+    out = sys.stdout
+
+    def progress(line: str) -> None:
+        print(f"{'':<17} {line}", file=out, flush=True)
+
+    opts = doctor.Options(listen_s=args.listen, wake_s=args.wake, timeout_s=args.timeout,
+                          skip=frozenset(args.skip), unit_dir=Path(args.unit_dir),
+                          installed_key=Path(args.installed_key),
+                          progress=None if args.json else progress)
+    report = None if args.json else lambda c: print(doctor.format_check(c), file=out, flush=True)
+    checks = asyncio.run(doctor.run_checks(config, check, opts, report))
+    ok = doctor.passed(checks, opts.skip)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        bad = [c.name for c in checks if c.status in ("fail", "warn")]
+        print("all checks passed" if ok else f"to fix: {', '.join(bad) or 'skipped checks'}",
+              file=out)
+    return 0 if ok else 1
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -223,6 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("check-config", help="validate the configuration"))
     p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser(
+        "doctor", help="check this device: config, microphone, speaker, wake word, endpoint, "
+                       "ducking, tools, service (exit 0 only when all pass)"))
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.add_argument("--listen", type=float, default=3.0, metavar="S",
+                   help="measure the microphone's level for S seconds (default: %(default)s)")
+    p.add_argument("--wake", type=float, default=0.0, metavar="S",
+                   help="listen up to S seconds for the wake word (default: only load it)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="each network step (DNS, TLS, handshake, MQTT) (default: %(default)s)")
+    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
+                   help="leave a check out (repeatable): microphone, speaker, wake, endpoint, "
+                        "ducking, tools, service")
+    p.add_argument("--unit-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
+    p.add_argument("--installed-key", default="/etc/edgevoice/api-key", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    p.set_defaults(func=cmd_doctor)
 
     p = with_config(sub.add_parser(
         "devices", help="list capture and playback devices; mark the configured ones"))

@@ -1,7 +1,11 @@
-"""The wheel that goes onto a device: the product, the dev kit and its data; no harness."""
+"""The wheel that goes onto a device: the product, the dev kit and its data; no harness. Built
+from a copy of the sources, installed non-editable into a fresh venv (what install-service
+and pipx do), and its demo run from another directory."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Build from a copy: setuptools writes build/ and egg-info next to the sources.
     src = tmp_path_factory.mktemp("src")
     shutil.copytree(ROOT / "daemon", src / "daemon",
@@ -26,7 +30,12 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
                     str(src)], check=True, capture_output=True, text=True, timeout=170)
-    (wheel,) = out.glob("edgevoice-*.whl")
+    (built,) = out.glob("edgevoice-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_files(wheel: Path) -> list[str]:
     return zipfile.ZipFile(wheel).namelist()
 
 
@@ -52,3 +61,31 @@ def test_wheel_carries_the_product_the_dev_kit_and_all_data(wheel_files: list[st
     bundled = {f"edgevoice/data/{p.relative_to(data).as_posix()}"
                for p in data.rglob("*") if p.is_file()}
     assert bundled and bundled <= set(wheel_files), sorted(bundled - set(wheel_files))
+
+
+@pytest.mark.realtime
+def test_the_installed_wheel_runs_the_demo_from_another_directory(wheel: Path,
+                                                                   tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
+    # This interpreter's pip installs into the new venv: its cache holds the dependencies'
+    # wheels (PyAudio's built one too), so nothing long is downloaded or compiled again.
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                           "install", "-q", "--disable-pip-version-check", str(wheel)],
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGEVOICE_CONFIG")}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import edgevoice; print(edgevoice.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env, timeout=30)
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr  # not the checkout
+    demo = subprocess.run([str(venv / "bin" / "edgevoice"), "demo", "--json", "--output",
+                           "reply.wav"], capture_output=True, text=True, cwd=elsewhere, env=env,
+                          timeout=150)
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    events = [json.loads(line)["event"] for line in demo.stdout.splitlines()]
+    assert events.count("wake") == 2 and "tool call" in events and "barge-in" in events, events
+    assert (elsewhere / "reply.wav").stat().st_size > 100_000

@@ -20,6 +20,11 @@ extra field are escaped (``\\n``, ``\\x1b``), so text from the model or the user
 arguments, a transcript — can never start a line of its own in either target; only a
 traceback keeps its lines.
 
+Without systemd-python (the ``systemd`` extra, which needs libsystemd): records go to stderr
+(which systemd still captures into the journal, as plain lines without the fields), and the
+first call that wanted the journal says so once, at warning level. sd_notify keeps working
+through :mod:`edgevoice.service.notify`'s own socket code.
+
 Secrets: both handlers carry :data:`edgevoice.secrets.REDACTOR`, and every text that leaves
 through them — the message, the traceback, each extra field — is redacted again on the way
 out. The stock ``JournalHandler.emit`` is not used because it also sends every attribute of
@@ -58,6 +63,11 @@ try:
 except ImportError:  # pragma: no cover - only where systemd-python is not installed
     _JournalHandler = None  # type: ignore[assignment,misc]
     _journal_send = None
+
+#: What the first setup_logging that wanted the journal says when systemd-python is missing.
+NO_JOURNAL = ("systemd-python is not installed: logging to stderr without journal fields "
+              "(sd_notify still works); pip install 'edgevoice[systemd]' for them")
+_said_no_journal = False
 
 
 def field_name(key: str) -> str:
@@ -226,6 +236,10 @@ def setup_logging(level: str = "info", *, journal: bool | None = None,
         handler._edgevoice_identifier = identifier  # type: ignore[attr-defined]
         root.addHandler(handler)
     filter_root_handlers()
+    global _said_no_journal
+    if journal and not want_journal and not _said_no_journal:
+        _said_no_journal = True
+        logging.getLogger("edgevoice.service").warning(NO_JOURNAL)
     # websockets logs every frame at debug; keep it at info unless asked.
     logging.getLogger("websockets").setLevel(max(root.level, logging.INFO))
     return handler
