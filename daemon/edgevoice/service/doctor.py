@@ -426,26 +426,16 @@ async def _mqtt_reachable(tool: ToolConfig, timeout_s: float) -> str | None:
     """None when the tool's broker accepts a connection with its credentials, else why."""
     import aiomqtt
 
-    from edgevoice.tools.actions import ToolFailure, _tls_context
+    from edgevoice.mqtt import BrokerSetupError, client_options
 
-    m = tool.mqtt
-    assert m is not None
-    password = None
-    if m.password_file:
-        try:
-            secret = await asyncio.to_thread(read_secret_file, m.password_file)
-        except SecretError as exc:
-            return f"password: {exc}"
-        protect(secret)
-        password = secret.reveal()
+    assert tool.mqtt is not None
     try:
-        tls = await asyncio.to_thread(_tls_context, m) if m.tls else None
-    except ToolFailure as exc:
-        return exc.message
+        options = await client_options(tool.mqtt)
+    except BrokerSetupError as exc:
+        return str(exc)
     try:
         async with asyncio.timeout(timeout_s):
-            async with aiomqtt.Client(m.host, m.port, username=m.username, password=password,
-                                      tls_context=tls, timeout=timeout_s):
+            async with aiomqtt.Client(**options, timeout=timeout_s):
                 pass
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         return str(exc) or "timed out"
