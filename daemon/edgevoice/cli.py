@@ -145,10 +145,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.api_key:
         api_key = Secret(args.api_key)
         protect(api_key)
-    return asyncio.run(
-        run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
-                 api_key=api_key, output=Path(args.output), timeout_s=args.timeout)
-    )
+    if args.script and args.endpoint:
+        print("demo: --script is for the simulator; it cannot go with --endpoint", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(
+            run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
+                     api_key=api_key, output=Path(args.output), timeout_s=args.timeout,
+                     script_path=Path(args.script) if args.script else None)
+        )
+    except ValueError as exc:  # the script: one line naming the file and the key
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -318,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help=f"API key for --endpoint (prefer ${ENV_API_KEY}: "
                    "arguments are visible to other users)")
     p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
+    p.add_argument("--script", help="the simulator's script (TOML) instead of the bundled one, "
+                   "e.g. config/examples/simulator-script-outcomes.toml (a filtered reply)")
     p.add_argument("--output", default="demo-reply.wav", help="reply WAV (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")

@@ -46,7 +46,7 @@ from edgevoice.wire.session import (
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
-CONFIGS = sorted(p.name for p in EXAMPLES.glob("*.toml") if p.name != "simulator-script.toml")
+CONFIGS = sorted(p.name for p in EXAMPLES.glob("*.toml") if not p.name.startswith("simulator-script"))
 
 # -- full examples ----------------------------------------------------------------------------
 

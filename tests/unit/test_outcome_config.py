@@ -112,3 +112,24 @@ def test_earcons_of_the_cues_are_distinct_short_and_can_be_turned_off() -> None:
     assert len(set(sounds.values())) == 4
     off = load_cue_earcons(Config.model_validate({"cues": {"failed_earcon": ""}}))
     assert "failed" not in off and "filtered" in off
+
+
+def test_the_outcomes_demo_script_loads_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    """``edgevoice demo --script``: the bundled example loads; a broken file is exit 2 with
+    one line naming the file and the key, before anything starts."""
+    import subprocess
+    import sys
+
+    from edgevoice.devkit.simulator.script import Script
+
+    example = Path(__file__).resolve().parents[2] / "config/examples/simulator-script-outcomes.toml"
+    script = Script.load(example)
+    assert script.turns[0].outcome == "incomplete" and script.turns[0].reason == "content_filter"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[turn]]\noutcome = "exploded"\n')
+    res = subprocess.run([sys.executable, "-m", "edgevoice", "demo", "--script", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"demo: {bad}: turn[0].outcome: must be one of failed, incomplete, got 'exploded'"], \
+        res.stderr

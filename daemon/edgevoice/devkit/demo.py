@@ -273,13 +273,16 @@ async def run_demo(
     api_key: Secret | None = None,
     output: Path = Path("demo-reply.wav"),
     timeout_s: float = 90.0,
+    script_path: Path | None = None,
 ) -> int:
     """Run the demo; returns the exit code: 0 when the recording has played and the daemon
-    went back to idle, 1 otherwise."""
+    went back to idle, 1 otherwise. ``script_path``: the simulator's script instead of the
+    bundled one (the same recording is played: its turns should match it). Raises
+    ValueError for a script that does not load (the message names the file and the key)."""
     timeline = Timeline(out, as_json)
     script = None
     if endpoint is None:
-        script = Script.load(data_path("demo-script.toml"))
+        script = Script.load(script_path or data_path("demo-script.toml"))
     else:
         vl = cfg.voicelive
         vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
