@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      api_key=api_key, output=Path(args.output), timeout_s=args.timeout,
                      script_path=Path(args.script) if args.script else None)
         )
-    except ValueError as exc:  # the script: one line naming the file and the key
+    except ValueError as exc:  # the script or --output: one line naming the file
         print(f"demo: {exc}", file=sys.stderr)
         return 2
 

@@ -133,3 +133,10 @@ def test_the_outcomes_demo_script_loads_and_a_bad_one_is_one_line(tmp_path: Path
     assert res.stderr.strip().splitlines() == [
         f"demo: {bad}: turn[0].outcome: must be one of failed, incomplete, got 'exploded'"], \
         res.stderr
+    # An output whose folder cannot be made: one line too, at once.
+    (tmp_path / "file").write_text("")
+    res = subprocess.run([sys.executable, "-m", "edgevoice", "demo", "--output",
+                          str(tmp_path / "file" / "reply.wav")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().startswith("demo: --output "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

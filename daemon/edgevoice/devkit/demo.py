@@ -278,7 +278,12 @@ async def run_demo(
     """Run the demo; returns the exit code: 0 when the recording has played and the daemon
     went back to idle, 1 otherwise. ``script_path``: the simulator's script instead of the
     bundled one (the same recording is played: its turns should match it). Raises
-    ValueError for a script that does not load (the message names the file and the key)."""
+    ValueError for a script that does not load (the message names the file and the key) and
+    for an ``output`` whose folder cannot be created (a missing one is made)."""
+    try:  # before anything runs: a reply WAV that cannot be written is no reason to wait
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--output {output}: cannot create its folder: {exc}") from None
     timeline = Timeline(out, as_json)
     script = None
     if endpoint is None:
