@@ -442,3 +442,58 @@ class NotifyListener:
         t0 = msgs[0][0] if msgs else 0.0
         return "\n".join(f"{t - t0:7.3f} {fields}" for t, fields in msgs
                          if set(fields) != {"WATCHDOG"}) or "(no messages)"
+
+
+def assert_demo_timeline(stdout: str, wav: Path) -> None:
+    """What ``edgevoice demo --json`` must show for the bundled recording and script, and
+    the reply WAV it wrote (the demo's whole story: wake word, push-to-talk, tool call,
+    barge-in, states, usage)."""
+    import wave
+
+    import numpy as np
+
+    from edgevoice.conversation.telemetry import TelemetryName
+
+    entries = [json.loads(line) for line in stdout.splitlines()]
+    names = [e["event"] for e in entries]
+    times = [e["t_ms"] for e in entries]
+    assert times == sorted(times)
+
+    # The wake word; the first turn answered, then idle, then the second conversation,
+    # started by the demo's virtual push-to-talk button.
+    assert names.count(TelemetryName.WAKE) == 1, names
+    first_idle = names.index(TelemetryName.IDLE)
+    assert names.index(TelemetryName.WAKE) < names.index(TelemetryName.FIRST_REPLY_AUDIO) < first_idle
+    assert names.count(TelemetryName.PUSH_TO_TALK) == 1, names
+    press = entries[names.index(TelemetryName.PUSH_TO_TALK)]
+    assert press["source"] == "demo button" and first_idle < names.index(TelemetryName.PUSH_TO_TALK)
+    # The feedback states, in order: each conversation listens, thinks, speaks, and the
+    # second one (after the press) is the one that calls the tool.
+    states = [e["state"] for e in entries if e["event"] == TelemetryName.STATE]
+    assert states[:5] == ["listening", "thinking", "speaking", "listening", "idle"], states
+    assert states[5:8] == ["listening", "thinking", "speaking"], states
+    assert states[-1] == "idle"
+    second = [e["state"] for e in entries[names.index(TelemetryName.PUSH_TO_TALK):]
+              if e["event"] == TelemetryName.STATE]
+    assert second[0] == "listening" and "speaking" in second
+    # The request calls the tool; without a declared tool the model gets an error output and
+    # speaks on (the reply after the tool output is what the user interrupts).
+    call = entries[names.index(TelemetryName.TOOL_CALL)]
+    assert call["name"] == "set_light"
+    barge = entries[names.index(TelemetryName.BARGE_IN)]
+    assert barge["by"] == "local speech" and barge["t_ms"] > call["t_ms"]
+    truncate = entries[names.index(TelemetryName.TRUNCATE)]
+    assert truncate["audio_end_ms"] > 500
+    assert TelemetryName.SERVICE_ERROR not in names, [e for e in entries if e["event"] == TelemetryName.SERVICE_ERROR]
+    # The interruption is the user's next turn, answered; the demo ends idle.
+    said = [e["text"] for e in entries if e["event"] == TelemetryName.USER_SAID]
+    assert len(said) == 3 and "Stop" in said[-1]
+    assert names[-1] == "wrote" and names[-2] == "usage" and TelemetryName.IDLE in names[-4:]
+
+    with wave.open(str(wav)) as w:
+        assert w.getframerate() == 24000 and w.getnchannels() == 1
+        audio = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    voiced_s = np.count_nonzero(np.abs(audio) > 300) / 24000
+    assert voiced_s > 5.0  # three spoken replies (one cut short) and two chimes (wake, button)
+
+

@@ -40,7 +40,7 @@ async def test_the_daemon_shows_up_in_home_assistant_and_follows_a_turn(tmp_path
                         what="the device online")
             config = json.loads(latest("homeassistant/switch/e2e/mute/config") or b"{}")
             assert config["command_topic"] == f"{BASE}/mute/set", config
-            assert latest(f"{BASE}/state") == b"idle"
+            await until(lambda: latest(f"{BASE}/state") == b"idle", 10, what="the state")
 
             snap = await svc.status()
             assert snap["homeassistant"]["state"] == "connected", snap["homeassistant"]
