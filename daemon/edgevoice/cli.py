@@ -224,21 +224,28 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_socket(args: argparse.Namespace) -> Path | None:
+    """``--socket`` or the config's status socket; None (said on stderr) when turned off."""
+    from edgevoice.config import DEFAULT_STATUS_SOCKET
+
+    if args.socket:
+        return Path(args.socket)
+    config, _ = _load(args)
+    path = config.service.status_socket_path()
+    if path is None:
+        print("edgevoice: the status socket is turned off (service.status_socket = \"\"); "
+              f"use --socket PATH (default {DEFAULT_STATUS_SOCKET})", file=sys.stderr)
+    return path
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from edgevoice.config import DEFAULT_STATUS_SOCKET
     from edgevoice.service.status import StatusUnavailable, format_status, query_status
 
-    if args.socket:
-        path: Path | None = Path(args.socket)
-    else:
-        config, _ = _load(args)
-        path = config.service.status_socket_path()
-        if path is None:
-            print("edgevoice: the status socket is turned off (service.status_socket = \"\"); "
-                  f"use --socket PATH (default {DEFAULT_STATUS_SOCKET})", file=sys.stderr)
-            return 1
+    path = _status_socket(args)
+    if path is None:
+        return 1
     try:
         snapshot = query_status(path, timeout=args.timeout)
     except StatusUnavailable as exc:
@@ -252,18 +259,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_mute(args: argparse.Namespace) -> int:
-    from edgevoice.config import DEFAULT_STATUS_SOCKET
     from edgevoice.service.status import StatusUnavailable, request
 
-    if args.socket:
-        path: Path | None = Path(args.socket)
-    else:
-        config, _ = _load(args)
-        path = config.service.status_socket_path()
-        if path is None:
-            print("edgevoice: the status socket is turned off (service.status_socket = \"\"); "
-                  f"use --socket PATH (default {DEFAULT_STATUS_SOCKET})", file=sys.stderr)
-            return 1
+    path = _status_socket(args)
+    if path is None:
+        return 1
     try:
         reply = request(path, f"mute {args.what}", timeout=args.timeout)
     except StatusUnavailable as exc:

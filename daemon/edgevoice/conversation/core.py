@@ -334,6 +334,16 @@ class Core:
             self._turn_committed = False  # a new user turn
             self._reply_requested = False
 
+    def _conversation_starts(self, out: list[Action]) -> None:
+        """A turn starts (wake word or button): from IDLE the chime, the ducking and the
+        connection too."""
+        if self.state is State.IDLE:
+            if self.s.earcon:
+                out.append(Earcon("wake"))
+            out.append(Duck())
+            out.append(Connect(True))
+        self._idle_since = None
+
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
         self._decline_all(t, out, f"the conversation ended: {why}")
         if (self.state is State.LISTENING and self.s.local_end_of_utterance
@@ -389,12 +399,7 @@ class Core:
                 return out
             self.turn += 1
             out.append(Telemetry(TelemetryName.WAKE, t, {"word": name, "score": round(score, 3)}))
-            if self.state is State.IDLE:
-                if self.s.earcon:
-                    out.append(Earcon("wake"))
-                out.append(Duck())
-                out.append(Connect(True))
-            self._idle_since = None
+            self._conversation_starts(out)
             self._heard_speech = False
             self._go(State.LISTENING, t, out)
             self._clear_if_warm(out)
@@ -444,12 +449,7 @@ class Core:
                                         and not self.s.ptt_end_follow_up):
             self.turn += 1
             out.append(Telemetry(TelemetryName.PUSH_TO_TALK, t, {"source": source}))
-            if self.state is State.IDLE:
-                if self.s.earcon:
-                    out.append(Earcon("wake"))
-                out.append(Duck())
-                out.append(Connect(True))
-            self._idle_since = None
+            self._conversation_starts(out)
             self._heard_speech = hold  # held: the user decides when the turn ends
             self._go(State.LISTENING, t, out)
             opened = self.upstream.open(since)
