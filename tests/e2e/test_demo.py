@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgevoice.conversation.telemetry import TelemetryName
+from support import stop_process
 
-# The demo's recording plays into the daemon in real time (about 35 s).
+# The demo's recording plays into the daemon in real time.
 pytestmark = [pytest.mark.realtime, pytest.mark.slow]
 
 
@@ -33,12 +34,26 @@ def test_the_installed_configs_tools_and_ducking_never_run_in_the_demo(tmp_path:
         '[[tools]]\nname = "set_light"\ndescription = "Switch a light"\n'
         'parameters = { type = "object", properties = {}, additionalProperties = true }\n'
         f'command = {{ argv = {hook} }}\n')
-    res = subprocess.run(
-        [sys.executable, "-m", "edgevoice", "demo", "--json", "--output",
-         str(tmp_path / "reply.wav")],
-        capture_output=True, text=True, timeout=150, cwd=tmp_path,
+    # A script whose first answer calls set_light: the demo is stopped once its output went
+    # back (the rest of the recording would add nothing but half a minute).
+    script = tmp_path / "script.toml"
+    script.write_text('[[turn]]\nuser = "turn on the light"\n'
+                      'calls = [{ name = "set_light", arguments = {} }]\n'
+                      'after_tools = "I cannot."\n')
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgevoice", "demo", "--json", "--script", str(script),
+         "--output", str(tmp_path / "reply.wav")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "EDGEVOICE_CONFIG": str(config)})
-    assert res.returncode == 0, res.stdout + res.stderr
-    names = [json.loads(line)["event"] for line in res.stdout.splitlines()]
-    assert TelemetryName.TOOL_CALL in names  # the model did ask for set_light
+    names: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            names.append(json.loads(line)["event"])
+            if names[-1] == TelemetryName.ASSISTANT_SAID and TelemetryName.TOOL_CALL in names:
+                break  # the reply after the tool's output: the call is over
+    finally:
+        stop_process(demo)
+    # The model did ask for set_light, and spoke on after its output ("unknown tool").
+    assert TelemetryName.TOOL_CALL in names and names[-1] == TelemetryName.ASSISTANT_SAID, names
     assert not runs.exists(), runs.read_text()  # neither the tool nor a ducking hook ran
