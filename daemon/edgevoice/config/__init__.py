@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgevoice.config.sentences import check_grammar_size
 from edgevoice.config.tools import RateLimit, ToolSpec, check_tool_set, declared
 from edgevoice.util import between, is_loopback_host
 from edgevoice.wire.session import (
@@ -486,6 +487,9 @@ class Config(Strict):
             problems.append(f"confirm = true (tool {', '.join(confirmed)}) needs "
                             f"session.input_transcription.enabled: the user's answer is "
                             f"read from the transcript")
+        too_large = check_grammar_size(sum(t.grammar_words for t in self.tools))
+        if too_large:
+            problems.append(too_large)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -538,10 +542,11 @@ def parse_config(text: str, label: str) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         errors = [
-            f"{label}: {_format_error(err, data)}"
+            f"{label}: {line}"
             for err in exc.errors()
             # A secret-looking key is reported once, as a secret, not also as unknown.
             if not (err["type"] == "extra_forbidden" and tuple(map(str, err["loc"])) in secret_locs)
+            for line in _format_error(err, data).split("\n")
         ]
         raise ConfigError(_dedupe(errors + secret_errors)) from None
     if secret_errors:
@@ -633,4 +638,5 @@ def _format_error(err: Mapping[str, Any], data: Any) -> str:
         msg = str(ctx.get("error", err["msg"]))
     else:
         msg = err["msg"]
-    return f"{where}: {msg}"
+    # A validator that finds several problems says them one per line: each gets the key.
+    return "\n".join(f"{where}: {line}" for line in msg.split("\n"))
