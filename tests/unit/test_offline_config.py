@@ -132,3 +132,12 @@ def test_the_examples_declare_offline_sentences(example: str) -> None:
     cfg = load_config(ROOT / "config" / "examples" / example)
     grammar = compile_grammar(cfg.tools)
     assert grammar is not None and len(grammar.tools) >= 5
+
+
+def test_the_readme_example_is_valid() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Offline commands"):]
+    example = section[section.index("```toml") + 7:section.index("```\n", 1)]
+    (tool,) = parse_config(LIGHT + example, "README.md").tools
+    grammar = compile_grammar([tool])
+    assert grammar is not None and grammar.match("lights out in the living room") is not None

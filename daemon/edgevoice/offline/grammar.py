@@ -13,6 +13,7 @@ config.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,3 +152,41 @@ def compile_grammar(tools: Sequence[ToolSpec]) -> Grammar | None:
     lines += [f"<{name}> = {body};" for name, body in jsgf.rules.items()]
     return Grammar(jsgf="\n".join(lines) + "\n", intents=Intents(language="en", intents=intents),
                    tools=list(intents), vocabulary=vocab)
+
+
+def sample(expr: Expression, lists: dict[str, list[tuple[str, Any]]], rng: random.Random,
+           args: dict[str, Any]) -> str:
+    """One random path through a template: its text (spaces kept), filling ``args`` with the
+    values of the slots it passes."""
+    if isinstance(expr, TextChunk):
+        return expr.text
+    if isinstance(expr, ListReference):
+        spoken, value = rng.choice(lists[expr.list_name])
+        args[expr.slot_name] = value
+        return spoken
+    if isinstance(expr, Permutation):
+        items = list(expr.items)
+        rng.shuffle(items)
+        return " ".join(sample(i, lists, rng, args) for i in items)
+    if isinstance(expr, Alternative):
+        return sample(rng.choice(expr.items), lists, rng, args) if expr.items else ""
+    if isinstance(expr, HassilSequence):
+        return "".join(sample(i, lists, rng, args) for i in expr.items)
+    return ""
+
+
+def sample_phrases(tools: Sequence[ToolSpec], per_template: int,
+                   seed: int = 1) -> list[tuple[str, str, dict[str, Any]]]:
+    """(phrase, tool, arguments) for ``per_template`` random paths of every template (seeded;
+    repeats possible), the arguments being the template's fixed ones and the slots passed."""
+    rng = random.Random(seed)
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for tool in tools:
+        lists = {name: slot_values(spec) for name, spec in tool.slots.items()}
+        for block in blocks(tool.sentences):
+            expr = parse_template(block.text).expression
+            for _ in range(per_template):
+                args: dict[str, Any] = {}
+                text = " ".join(words(sample(expr, lists, rng, args)))
+                out.append((text, tool.name, {**block.arguments, **args}))
+    return out
