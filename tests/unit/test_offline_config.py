@@ -104,6 +104,14 @@ def test_several_problems_each_get_a_line() -> None:
     assert len([e for e in errors if "tool set_light: sentences[" in e]) == 2, errors
 
 
+def test_a_template_that_can_be_silent_is_refused() -> None:
+    errors = errors_of('[[tools]]\nname = "t"\nbuiltin = "get_time"\n'
+                       'sentences = ["what time is it", "[please]"]\n')
+    assert errors == ["edgevoice.toml: tools[0]: tool t: sentences[1]: the template can be said "
+                      "with no words at all (every part is optional): silence would run the "
+                      "tool"]
+
+
 def test_a_grammar_too_large_is_refused_with_the_limit() -> None:
     # 1,400 templates of 17 word positions each (a slot counts its values' words).
     slots = 'slots = { state = { on = "ON", off = "OFF" }, room = { kitchen = "kitchen" }, ' \

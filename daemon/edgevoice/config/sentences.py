@@ -13,7 +13,7 @@ Everything is checked when the config is loaded (so ``edgevoice check-config`` s
 line each, naming the tool and the key):
 
 - a template parses (the column where hassil can tell), uses only declared slot lists and no
-  ``<rules>``, wildcards or inline ranges;
+  ``<rules>``, wildcards or inline ranges, and cannot be said with no words at all;
 - every slot fills a declared parameter and every slot value and fixed argument is valid under
   that parameter's schema; whatever path a template takes, each required parameter without a
   default is filled (by a slot that no path can skip, or a fixed argument);
@@ -35,7 +35,7 @@ import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from hassil.expression import (
     Alternative,
@@ -77,7 +77,7 @@ class SentenceBlock(Strict):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-Sentences = list[str | SentenceBlock]
+Sentences = list[Annotated[str, Field(min_length=1)] | SentenceBlock]
 SlotSpec = list[str] | dict[str, Any]
 
 
@@ -259,6 +259,19 @@ def always_slots(expr: Expression) -> set[str]:
     return set()
 
 
+def can_be_silent(expr: Expression) -> bool:
+    """True when some path through ``expr`` says no word at all."""
+    if isinstance(expr, TextChunk):
+        return not words(expr.text)
+    if isinstance(expr, ListReference):
+        return False
+    if isinstance(expr, Alternative):
+        return expr.is_optional or any(can_be_silent(i) for i in expr.items)
+    if isinstance(expr, Group):
+        return all(can_be_silent(i) for i in expr.items)
+    return True
+
+
 def grammar_words(expr: Expression, lists: Mapping[str, list[tuple[str, Any]]]) -> int:
     """Word positions of ``expr`` in the compiled grammar (see :data:`MAX_GRAMMAR_WORDS`)."""
     if isinstance(expr, TextChunk):
@@ -371,6 +384,9 @@ def check_sentences(tool: str, parameters: Mapping[str, Any], sentences: Sentenc
                 problems.append(f"{where}: arguments.{name} is not a parameter of the tool")
             elif why := invalid(name, value):
                 problems.append(f"{where}: arguments.{name}: {value!r} is not valid: {why}")
+        if len(problems) == before and can_be_silent(sentence.expression):
+            problems.append(f"{where}: the template can be said with no words at all (every "
+                            f"part is optional): silence would run the tool")
         if len(problems) == before:
             missing = required - always_slots(sentence.expression) - set(block.arguments) \
                 - defaults
