@@ -33,6 +33,7 @@ from edgevoice.config.hands import (
     TriggerConfig,
     check_pins,
 )
+from edgevoice.config.sentences import check_grammar_size
 from edgevoice.config.tools import (
     ConfirmationConfig,
     MqttBroker,
@@ -700,6 +701,9 @@ class Config(Strict):
             problems.append("context.command needs session.turn_detection.create_response = "
                             "false (or type \"none\"): the context goes with the replies the "
                             "daemon asks for")
+        too_large = check_grammar_size(sum(t.grammar_words for t in self.tools))
+        if too_large:
+            problems.append(too_large)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -759,10 +763,11 @@ def parse_config(text: str, label: str) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         errors = [
-            f"{label}: {_format_error(err, data)}"
+            f"{label}: {line}"
             for err in exc.errors()
             # A secret-looking key is reported once, as a secret, not also as unknown.
             if not (err["type"] == "extra_forbidden" and tuple(map(str, err["loc"])) in secret_locs)
+            for line in _format_error(err, data).split("\n")
         ]
         raise ConfigError(_dedupe(errors + secret_errors)) from None
     if secret_errors:
@@ -856,4 +861,5 @@ def _format_error(err: Mapping[str, Any], data: Any) -> str:
         msg = str(ctx.get("error", err["msg"]))
     else:
         msg = err["msg"]
-    return f"{where}: {msg}"
+    # A validator that finds several problems says them one per line: each gets the key.
+    return "\n".join(f"{where}: {line}" for line in msg.split("\n"))

@@ -42,8 +42,9 @@ from typing import Annotated, Any, Literal
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from edgevoice.config.sentences import Sentences, SlotSpec, check_sentences
 from edgevoice.util import is_loopback_host
 from edgevoice.wire.session import FunctionTool, Strict
 
@@ -407,6 +408,7 @@ class ToolSpec(FunctionTool):
     """One ``[[tools]]`` entry (see the module docs). Only ``name``, ``description`` and
     ``parameters`` go on the wire (:func:`declared`); the rest stays on the device."""
 
+    _grammar_words: int = PrivateAttr(default=0)
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     rate_limit: RateLimit | None = None
     confirm: bool = False
@@ -421,6 +423,10 @@ class ToolSpec(FunctionTool):
     mixer: MixerSettings | None = None
     allow_dash: list[str] = Field(default_factory=list)
     allow_slash: list[str] = Field(default_factory=list)
+    # Offline (see edgevoice.config.sentences): what the device understands on its own.
+    sentences: Sentences = Field(default_factory=list)
+    slots: dict[str, SlotSpec] = Field(default_factory=dict)
+    offline_reply: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("parameters")
     @classmethod
@@ -475,7 +481,19 @@ class ToolSpec(FunctionTool):
             except ValueError as exc:
                 raise ValueError(f"confirm_prompt: {exc}") from None
         self.parameters = _harden(self)
+        if self.offline_reply is not None:
+            for name in placeholders(self.offline_reply):
+                _param_schema(self.parameters, name)
+        problems, self._grammar_words = check_sentences(self.name, self.parameters,
+                                                        self.sentences, self.slots)
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each (see config._format_error)
         return self
+
+    @property
+    def grammar_words(self) -> int:
+        """Word positions this tool's sentences add to the offline grammar."""
+        return self._grammar_words
 
     def sites(self) -> list[tuple[str, str]]:
         """(where, template) of every template that reaches a program or a broker:

@@ -1,0 +1,192 @@
+"""The local recogniser: one utterance (16 kHz mono PCM16) in, a tool and its arguments out,
+or nothing.
+
+Two PocketSphinx searches hear the same audio:
+
+- the *grammar* search, constrained to the phrases of every declared sentence
+  (:mod:`edgevoice.offline.grammar`): it finds the command, but forces any speech into
+  some phrase;
+- the *free* search, an n-gram model of the command phrases (sampled from the templates)
+  plus the 1000 most frequent English words (``data/offline-words.txt``): it can say
+  "anything else", so speech outside the grammar comes out as other words.
+
+``confidence`` is how far the two agree: 1 − the word error rate of the free search's words
+against the grammar's phrase (1.0: the same words). A command is spoken the same way by both;
+speech outside the grammar rarely is.
+
+Guarantees:
+
+- a result is a :class:`Command` only when the grammar search reached the end of a phrase,
+  hassil matches the phrase to a tool (its declared slot values and fixed arguments), and the
+  confidence is at least the threshold; anything else is a :class:`Rejection` saying why;
+- nothing is downloaded: the acoustic model and dictionary are those the ``pocketsphinx``
+  wheel ships; the free search's model is built in memory at start (a temporary file only
+  while PocketSphinx reads it);
+- audio may be fed while it is recorded (:meth:`OfflineRecognizer.feed`), so that at the end
+  of speech only the last frames and the match remain to be done; one utterance at a time
+  (the caller serialises; the decoders are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pocketsphinx
+from pocketsphinx.lm import ArpaBoLM
+
+from edgevoice.config.sentences import vocabulary
+from edgevoice.config.tools import ToolSpec
+from edgevoice.offline.grammar import Grammar, compile_grammar, sample_phrases
+
+SAMPLE_RATE = 16000
+DEFAULT_THRESHOLD = 0.66
+PHRASES_PER_TEMPLATE = 200
+_SEARCH = "edgevoice"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A recognised command."""
+
+    tool: str
+    arguments: dict[str, Any]
+    text: str
+    confidence: float
+    decode_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Nothing to run: ``reason`` is ``no-speech``, ``out-of-grammar`` (no phrase of the
+    grammar, or one hassil does not match) or ``low-confidence``."""
+
+    reason: str
+    text: str = ""
+    confidence: float | None = None
+    decode_ms: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Result = Command | Rejection
+
+
+def _config(**extra: Any) -> dict[str, Any]:
+    model = pocketsphinx.get_model_path()
+    return {"hmm": f"{model}/en-us/en-us", "dict": f"{model}/en-us/cmudict-en-us.dict",
+            "lm": None, "loglevel": "FATAL", **extra}
+
+
+def common_words() -> list[str]:
+    """The free search's "anything else": ``data/offline-words.txt``."""
+    text = (resources.files("edgevoice") / "data" / "offline-words.txt").read_text("utf-8")
+    return [w for w in text.split("\n") if w and not w.startswith("#")]
+
+
+def _free_model(grammar: Grammar, tools: Sequence[ToolSpec], directory: Path) -> Path:
+    """An ARPA model of the command phrases plus the common words (each once)."""
+    phrases = [p for p, _, _ in sample_phrases(tools, PHRASES_PER_TEMPLATE)]
+    vocab = vocabulary()
+    extra = [w for w in common_words() if w in vocab]
+    words_file = directory / "words.txt"
+    words_file.write_text("\n".join(extra) + "\n", encoding="utf-8")
+    model = ArpaBoLM(text="\n".join(phrases) + "\n", word_file=str(words_file),
+                     word_file_count=1, add_start=True)
+    model.compute()
+    path = directory / "free.arpa"
+    model.write_file(str(path))
+    return path
+
+
+def agreement(reference: str, hypothesis: str) -> float:
+    """1 − word error rate of ``hypothesis`` against ``reference`` (at least 0)."""
+    ref, hyp = reference.split(), hypothesis.split()
+    if not ref:
+        return 0.0
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return max(0.0, 1.0 - row[-1] / len(ref))
+
+
+class OfflineRecognizer:
+    """Recognises the declared sentences of ``tools`` (see the module docs).
+
+    ValueError when no tool declares sentences."""
+
+    def __init__(self, tools: Sequence[ToolSpec], threshold: float = DEFAULT_THRESHOLD) -> None:
+        grammar = compile_grammar(tools)
+        if grammar is None:
+            raise ValueError("no tool declares sentences: nothing to recognise offline")
+        self.grammar: Grammar = grammar
+        self.threshold = threshold
+        self._grammar = pocketsphinx.Decoder(**_config())
+        self._grammar.add_jsgf_string(_SEARCH, grammar.jsgf)
+        self._grammar.activate_search(_SEARCH)
+        with tempfile.TemporaryDirectory(prefix="edgevoice-offline-") as tmp:
+            self._free = pocketsphinx.Decoder(**_config(lm=str(_free_model(
+                grammar, tools, Path(tmp)))))
+        self._active = False
+
+    def start(self) -> None:
+        """Begin an utterance (ends any unfinished one)."""
+        if self._active:
+            self._end()
+        self._grammar.start_utt()
+        self._free.start_utt()
+        self._active = True
+
+    def feed(self, pcm: bytes) -> None:
+        """More audio of the current utterance (PCM16 mono at 16 kHz, any length)."""
+        if not self._active:
+            self.start()
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        self._grammar.process_raw(pcm, False, False)
+        self._free.process_raw(pcm, False, False)
+
+    def _end(self) -> None:
+        self._grammar.end_utt()
+        self._free.end_utt()
+        self._active = False
+
+    def finish(self) -> Result:
+        """End the utterance and say what it was."""
+        started = time.perf_counter()
+        if not self._active:
+            return Rejection("no-speech")
+        self._end()
+        hyp = self._grammar.hyp()
+        free = self._free.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        heard = free.hypstr if free is not None else ""
+        match = self.grammar.match(text) if text else None
+        confidence = round(agreement(text, heard), 3)
+        ms = (time.perf_counter() - started) * 1000
+        details = {"heard": heard}
+        if not text and not heard:
+            return Rejection("no-speech", "", None, ms, details)
+        if match is None:
+            return Rejection("out-of-grammar", text, confidence, ms, details)
+        if confidence < self.threshold:
+            return Rejection("low-confidence", text, confidence, ms,
+                             {**details, "tool": match.tool, "arguments": match.arguments})
+        return Command(match.tool, match.arguments, text, confidence, ms)
+
+    def recognize(self, pcm: bytes) -> Result:
+        """One whole utterance, decoded as a whole (the cepstral mean of the utterance itself
+        rather than a running estimate: more accurate than :meth:`feed` for a short
+        utterance, at the cost of decoding all of it after its end)."""
+        self.start()
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        self._grammar.process_raw(pcm, False, True)
+        self._free.process_raw(pcm, False, True)
+        return self.finish()

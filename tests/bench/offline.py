@@ -1,0 +1,246 @@
+"""Benchmark of the offline recogniser: the ``offline`` section of ``scripts/bench``.
+
+The corpus: every template of every tool with sentences in the shipped example configs
+(config/examples/car.toml and raspberry-pi.toml), each sampled ``per_template`` times (seeded:
+random choices of optional words, alternatives and slot values; the arguments expected are
+those the sampled path gives, not what the recogniser's matcher says), spoken by espeak-ng
+in :data:`VOICES`; plus :data:`NON_COMMANDS` (everyday speech and near misses of the
+commands, in the same voices) that must run nothing. Each utterance has 300 ms of
+microphone floor (−70 dBFS white noise) before and after it, as the local endpointer hands
+it over. "noise" adds road-like rumble (brown at −20 dBFS + pink at −40 dBFS, as the wake
+bench) to the whole utterance.
+
+Figures:
+
+* ``offline.command_accuracy`` (clean) / ``offline.command_accuracy_noise``: right tool and
+  right arguments ÷ commands;
+* ``offline.wrong_runs`` / ``_noise``: commands that ran the wrong tool or wrong arguments
+  (worse than running nothing);
+* ``offline.false_runs`` / ``_noise``: non-command utterances that produced a command;
+* ``offline.end_of_speech_to_tool_ms_p50`` / ``_p95``: wall time from the end of the
+  utterance (the endpointer's end of speech, when the whole utterance is there) to the tool and
+  arguments: both searches over the whole utterance (:meth:`OfflineRecognizer.recognize`,
+  more accurate than decoding while recording) and the match;
+* ``offline.cpu_s_per_audio_s``: CPU seconds (this process) per second of utterance audio
+  while recognising (both searches and the match);
+* ``offline.corpus``: how many commands, non-commands, voices.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevoice.audio.convert import read_wav, resample
+from edgevoice.config import Config, load_config
+from edgevoice.config.sentences import blocks, parse_template, slot_values, words
+from edgevoice.offline.grammar import sample
+from edgevoice.offline.recognizer import Command, OfflineRecognizer
+
+from .wake import road_noise, silence
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = (ROOT / "config" / "examples" / "car.toml",
+            ROOT / "config" / "examples" / "raspberry-pi.toml")
+VOICES = ("en-us", "en-us+f3", "en-gb-x-rp", "en-gb+m3")
+RATE = 16000
+PAD_S = 0.3
+
+NON_COMMANDS = (
+    "what's the weather like in paris today",
+    "how far is it to the next gas station",
+    "play some music please",
+    "call my mother",
+    "send a message to john",
+    "turn off the radio",
+    "open the sunroof",
+    "set an alarm for seven in the morning",
+    "navigate to the nearest hospital",
+    "who won the game last night",
+    "tell me a joke",
+    "what is the capital of france",
+    "i am hungry",
+    "remind me to buy milk",
+    "how old is the president",
+    "the kids are asleep in the back",
+    "we should leave at five",
+    "did you lock the front door",
+    "turn left at the next corner",
+    "is it going to rain tomorrow",
+    "read me the news",
+    "what's on my calendar",
+    "close the trunk",
+    "start the engine",
+    "set the alarm for six thirty",
+    "turn on the television",
+    "how many miles are left",
+    "open the garage door opener manual",
+    "the kitchen is a mess",
+    "my phone battery is low",
+    "find a parking spot",
+    "what song is this",
+    "i think the fan belt is broken",
+    "let's go to the beach this weekend",
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    voice: str
+    tool: str | None  # None: a non-command
+    arguments: dict[str, Any]
+
+
+def commands(config: Config, per_template: int = 2, seed: int = 7) -> list[tuple[str, str, dict]]:
+    """(text, tool, arguments) sampled from every template of ``config``'s tools."""
+    rng = random.Random(seed)
+    out: list[tuple[str, str, dict]] = []
+    for tool in config.tools:
+        lists = {name: slot_values(spec) for name, spec in tool.slots.items()}
+        for block in blocks(tool.sentences):
+            sentence = parse_template(block.text)
+            seen: set[str] = set()
+            for _ in range(per_template * 4):
+                if len(seen) >= per_template:
+                    break
+                args: dict[str, Any] = {}
+                text = " ".join(words(sample(sentence.expression, lists, rng, args)))
+                if text in seen:
+                    continue
+                seen.add(text)
+                out.append((text, tool.name, {**block.arguments, **args}))
+    return out
+
+
+@functools.cache
+def speak(text: str, voice: str) -> bytes:
+    """espeak-ng speech at 16 kHz PCM16 with the microphone floor before and after."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng not installed: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True,
+                       capture_output=True)
+        pcm, native = read_wav(wav)
+    pad = silence(PAD_S, seed=len(text))
+    floor = np.frombuffer(silence(len(pcm) / 2 / native + 0.1, seed=3), "<i2")
+    speech = np.frombuffer(resample(pcm, native, RATE), "<i2").astype(np.float64)
+    speech += floor[: len(speech)]
+    return pad + np.clip(np.round(speech), -32768, 32767).astype("<i2").tobytes() + pad
+
+
+def with_noise(pcm: bytes, seed: int = 2) -> bytes:
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    x = x + road_noise(len(x) / RATE + 0.01, seed=seed)[: len(x)]
+    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+
+def corpus(config: Config, voices: Sequence[str] = VOICES, per_template: int = 2,
+           non_commands: Sequence[str] = NON_COMMANDS) -> list[Utterance]:
+    out = [Utterance(text, voice, tool, args)
+           for text, tool, args in commands(config, per_template)
+           for voice in voices]
+    out += [Utterance(text, voice, None, {}) for text in non_commands for voice in voices]
+    return out
+
+
+@dataclass
+class Outcome:
+    utterance: Utterance
+    result: Any
+    latency_ms: float
+
+    @property
+    def right(self) -> bool:
+        r = self.result
+        return isinstance(r, Command) and r.tool == self.utterance.tool and \
+            r.arguments == self.utterance.arguments
+
+    @property
+    def ran(self) -> bool:
+        return isinstance(self.result, Command)
+
+
+def recognise(recognizer: OfflineRecognizer, pcm: bytes) -> tuple[Any, float]:
+    """The utterance as the endpointer hands it over, decoded as a whole after its end: the
+    result and the wall time that took (end of speech → tool and arguments)."""
+    t = time.perf_counter()
+    result = recognizer.recognize(pcm)
+    return result, (time.perf_counter() - t) * 1000
+
+
+def run_corpus(config: Config, utterances: Sequence[Utterance], noise: bool = False,
+               threshold: float | None = None) -> tuple[list[Outcome], float, float]:
+    """Every utterance through one recogniser: outcomes, CPU seconds, audio seconds."""
+    recognizer = OfflineRecognizer(config.tools) if threshold is None else \
+        OfflineRecognizer(config.tools, threshold=threshold)
+    outcomes: list[Outcome] = []
+    cpu = audio = 0.0
+    for u in utterances:
+        pcm = speak(u.text, u.voice)
+        if noise:
+            pcm = with_noise(pcm, seed=len(u.text))
+        c0 = time.process_time()
+        result, ms = recognise(recognizer, pcm)
+        cpu += time.process_time() - c0
+        audio += len(pcm) / 2 / RATE
+        outcomes.append(Outcome(u, result, ms))
+    return outcomes, cpu, audio
+
+
+def run_offline(per_template: int = 2) -> dict[str, object]:
+    """The section's figures (see the module docs)."""
+    values: dict[str, object] = {}
+    clean: list[Outcome] = []
+    noisy: list[Outcome] = []
+    cpu = audio = 0.0
+    n_commands = 0
+    for path in EXAMPLES:
+        config = load_config(path)
+        utterances = corpus(config, per_template=per_template)
+        n_commands += sum(u.tool is not None for u in utterances)
+        for noise, sink in ((False, clean), (True, noisy)):
+            outcomes, c, a = run_corpus(config, utterances, noise=noise)
+            sink.extend(outcomes)
+            cpu += c
+            audio += a
+
+    def accuracy(outcomes: list[Outcome]) -> float:
+        cmds = [o for o in outcomes if o.utterance.tool is not None]
+        return round(sum(o.right for o in cmds) / max(1, len(cmds)), 3)
+
+    latencies = sorted(o.latency_ms for o in clean + noisy if o.utterance.tool is not None)
+    values["offline.command_accuracy"] = accuracy(clean)
+    values["offline.command_accuracy_noise"] = accuracy(noisy)
+    values["offline.wrong_runs"] = sum(o.ran and not o.right for o in clean
+                                       if o.utterance.tool is not None)
+    values["offline.wrong_runs_noise"] = sum(o.ran and not o.right for o in noisy
+                                             if o.utterance.tool is not None)
+    values["offline.false_runs"] = sum(o.ran for o in clean if o.utterance.tool is None)
+    values["offline.false_runs_noise"] = sum(o.ran for o in noisy if o.utterance.tool is None)
+    values["offline.end_of_speech_to_tool_ms_p50"] = round(float(np.percentile(latencies, 50)), 1)
+    values["offline.end_of_speech_to_tool_ms_p95"] = round(float(np.percentile(latencies, 95)), 1)
+    values["offline.cpu_s_per_audio_s"] = round(cpu / max(audio, 1e-9), 3)
+    values["offline.corpus"] = (f"{n_commands} commands + "
+                                f"{len(NON_COMMANDS) * len(VOICES) * len(EXAMPLES)} "
+                                f"non-commands, voices {', '.join(VOICES)}, clean and noise")
+    return values
+
+
+TARGETS = [
+    ("offline.command_accuracy", ">=", 0.90),
+    ("offline.false_runs", "==", 0),
+    ("offline.false_runs_noise", "==", 0),
+    ("offline.end_of_speech_to_tool_ms_p50", "<=", 300),
+]

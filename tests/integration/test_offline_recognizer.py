@@ -1,0 +1,82 @@
+"""The offline recogniser on real espeak-ng speech: the example configs' commands in several
+voices run the right tool with the right arguments; everyday speech and near misses of the
+commands run nothing. A lean subset of the bench's corpus (``scripts/bench --only offline``
+has the figures)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.offline import (
+    EXAMPLES,
+    NON_COMMANDS,
+    commands,
+    recognise,
+    speak,
+    with_noise,
+)
+from edgevoice.config import load_config
+from edgevoice.offline.recognizer import Command, OfflineRecognizer, Rejection, agreement
+
+pytestmark = pytest.mark.slow
+
+VOICES = ("en-us", "en-us+f3", "en-gb-x-rp")
+
+
+@pytest.fixture(scope="module")
+def pi() -> tuple[object, OfflineRecognizer]:
+    config = load_config(EXAMPLES[1])
+    return config, OfflineRecognizer(config.tools)
+
+
+def test_commands_in_several_voices_run_the_right_tool(pi) -> None:
+    config, recognizer = pi
+    cmds = commands(config, per_template=1, seed=3)
+    assert len(cmds) >= 10
+    right = wrong = 0
+    for text, tool, args in cmds:
+        for voice in VOICES:
+            result, _ms = recognise(recognizer, speak(text, voice))
+            if isinstance(result, Command):
+                if (result.tool, result.arguments) == (tool, args):
+                    right += 1
+                else:
+                    wrong += 1
+    total = len(cmds) * len(VOICES)
+    # The bench's figure is about 0.87 over the whole corpus; a wrong tool or wrong
+    # arguments is worse than nothing, so it is bounded apart.
+    assert right / total >= 0.75, (right, total)
+    assert wrong <= total * 0.05, (wrong, total)
+
+
+def test_non_commands_run_nothing(pi) -> None:
+    _config, recognizer = pi
+    assert len(NON_COMMANDS) >= 30
+    ran = []
+    for text in NON_COMMANDS:
+        result, _ms = recognise(recognizer, speak(text, "en-us"))
+        if isinstance(result, Command):
+            ran.append((text, result.tool, result.arguments))
+    # Known near miss (the bench counts them as offline.false_runs): "close the trunk" can
+    # come out as the garage's "close the garage" (a confirmed tool, declined offline).
+    # Anything more is a regression.
+    assert len(ran) <= 1, ran
+
+
+def test_road_noise_and_silence() -> None:
+    config = load_config(EXAMPLES[0])
+    recognizer = OfflineRecognizer(config.tools)
+    result, _ = recognise(recognizer, with_noise(speak("turn off the driver seat heating",
+                                                       "en-us")))
+    assert isinstance(result, Command) and (result.tool, result.arguments) == (
+        "set_seat_heating", {"seat": "driver", "level": 0})
+    result, _ = recognise(recognizer, bytes(32000))  # a second of digital silence
+    assert isinstance(result, Rejection)
+    assert isinstance(recognizer.finish(), Rejection)  # nothing started: nothing to run
+
+
+def test_agreement() -> None:
+    assert agreement("turn on the light", "turn on the light") == 1.0
+    assert agreement("turn on the light", "turn on a light") == 0.75
+    assert agreement("how cold is it", "how old is the president") == 0.25
+    assert agreement("", "anything") == 0.0
