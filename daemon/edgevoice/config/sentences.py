@@ -299,7 +299,8 @@ def check_sentences(tool: str, parameters: Mapping[str, Any], sentences: Sentenc
     required = set(parameters.get("required") or [])
     defaults = {n for n, s in props.items() if isinstance(s, dict) and "default" in s}
     cls = validator_for(parameters)
-    vocab = vocabulary()
+    # Only with sentences: the dictionary is some megabytes, kept for the process (cached).
+    vocab = vocabulary() if sentences or slots else frozenset()
 
     def invalid(name: str, value: Any) -> str | None:
         sub = props.get(name)
