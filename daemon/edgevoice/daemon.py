@@ -75,6 +75,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ from edgevoice.audio.convert import (
 from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
+from edgevoice.config.tools import ToolSpec, render
 from edgevoice.conversation import core as c
 from edgevoice.conversation.budget import TokenBudget
 from edgevoice.conversation.echo import EchoGuard
@@ -108,6 +110,7 @@ from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import Metrics, TurnFigures
+from edgevoice.offline.speech import LocalVoice, SpeechError
 from edgevoice.tools import ToolBox
 from edgevoice.tools.actions import ToolFailure, execute
 from edgevoice.tools.confirm import Answer, YesRule
@@ -131,6 +134,9 @@ MUTED_BATCH_SAMPLES = SAMPLE_RATE * 32 // 100
 
 #: The longest a confirmation prompt may take to be spoken (on top of the answer's window).
 CONFIRM_PROMPT_MAX_S = 30.0
+#: The longest utterance kept for the local recogniser (the core cuts one at
+#: ``offline_max_utterance_s``; this bounds the buffer whatever it is told).
+OFFLINE_MAX_UTTERANCE_S = 12.0
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -146,6 +152,32 @@ def wake_late_s(gate: WakeGate) -> float:
     full backlog plus the gate's pre-roll replay (on a board that replays about in real
     time). The pre-roll is the configured one or the engines' context."""
     return WAKE_BACKLOG_S + gate.pre_roll_samples / SAMPLE_RATE
+
+
+def offline_mode(cfg: Config) -> str:
+    """``conversation.offline``, or ``off`` when no tool declares sentences (nothing could
+    be understood on the device)."""
+    return cfg.conversation.offline if any(t.sentences for t in cfg.tools) else "off"
+
+
+def offline_reply(spec: ToolSpec | None, arguments: str, output: str) -> str | None:
+    """The tool's ``offline_reply`` with its arguments (the schema's defaults for those not
+    given) when the call succeeded; None without one, or when it failed."""
+    if spec is None or not spec.offline_reply:
+        return None
+    try:
+        if json.loads(output).get("ok") is not True:
+            return None
+        args = json.loads(arguments)
+    except (ValueError, AttributeError):
+        return None
+    props = spec.parameters.get("properties") or {}
+    values = {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
+    values.update(args if isinstance(args, dict) else {})
+    try:
+        return render(spec.offline_reply, values)
+    except (KeyError, ValueError, IndexError):
+        return None
 
 
 def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
@@ -173,6 +205,8 @@ def core_settings(cfg: Config, wake_late: float) -> c.CoreSettings:
         ptt_mode=cfg.push_to_talk.mode,
         ptt_end_follow_up=cfg.push_to_talk.end_follow_up,
         ptt_preroll_s=cfg.push_to_talk.preroll_ms / 1000,
+        offline=offline_mode(cfg),
+        offline_after_s=conv.offline_after_s,
     )
 
 
@@ -268,9 +302,10 @@ class _Context:
         return text
 
 
-def mute_earcons(volume_db: float = -12.0) -> dict[str, bytes]:
+def tone_earcons(volume_db: float = -12.0) -> dict[str, bytes]:
     """The mute and unmute chimes (24 kHz PCM16): two short tones, falling for mute, rising
-    for unmute — told apart without looking."""
+    for unmute — told apart without looking; and ``done`` (an offline command ran, with no
+    reply of its own to say): three rising tones."""
     gain = 10 ** (volume_db / 20) * 32767
     n = int(0.09 * EARCON_RATE)
     ramp = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * EARCON_RATE))
@@ -279,9 +314,10 @@ def mute_earcons(volume_db: float = -12.0) -> dict[str, bytes]:
         return np.sin(2 * np.pi * hz * np.arange(n) / EARCON_RATE) * ramp
 
     gap = np.zeros(int(0.03 * EARCON_RATE))
-    hi, lo = tone(1320.0), tone(880.0)
+    hi, mid, lo = tone(1320.0), tone(1100.0), tone(880.0)
     return {name: (np.concatenate(parts) * gain).astype("<i2").tobytes()
-            for name, parts in (("mute", (hi, gap, lo)), ("unmute", (lo, gap, hi)))}
+            for name, parts in (("mute", (hi, gap, lo)), ("unmute", (lo, gap, hi)),
+                                ("done", (lo, gap, mid, gap, hi)))}
 
 
 class _Upstream:
@@ -363,7 +399,7 @@ class Daemon:
         self._usage_file = state_dir / USAGE_FILE if state_dir is not None else None
         self._usage_save_failed = False  # said once
         self._load_usage()
-        self.earcons = {"wake": self.earcon, **mute_earcons(cfg.conversation.earcon_volume_db),
+        self.earcons = {"wake": self.earcon, **tone_earcons(cfg.conversation.earcon_volume_db),
                         **self.cue_earcons}
         barge = cfg.bargein
         delay_s, spread_s = barge.echo_delay_ms / 1000, barge.echo_spread_ms / 1000
@@ -426,6 +462,16 @@ class Daemon:
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
         self.muted_frames = 0  # microphone frames dropped unseen while muted
+        # Offline commands: the recognisers are built off the loop at start (run()); until
+        # then (or if that fails) an offline utterance is "not understood".
+        self.offline_mode = offline_mode(cfg)
+        self.recognizer: Any = None  # OfflineRecognizer
+        self.answers: Any = None  # AnswerRecognizer (confirmations)
+        self.offline_status = "off" if self.offline_mode == "off" else "loading"
+        self._offline_pool: ThreadPoolExecutor | None = None
+        self._utterance = bytearray()  # LocalAudio of the current utterance
+        self.voice = LocalVoice(cfg.conversation.offline_voice)
+        self._speech_failed: str | None = None  # said once until it works again
 
     def _load_usage(self) -> None:
         path = self._usage_file
@@ -477,6 +523,9 @@ class Daemon:
             try:
                 await self._start_metrics_server()
                 self.listener.start()
+                if self.offline_mode != "off":
+                    self._offline_pool = ThreadPoolExecutor(1, "edgevoice-offline")
+                    self._spawn(self._load_offline(), "offline recogniser")
                 await self.playback.start()
                 await self.capture.start()
                 self.feedback.start()
@@ -540,6 +589,9 @@ class Daemon:
             await self.toolbox.aclose()
         await self.capture.aclose()
         await self.playback.aclose()
+        if self._offline_pool is not None:
+            # A recognition under way ends by itself (one utterance, bounded); none starts.
+            self._offline_pool.shutdown(wait=False, cancel_futures=True)
         # No frame comes after the capture closed: end the worker and release the wake word's
         # TFLite interpreters now (its last act). A stopped Daemon sits in reference cycles
         # until the cyclic GC runs, so every SIGHUP rebuild kept ~5 MB and 3 descriptors (the
@@ -609,6 +661,7 @@ class Daemon:
             return
         for det in detections:
             self.core.limit = self.budget.reached(time.time()) if self.budget.limited else None
+            self.core.service_unreachable = self._unreachable()
             late = self.listener.newest - det.t_audio
             if late > self.wake_late_s:
                 log.warning("wake word %s came %.1f s late (the wake word's worker fell "
@@ -625,6 +678,7 @@ class Daemon:
         """A push-to-talk trigger went down or up at ``t`` (on the loop)."""
         if pressed and self.core.muted:
             log.info("push-to-talk %s ignored: muted", source)
+        self.core.service_unreachable = self._unreachable()
         try:
             self._do(self.core.on_button(pressed, t, source))
         except Exception:
@@ -736,8 +790,13 @@ class Daemon:
             if now - self._last_tick >= TICK_S:
                 self._run_tick(now)
 
+    def _unreachable(self) -> bool:
+        """The link is backing off after a failure, or the service refused the credentials."""
+        return self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED)
+
     def _run_tick(self, now: float) -> None:
         self._last_tick = now
+        self.core.service_unreachable = self._unreachable()
         try:
             self._do(self.core.on_tick(now))
             self._update_feedback()  # the link's backoff has no event of its own
@@ -756,7 +815,11 @@ class Daemon:
     async def _tool(self, action: c.RunTool) -> None:
         started = self.clock()
         try:
-            output = await self.run_tool(action.call_id, action.name, action.arguments)
+            if action.source == "offline" and self.toolbox is not None:
+                output = await self.toolbox.call(action.call_id, action.name, action.arguments,
+                                                 source="offline")
+            else:
+                output = await self.run_tool(action.call_id, action.name, action.arguments)
         except Exception as exc:  # the runner's contract says it never raises; be safe
             log.exception("tool %s failed", action.name)
             output = json.dumps({"ok": False, "error": f"{action.name} failed: {exc}"})
@@ -771,7 +834,10 @@ class Daemon:
             self.exporter.on_tool_done(action.name, str(outcome))
         log.info("tool %s done in %.0f ms", action.name, ms,
                  extra={"tool": action.name, "call_id": action.call_id, "latency_ms": ms})
-        self._do(self.core.on_tool_result(action.call_id, output, self.clock()))
+        reply = None
+        if action.source == "offline" and self.toolbox is not None:
+            reply = offline_reply(self.toolbox.spec(action.name), action.arguments, output)
+        self._do(self.core.on_tool_result(action.call_id, output, self.clock(), reply=reply))
 
     async def _ask_user(self, call_id: str, prompt: str, window_s: float) -> Answer:
         """The ToolBox's asker: the core speaks ``prompt`` and listens for the answer (see
@@ -861,6 +927,18 @@ class Daemon:
             future = self._answers.get(a.call_id)
             if future is not None and not future.done():
                 future.set_result(Answer(a.transcript, a.began, a.why))
+        elif isinstance(a, c.LocalAudio):
+            if len(self._utterance) < OFFLINE_MAX_UTTERANCE_S * 2 * SAMPLE_RATE:
+                self._utterance += a.pcm
+        elif isinstance(a, c.LocalReset):
+            self._utterance = bytearray()
+        elif isinstance(a, c.Recognise):
+            pcm, self._utterance = bytes(self._utterance), bytearray()
+            self._spawn(self._recognise(a, pcm), "recognise")
+        elif isinstance(a, c.DropTurnAudio):
+            self.link.drop_turn_audio()
+        elif isinstance(a, c.SpeakLocal):
+            self._spawn(self._speak_local(a), "local reply")
         elif isinstance(a, c.Connect):
             self.link.set_wanted(a.wanted)
         elif isinstance(a, c.Telemetry):
@@ -881,6 +959,100 @@ class Daemon:
             self._drain_task.cancel()
         played = self.playback.played_ms(a.item_id) if a.item_id else 0.0
         self._do(self.core.on_playback_stopped(a.item_id, played, self.clock()), frame_t)
+
+    # ------------------------------------------------------------------ offline
+
+    async def _load_offline(self) -> None:
+        """Build the recognisers in the worker thread (seconds on a small board: never on
+        the loop). A failure is logged; offline utterances are then not understood."""
+        from edgevoice.offline.recognizer import AnswerRecognizer, OfflineRecognizer
+
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            self.recognizer = await loop.run_in_executor(
+                self._offline_pool, OfflineRecognizer, self.cfg.tools)
+            if any(t.confirm and t.sentences for t in self.cfg.tools):
+                self.answers = await loop.run_in_executor(
+                    self._offline_pool, AnswerRecognizer, self.cfg.confirmation.yes)
+        except Exception as exc:
+            self.offline_status = f"failed: {exc}"
+            log.error("offline commands unavailable: the recogniser could not be built: %s",
+                      exc, exc_info=True)
+            return
+        self.offline_status = "ready"
+        log.info("offline commands ready (%s; %.1f s to load)", self.offline_mode,
+                 time.monotonic() - started)
+
+    async def _recognise(self, a: c.Recognise, pcm: bytes) -> None:
+        """Recognise one utterance in the worker thread and tell the core (exactly once;
+        never raises but CancelledError)."""
+        from edgevoice.offline.recognizer import Command
+
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        if a.purpose == "answer":
+            text: str | None = None
+            if self.answers is not None and pcm:
+                try:
+                    text = await loop.run_in_executor(self._offline_pool,
+                                                      self.answers.recognize, pcm)
+                except Exception:
+                    log.exception("offline: the answer could not be recognised")
+            log.info("offline: answer %r (%.0f ms)", text, (time.monotonic() - started) * 1000)
+            self._do(self.core.on_recognised_answer(a.call_id or "", text, self.clock()))
+            return
+        tool: str | None = None
+        arguments: dict[str, Any] = {}
+        heard, why, confidence = "", "", None
+        if self.recognizer is None:
+            why = f"the offline recogniser is {self.offline_status}"
+        elif not pcm:
+            why = "no-speech"
+        else:
+            try:
+                result = await loop.run_in_executor(self._offline_pool,
+                                                    self.recognizer.recognize, pcm)
+            except Exception as exc:
+                log.exception("offline: recognition failed")
+                why = f"recognition failed: {exc}"
+            else:
+                heard, confidence = result.text, result.confidence
+                if isinstance(result, Command):
+                    tool, arguments = result.tool, result.arguments
+                else:
+                    why = result.reason
+        ms = (time.monotonic() - started) * 1000
+        log.info("offline: heard %r: %s (%.0f ms)", heard, tool or why, ms,
+                 extra={"latency_ms": round(ms)})
+        self._do(self.core.on_recognised(a.turn, tool, arguments, heard, self.clock(),
+                                         confidence=confidence, why=why))
+
+    async def _speak_local(self, a: c.SpeakLocal) -> None:
+        """Say ``a.text`` (espeak-ng) and its earcon as one item; then the core hears that it
+        played (also when nothing could be played: the turn never waits for it)."""
+        pcm = b""
+        if a.text:
+            try:
+                pcm = await self.voice.render(a.text)
+            except SpeechError as exc:
+                if self._speech_failed != str(exc):
+                    log.warning("offline: cannot speak the local answer: %s; an earcon "
+                                "instead", exc, extra={"reason": str(exc)})
+                self._speech_failed = str(exc)
+                if a.earcon is None:
+                    pcm = self.earcons.get("done", b"")
+            else:
+                self._speech_failed = None
+        if a.earcon:
+            pcm += self.earcons.get(a.earcon, b"")
+        if self.core.playing_item != a.item_id:
+            return  # the user went on meanwhile (a barge-in, the end of the conversation)
+        if pcm:
+            self.playback.feed(a.item_id, pcm, "pcm16")
+            self.playback.finish(a.item_id)
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = self._spawn(self._drained(), "drain")
 
     async def _request_reply(self) -> None:
         context = await self.context.get()
@@ -964,5 +1136,7 @@ class Daemon:
             **({"homeassistant": self.homeassistant.status()}
                if self.homeassistant is not None else {}),
             "budget": self.budget.status(time.time()),
+            "offline": {"mode": self.offline_mode, "recogniser": self.offline_status,
+                        "active": self.core.offline},
             "errors": self.errors,
         }

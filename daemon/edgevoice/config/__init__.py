@@ -297,6 +297,12 @@ class ConversationConfig(Strict):
     earcon: bool = True
     earcon_file: str | None = Field(default=None, min_length=1)
     earcon_volume_db: Annotated[float, Field(ge=-60, le=0)] = -12.0
+    # Offline commands (the tools' sentences, recognised on the device): "auto" when the
+    # service is unreachable or not connected offline_after_s after the wake word, "always",
+    # or "off". The local answers are spoken by espeak-ng with offline_voice.
+    offline: Literal["off", "auto", "always"] = "auto"
+    offline_after_s: Annotated[float, Field(ge=0.5, le=30)] = 3.0
+    offline_voice: str = Field(default="en-us", pattern=r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,39}$")
 
     @field_validator("earcon_file")
     @classmethod
@@ -701,6 +707,9 @@ class Config(Strict):
             problems.append("context.command needs session.turn_detection.create_response = "
                             "false (or type \"none\"): the context goes with the replies the "
                             "daemon asks for")
+        if self.conversation.offline == "always" and not any(t.sentences for t in self.tools):
+            problems.append('conversation.offline = "always" needs a tool that declares '
+                            "sentences: nothing could be understood")
         too_large = check_grammar_size(sum(t.grammar_words for t in self.tools))
         if too_large:
             problems.append(too_large)

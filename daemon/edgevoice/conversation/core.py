@@ -64,6 +64,7 @@ Guarantees:
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -147,6 +148,49 @@ class RunTool:
     call_id: str
     name: str
     arguments: str
+    source: str = "model"  # "offline": a command the local recogniser heard
+
+
+@dataclass(frozen=True)
+class LocalAudio:
+    """Audio of the current utterance for the local recogniser (16 kHz mono PCM16), in order;
+    the utterance began at the last :class:`LocalReset`."""
+
+    pcm: bytes
+    t: float
+
+
+@dataclass(frozen=True)
+class LocalReset:
+    """Forget the audio given for local recognition: a new utterance (or none) follows."""
+
+
+@dataclass(frozen=True)
+class Recognise:
+    """The utterance is over: recognise the :class:`LocalAudio` since the last
+    :class:`LocalReset` and report exactly once: ``purpose`` ``"command"`` through
+    :meth:`Core.on_recognised` (with ``turn``), ``"answer"`` through
+    :meth:`Core.on_recognised_answer` (with ``call_id``)."""
+
+    purpose: str
+    turn: int
+    call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DropTurnAudio:
+    """The turn is understood on the device: the link drops the turn audio it holds."""
+
+
+@dataclass(frozen=True)
+class SpeakLocal:
+    """Say ``text`` on the device (may be empty), then play the ``earcon`` cue (None: none),
+    as one playback item ``item_id``; report :meth:`Core.on_playback_drained` when it has
+    played (also when it could not be)."""
+
+    item_id: str
+    text: str
+    earcon: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +240,14 @@ VOICED_HISTORY_S = 2.0
 
 Action = (SendAudio | SendEvent | Play | FinishItem | StopPlayback | PausePlayback
           | ResumePlayback | Duck | Unduck | RunTool | Earcon | Connect | Telemetry
-          | StateChanged | ConfirmationAnswer | RequestReply)
+          | StateChanged | ConfirmationAnswer | RequestReply | LocalAudio | LocalReset
+          | Recognise | DropTurnAudio | SpeakLocal)
+
+#: Said once per outage before the first local answer (``offline = "auto"``).
+OFFLINE_NOTICE = "Offline."
+#: The local answers when a command did not run: declined by the user, or failed.
+OFFLINE_DECLINED_LINE = "Okay, not done."
+OFFLINE_FAILED_LINE = "Sorry, that did not work."
 
 
 # ----------------------------------------------------------------------------- settings
@@ -248,6 +299,13 @@ class CoreSettings:
     ptt_mode: str = "press"
     ptt_end_follow_up: bool = True
     ptt_preroll_s: float = 0.3
+
+    # Offline commands: "off"; "auto": a conversation that starts while the service is
+    # unreachable, or whose link is not up offline_after_s after the wake word, is understood
+    # on the device; "always": every one is. An utterance is cut at offline_max_utterance_s.
+    offline: str = "off"
+    offline_after_s: float = 3.0
+    offline_max_utterance_s: float = 10.0
 
 
 @dataclass
@@ -319,6 +377,17 @@ class Core:
         self._confirms: deque[_Confirmation] = deque()
         self._cancel_auto = False  # the service's own reply to an answer is due: cancel it
         self._ignored: deque[str] = deque(maxlen=8)  # responses cancelled for that
+        #: Set by the caller: the link is backing off or refused (the service is out of reach).
+        self.service_unreachable = False
+        self._offline = False  # this conversation is understood on the device
+        self._offline_deadline: float | None = None  # the link may still come until then
+        self._offline_eou = False  # the utterance ended while waiting for the link
+        self._offline_commit = False  # ... and the online path would commit it then
+        self._notice = False  # say OFFLINE_NOTICE before the next local answer
+        self._said_offline = False  # said in this outage (until the next LinkUp)
+        self._offline_seq = 0
+        self._offline_calls: dict[str, tuple[str, str, str]] = {}  # call_id: heard, tool, args
+        self._local_items: deque[str] = deque(maxlen=16)  # items played by the device
 
     # ------------------------------------------------------------------ helpers
 
@@ -333,6 +402,11 @@ class Core:
         if new is State.LISTENING:
             self._turn_committed = False  # a new user turn
             self._reply_requested = False
+            if self._local_turn():
+                out.append(LocalReset())
+                self._offline_eou = False
+                if self.endpointer is not None:
+                    self.endpointer.reset()
 
     def _conversation_starts(self, out: list[Action]) -> None:
         """A turn starts (wake word or button): from IDLE the chime, the ducking and the
@@ -341,7 +415,8 @@ class Core:
             if self.s.earcon:
                 out.append(Earcon("wake"))
             out.append(Duck())
-            out.append(Connect(True))
+            if self.s.offline != "always":
+                out.append(Connect(True))
         self._idle_since = None
 
     def _end_conversation(self, t: float, out: list[Action], why: str) -> None:
@@ -351,6 +426,10 @@ class Core:
             # An abandoned manual turn: what it sent must not start the next one.
             out.append(SendEvent(ev.InputAudioBufferClear()))
         self._held = False
+        if self._local_turn():
+            out.append(LocalReset())
+        self._offline = False
+        self._offline_deadline = None
         self._go(State.IDLE, t, out)
         out.append(Unduck())
         out.append(Telemetry(TelemetryName.IDLE, t, {"why": why}))
@@ -399,12 +478,14 @@ class Core:
                 return out
             self.turn += 1
             out.append(Telemetry(TelemetryName.WAKE, t, {"word": name, "score": round(score, 3)}))
+            if self.state is State.IDLE:
+                self._offline_start(t, out)
             self._conversation_starts(out)
             self._heard_speech = False
             self._go(State.LISTENING, t, out)
             self._clear_if_warm(out)
             opened = self.upstream.open(t if word_end is None else word_end)
-            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
+            self._turn_audio([SendAudio(c.pcm, c.t) for c in opened.send], out)
         elif self.state is State.RESPONDING:
             if name in self.s.stop_words or self.s.wake_bargein == "stop":
                 self._barge_in(t, out, "stop word", then=State.FOLLOW_UP)
@@ -436,7 +517,9 @@ class Core:
             commit = self.state is State.LISTENING and not self._turn_committed
             out.append(Telemetry(TelemetryName.PUSH_TO_TALK_RELEASED, t,
                                  {"source": source, "committed": commit}))
-            if commit:
+            if commit and self._local_turn():
+                self._utterance_over(t, out, commit=True)
+            elif commit:
                 self._turn_committed = True
                 self._progress_at = t
                 if self.endpointer is not None:
@@ -449,11 +532,13 @@ class Core:
                                         and not self.s.ptt_end_follow_up):
             self.turn += 1
             out.append(Telemetry(TelemetryName.PUSH_TO_TALK, t, {"source": source}))
+            if self.state is State.IDLE:
+                self._offline_start(t, out)
             self._conversation_starts(out)
             self._heard_speech = hold  # held: the user decides when the turn ends
             self._go(State.LISTENING, t, out)
             opened = self.upstream.open(since)
-            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
+            self._turn_audio([SendAudio(c.pcm, c.t) for c in opened.send], out)
         elif self.state is State.FOLLOW_UP:
             self._end_conversation(t, out, "ended by the button")
             return out
@@ -462,7 +547,7 @@ class Core:
             self._barge_in(t, out, "button", then=State.LISTENING)
             self._heard_speech = hold
             opened = self.upstream.open(since)
-            out.extend(SendAudio(c.pcm, c.t) for c in opened.send)
+            self._turn_audio([SendAudio(c.pcm, c.t) for c in opened.send], out)
         elif self.state is State.LISTENING and not self._turn_committed:
             pass  # already listening: a press (or a hold) goes on with this turn
         else:
@@ -501,6 +586,16 @@ class Core:
         out.append(Earcon("mute" if muted else "unmute"))
         return out
 
+    @property
+    def playing_item(self) -> str | None:
+        """The item the speaker is playing (or about to): a reply, or one said locally."""
+        return self._playing_item
+
+    @property
+    def offline(self) -> bool:
+        """The conversation in progress is understood on the device."""
+        return self._offline
+
     def activity(self) -> str:
         """What the conversation is doing, as the feedback states name it: ``muted``,
         ``idle``, ``listening`` (a turn or the follow-up window takes the user's speech),
@@ -534,14 +629,20 @@ class Core:
         if state is State.LISTENING and self._answering():
             self._answer_frame(pcm, t, decision.speech_started, decision.voiced, chunks, out)
         elif state is State.LISTENING:
-            out.extend(chunks)
+            self._turn_audio(chunks, out)
             if decision.voiced:
                 self._heard_speech = True
                 self._progress_at = t
             if decision.speech_started:
                 out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
             # Held push-to-talk: the release ends the turn, not a pause.
-            if (self.endpointer is not None and self.s.local_end_of_utterance
+            if self._local_turn():
+                if not self._held and not self._turn_committed and not self._offline_eou:
+                    end = self.endpointer.process(pcm, t) if self.endpointer else None
+                    if ((end is not None and end.end_of_utterance)
+                            or t - self._t_state >= self.s.offline_max_utterance_s):
+                        self._utterance_over(t, out, commit=self.s.local_end_of_utterance)
+            elif (self.endpointer is not None and self.s.local_end_of_utterance
                     and not self._held):
                 end = self.endpointer.process(pcm, t)
                 if end.end_of_utterance:
@@ -563,7 +664,7 @@ class Core:
                 self._heard_speech = True
                 self._go(State.LISTENING, t, out)
                 self._clear_if_warm(out)
-                out.extend(chunks)
+                self._turn_audio(chunks, out)
         elif state is State.RESPONDING:
             # Keep what the gate would send for the current speech segment: if it turns out
             # to be the user barging in, that audio (with its prefix padding) starts the turn.
@@ -617,15 +718,26 @@ class Core:
         # auto_truncate covers the service's own barge-in only; a lost speaker it cannot know.
         forced = item_id is not None and item_id == self._truncate_always
         self._truncate_always = None
-        if item_id and (forced or not self.s.auto_truncate):
+        if item_id and item_id in self._local_items:
+            pass  # said on the device: the service has no such item
+        elif item_id and (forced or not self.s.auto_truncate):
             out.append(SendEvent(ev.ConversationItemTruncate(
                 item_id=item_id, audio_end_ms=max(0, int(played_ms)))))
             out.append(Telemetry(TelemetryName.TRUNCATE, t,
                                  {"item": item_id, "audio_end_ms": int(played_ms)}))
         return out
 
-    def on_tool_result(self, call_id: str, output: str, t: float) -> list[Action]:
+    def on_tool_result(self, call_id: str, output: str, t: float,
+                       reply: str | None = None) -> list[Action]:
+        """The output of :class:`RunTool` ``call_id``. A model's call: the output goes back
+        to the service and, once all are in, one ``response.create``. An offline command:
+        ``reply`` (its ``offline_reply``, rendered) or a fixed line is said on the device,
+        and the turn goes to the conversation as text items (kept for the next connection
+        while the link is down)."""
         out: list[Action] = []
+        if call_id in self._offline_calls:
+            self._offline_result(call_id, output, reply, t, out)
+            return out
         if call_id not in self._awaiting_outputs:
             return out
         self._awaiting_outputs.discard(call_id)
@@ -639,6 +751,11 @@ class Core:
 
     def on_tick(self, t: float) -> list[Action]:
         out: list[Action] = []
+        if (self._offline_deadline is not None and self.state is State.LISTENING
+                and (t >= self._offline_deadline or self.service_unreachable)):
+            self._go_offline(t, out, "the service is unreachable" if self.service_unreachable
+                             else f"no connection {self.s.offline_after_s:g} s after the "
+                                  f"wake word", notice=True)
         if self.state is State.FOLLOW_UP and t - self._t_state >= self.s.follow_up_s:
             self._end_conversation(t, out, "follow-up window over")
         if (self.state is State.IDLE and self._idle_since is not None
@@ -661,7 +778,7 @@ class Core:
         waiting = ((self.state is State.LISTENING and self._heard_speech)
                    or (self.state is State.RESPONDING and self._drained
                        and not self._awaiting_outputs))
-        if (waiting and self._link_up and self.s.service_timeout_s > 0
+        if (waiting and self._link_up and not self._offline and self.s.service_timeout_s > 0
                 and t - self._progress_at >= self.s.service_timeout_s):
             if self._response_id is not None:
                 out.append(SendEvent(ev.ResponseCancel()))
@@ -689,6 +806,12 @@ class Core:
         if self._answering():
             self._answered(t, out, None, "the microphone was lost")
             fields["then"] = "the confirmation was declined"
+        elif state is State.LISTENING and self._heard_speech and self._local_turn():
+            if not self._turn_committed and not self._offline_eou:
+                self._utterance_over(t, out, commit=True)
+                if self._offline_deadline is not None:  # no waiting for the link now
+                    self._go_offline(t, out, "the microphone was lost", notice=True)
+            fields["then"] = "what was captured is recognised on the device"
         elif state is State.LISTENING and self._heard_speech:
             if not self._turn_committed:
                 self._turn_committed = True
@@ -743,6 +866,9 @@ class Core:
             self._progress_at = t
         if isinstance(event, LinkUp):
             self._link_up = True
+            self._said_offline = False  # a later outage is said again
+            if self._offline_deadline is not None:
+                self._back_online(t, out)
             out.append(Telemetry(TelemetryName.SESSION_READY, t,
                                  {"reconnected": event.reconnected}))
             if event.reconnected and self._calls:
@@ -755,7 +881,11 @@ class Core:
             self._decline_all(t, out, "the connection to the service was lost")
         elif isinstance(event, TurnAbandoned):
             out.append(Telemetry(TelemetryName.TURN_ABANDONED, t, {"reason": event.reason}))
-            if self.state is not State.IDLE:
+            if self._offline_deadline is not None and self.state is State.LISTENING:
+                self._go_offline(t, out, "the link gave up on the turn", notice=True)
+            elif self._offline:
+                pass  # the turn is understood on the device
+            elif self.state is not State.IDLE:
                 self._end_conversation(t, out, "turn abandoned")
         elif isinstance(event, ServiceError):
             if not event.benign:
@@ -886,9 +1016,9 @@ class Core:
         transcribed, the question was interrupted (a barge-in), the link or the microphone
         was lost, or the conversation ended. Prompts are asked one at a time, in order."""
         out: list[Action] = []
-        if not self._link_up or self.state is State.IDLE:
-            why = ("the service is unreachable" if not self._link_up
-                   else "the conversation is over")
+        if self.state is State.IDLE or not (self._link_up or self._offline):
+            why = ("the conversation is over" if self.state is State.IDLE
+                   else "the service is unreachable")
             out.append(ConfirmationAnswer(call_id, None, None, why))
             out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
                                  {"call_id": call_id, "text": None, "why": why}))
@@ -905,6 +1035,51 @@ class Core:
             self._answered(t, out, None, "the question was withdrawn")
         else:
             self._confirms = deque(c for c in self._confirms if c.call_id != call_id)
+        return out
+
+    def on_recognised(self, turn: int, tool: str | None, arguments: dict[str, Any],
+                      text: str, t: float, *, confidence: float | None = None,
+                      why: str = "") -> list[Action]:
+        """The local recogniser's result for :class:`Recognise` ``"command"`` of ``turn``:
+        a ``tool`` with its ``arguments`` (what ``text`` says), or None (``why``: not a
+        command, too unsure, silence) — then the ``not_understood`` earcon plays and the
+        follow-up window lets the user say it again. A command becomes exactly one
+        :class:`RunTool` (``source = "offline"``, a call id of its own). A result for a turn
+        that is over (a barge-in, the end of the conversation) is dropped."""
+        out: list[Action] = []
+        if (turn != self.turn or not self._offline or self.state is not State.LISTENING
+                or not self._turn_committed or self._answering()):
+            return out
+        if tool is None:
+            out.append(Telemetry(TelemetryName.OFFLINE_NOT_UNDERSTOOD, t, {
+                "text": text, "reason": why or "not a command", "confidence": confidence}))
+            self._go(State.RESPONDING, t, out)
+            self._response_done = True
+            self._speak_local(t, out, "", "not_understood")
+            return out
+        self._offline_seq += 1
+        call_id = f"offline_{self._offline_seq}"
+        args = json.dumps(arguments, separators=(",", ":"), sort_keys=True)
+        self._offline_calls[call_id] = (text, tool, args)
+        self._awaiting_outputs.add(call_id)
+        out.append(Telemetry(TelemetryName.OFFLINE_COMMAND, t, {
+            "text": text, "tool": tool, "arguments": args, "confidence": confidence}))
+        self._go(State.RESPONDING, t, out)
+        self._response_done = True
+        self._drained = True
+        self._playing_item = None
+        out.append(RunTool(call_id, tool, args, source="offline"))
+        out.append(Telemetry(TelemetryName.TOOL_CALL, t, {
+            "name": tool, "call_id": call_id, "arguments": args, "source": "offline"}))
+        return out
+
+    def on_recognised_answer(self, call_id: str, text: str | None, t: float) -> list[Action]:
+        """The local recogniser's words for :class:`Recognise` ``"answer"`` (None: nothing
+        it could take for a yes or a no): the answer to the confirmation ``call_id``."""
+        out: list[Action] = []
+        if self._answering() and self._confirms[0].call_id == call_id:
+            self._answered(t, out, text or None,
+                           "" if text else "the answer was not understood on the device")
         return out
 
     def shutdown(self, t: float) -> list[Action]:
@@ -1044,7 +1219,8 @@ class Core:
             self.turn += 1
             self._heard_speech = True
             self._go(State.LISTENING, t, out)
-            out.extend(self._pending_chunks)  # the interrupting speech, from its padding on
+            # The interrupting speech, from its padding on.
+            self._turn_audio(self._pending_chunks, out)
         else:
             self._go(then, t, out)
             self.upstream.reset()
@@ -1060,6 +1236,13 @@ class Core:
         head = self._confirms[0]
         head.phase = "prompt"
         self._progress_at = t
+        if self._offline:  # said on the device; it has played when the speaker drained
+            head.prompt_done = True
+            out.append(Telemetry(TelemetryName.CONFIRM_ASKED, t,
+                                 {"call_id": head.call_id, "prompt": head.prompt}))
+            self._go(State.RESPONDING, t, out)
+            self._speak_local(t, out, head.prompt, None)
+            return
         params = ev.ResponseCreateParams(
             pre_generated_assistant_message=ev.AssistantMessage.from_text(head.prompt))
         out.append(SendEvent(ev.ResponseCreate(response=params)))
@@ -1071,7 +1254,8 @@ class Core:
         head.phase = "answer"
         head.open_at = t + self.echo.delay_s + self.echo.spread_s
         head.deadline = t + head.window_s
-        out.append(SendEvent(ev.InputAudioBufferClear()))
+        if not self._offline:
+            out.append(SendEvent(ev.InputAudioBufferClear()))
         out.append(Telemetry(TelemetryName.CONFIRM_LISTENING, t,
                              {"call_id": head.call_id, "window_s": head.window_s}))
         self.turn += 1
@@ -1100,7 +1284,7 @@ class Core:
                     if self.endpointer is not None:
                         self.endpointer.reset()
                 return
-            if self.endpointer is not None and self.s.local_end_of_utterance:
+            if self.endpointer is not None and self._local_eou():
                 self.endpointer.process(pcm, t)
             if not speech_started:
                 return
@@ -1112,14 +1296,17 @@ class Core:
             self._heard_speech = True
             self._progress_at = t
             out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
-            out.extend(chunks)
+            self._turn_audio(chunks, out)
             return
-        out.extend(chunks)
-        if self.endpointer is not None and self.s.local_end_of_utterance \
+        self._turn_audio(chunks, out)
+        if self.endpointer is not None and self._local_eou() \
                 and not self._turn_committed and self.endpointer.process(pcm, t).end_of_utterance:
             self._turn_committed = True  # no response.create: the tool's output decides
             out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
-            out.append(SendEvent(ev.InputAudioBufferCommit()))
+            if self._offline:
+                out.append(Recognise("answer", self.turn, head.call_id))
+            else:
+                out.append(SendEvent(ev.InputAudioBufferCommit()))
         if t - head.began >= self.s.confirm_answer_s:
             self._answered(t, out, None, "no transcript of the answer came")
 
@@ -1156,6 +1343,131 @@ class Core:
         out.append(Telemetry(TelemetryName.CONFIRM_ANSWER, t,
                              {"call_id": head.call_id, "text": transcript, "why": why}))
 
+
+
+    # ------------------------------------------------------------------ offline
+
+    def _local_turn(self) -> bool:
+        """The current utterance goes to the local recogniser: the conversation is
+        offline, or waits to see whether the link comes in time."""
+        return self._offline or self._offline_deadline is not None
+
+    def _local_eou(self) -> bool:
+        """The end of an utterance is decided here (turn detection none, or offline)."""
+        return self.s.local_end_of_utterance or self._offline
+
+    def _turn_audio(self, chunks: list[SendAudio], out: list[Action]) -> None:
+        """The turn's audio: to the service, to the local recogniser, or both while it is
+        not known yet which will answer."""
+        if not self._offline:
+            out.extend(chunks)
+        if self._local_turn():
+            out.extend(LocalAudio(c.pcm, c.t) for c in chunks)
+
+    def _offline_start(self, t: float, out: list[Action]) -> None:
+        """A conversation starts (from IDLE): decide who will understand it."""
+        self._offline = False
+        self._offline_deadline = None
+        self._offline_eou = False
+        mode = self.s.offline
+        if mode == "always":
+            self._go_offline(t, out, "conversation.offline = always", notice=False)
+        elif mode == "auto" and self.service_unreachable:
+            self._go_offline(t, out, "the service is unreachable", notice=True)
+        elif mode == "auto" and not self._link_up:
+            self._offline_deadline = t + self.s.offline_after_s
+
+    def _go_offline(self, t: float, out: list[Action], why: str, *, notice: bool) -> None:
+        """From now on this conversation is understood on the device; an utterance that
+        ended while waiting for the link is recognised now."""
+        self._offline = True
+        self._offline_deadline = None
+        self._notice = notice and not self._said_offline
+        out.append(DropTurnAudio())
+        out.append(Telemetry(TelemetryName.OFFLINE, t, {"why": why}))
+        if self._offline_eou and self.state is State.LISTENING and not self._turn_committed:
+            self._recognise(t, out)
+
+    def _back_online(self, t: float, out: list[Action]) -> None:
+        """The link came in time: the service takes the turn (it had all its audio)."""
+        self._offline_deadline = None
+        out.append(LocalReset())
+        if (self._offline_eou and self._offline_commit and self.state is State.LISTENING
+                and not self._turn_committed):
+            self._turn_committed = True
+            out.append(SendEvent(ev.InputAudioBufferCommit()))
+            if self.s.local_end_of_utterance:
+                self._request_reply(t, out)
+            else:
+                out.append(SendEvent(ev.ResponseCreate()))
+        self._offline_eou = False
+
+    def _utterance_over(self, t: float, out: list[Action], *, commit: bool) -> None:
+        """The user's utterance ended (a pause, the release of a held button, the lost
+        microphone, or its length bound): recognise it now when offline; while waiting for
+        the link, remember it (``commit``: the online path commits it when the link
+        comes)."""
+        if self._offline:
+            self._recognise(t, out)
+        else:
+            self._offline_eou = True
+            self._offline_commit = commit
+            out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
+
+    def _recognise(self, t: float, out: list[Action]) -> None:
+        self._turn_committed = True
+        self._progress_at = t
+        if not self._offline_eou:
+            out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
+        self._offline_eou = False
+        out.append(Recognise("command", self.turn))
+
+    def _offline_result(self, call_id: str, output: str, reply: str | None, t: float,
+                        out: list[Action]) -> None:
+        heard, tool, args = self._offline_calls.pop(call_id)
+        self._awaiting_outputs.discard(call_id)
+        ok, error = _output_status(output)
+        out.append(Telemetry(TelemetryName.TOOL_OUTPUT, t, {"call_id": call_id, "ok": ok}))
+        if ok:
+            line, earcon = (reply or "", None if reply else "done")
+        elif error.startswith("not done"):
+            line, earcon = OFFLINE_DECLINED_LINE, None
+        else:
+            line, earcon = OFFLINE_FAILED_LINE, "failed"
+        # The model learns what happened while it was away (replayed on the next connection).
+        out.append(SendEvent(ev.ConversationItemCreate(item=ev.UserMessage.from_text(heard))))
+        said = f" and said: {line}" if line else ""
+        out.append(SendEvent(ev.ConversationItemCreate(item=ev.SystemMessage.from_text(
+            f"The device understood the user's last message on its own (the service was "
+            f"not used) and ran {tool} with {args}; output: {output}{said}"))))
+        if self.state is State.RESPONDING and self._offline and not self._awaiting_outputs:
+            self._speak_local(t, out, line, earcon)
+
+    def _speak_local(self, t: float, out: list[Action], text: str, earcon: str | None) -> None:
+        """Say ``text`` (with the outage's notice first, once) and the earcon, on the device;
+        the turn goes on when it has played (:meth:`on_playback_drained`)."""
+        if self._notice:
+            text = f"{OFFLINE_NOTICE} {text}".strip()
+            self._notice = False
+            self._said_offline = True
+        self._offline_seq += 1
+        item = f"local_{self._offline_seq}"
+        self._local_items.append(item)
+        self._playing_item = item
+        self._drained = False
+        out.append(Telemetry(TelemetryName.LOCAL_REPLY, t, {"text": text, "earcon": earcon}))
+        out.append(SpeakLocal(item, text, earcon))
+
+
+def _output_status(output: str) -> tuple[bool, str]:
+    """(ok, error) of a tool output (``{"ok": ..., "error": ...}``; anything else: not ok)."""
+    try:
+        data = json.loads(output)
+    except ValueError:
+        return False, ""
+    if not isinstance(data, dict):
+        return False, ""
+    return data.get("ok") is True, str(data.get("error") or "")
 
 
 def actions_of(kind: type, actions: Iterable[Action]) -> list[Any]:

@@ -63,11 +63,16 @@ class TelemetryName(enum.StrEnum):
     PLAYBACK_STOPPED = "playback stopped"  # item, played_ms
     TRUNCATE = "truncate"  # item, audio_end_ms: conversation.item.truncate sent
     # Tools.
-    TOOL_CALL = "tool call"  # name, call_id: the tool runs now
-    TOOL_OUTPUT = "tool output"  # call_id: its output went back to the service
+    TOOL_CALL = "tool call"  # name, call_id (offline also arguments, source): it runs now
+    TOOL_OUTPUT = "tool output"  # call_id (offline also ok): its output went back
     CONFIRM_ASKED = "confirmation asked"  # call_id, prompt: the fixed question is spoken
     CONFIRM_LISTENING = "confirmation listening"  # call_id, window_s: it played; the answer?
     CONFIRM_ANSWER = "confirmation answer"  # call_id, text (None: none), why
+    # Offline: the conversation is understood on the device.
+    OFFLINE = "offline"  # why: the service is unreachable, too slow to connect, or "always"
+    OFFLINE_COMMAND = "offline command"  # text, tool, arguments, confidence: recognised
+    OFFLINE_NOT_UNDERSTOOD = "offline not understood"  # text, reason, confidence
+    LOCAL_REPLY = "local reply"  # text, earcon: said on the device
     # The end of a conversation.
     IDLE = "idle"  # why
     # The link and the devices.

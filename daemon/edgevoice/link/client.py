@@ -194,6 +194,10 @@ class VoiceLiveLink:
         self._pump()
         return event_id
 
+    def drop_turn_audio(self) -> None:
+        """Forget the current turn's audio (see :meth:`VoiceLiveProtocol.drop_turn_audio`)."""
+        self.protocol.drop_turn_audio()
+
     def append_audio(self, pcm: bytes) -> None:
         """Queue one chunk of user audio (already in the session's input format). Raises
         ValueError only for a chunk above the service's 15 MiB per-append limit."""

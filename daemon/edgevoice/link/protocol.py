@@ -446,6 +446,11 @@ class VoiceLiveProtocol:
         self._abandon(f"link down for more than {self.cfg.offline_buffer_s:g} s of audio",
                       dropped_ms, now)
 
+    def drop_turn_audio(self) -> None:
+        """Forget the current turn's audio, queued or kept (the turn went elsewhere: it is
+        understood on the device); nothing is abandoned or reported."""
+        self._drop_turn_audio()
+
     def _drop_turn_audio(self) -> None:
         self._outbox = deque(p for p in self._outbox if p.event.type not in TURN_AUDIO_EVENTS)
         self._forget_unacked()

@@ -137,8 +137,15 @@ class ToolBox:
         """The audit record of a recent call (the fields of its log line), or None."""
         return self._audits.get(call_id)
 
-    async def call(self, call_id: str, name: str, arguments: str) -> str:
+    def spec(self, name: str) -> ToolSpec | None:
+        """The declared tool ``name`` (None: no such tool)."""
+        return self._tools.get(name)
+
+    async def call(self, call_id: str, name: str, arguments: str, *,
+                   source: str = "model") -> str:
         """Run one function call and return its output (a JSON object as a string).
+        ``source`` says who asked (``model``, or ``offline``: a command recognised on the
+        device); it goes to the audit record and log line, nothing else differs.
 
         Never raises, except :class:`asyncio.CancelledError` when the caller is cancelled
         (then the action is stopped and the call id answers "interrupted" from then on). A
@@ -147,7 +154,7 @@ class ToolBox:
         t0 = time.monotonic()
         stored = await self._store.claim(call_id)
         if stored is not None:
-            self._audit(call_id, name, _Result(stored, "duplicate"), t0, arguments)
+            self._audit(call_id, name, _Result(stored, "duplicate"), t0, arguments, source)
             return stored
         result = _Result(INTERRUPTED, "interrupted")
         try:
@@ -164,7 +171,7 @@ class ToolBox:
                              error=str(exc))
         finally:
             self._store.settle(call_id, result.output)
-            self._audit(call_id, name, result, t0, arguments)
+            self._audit(call_id, name, result, t0, arguments, source)
         await self._finished(call_id, result.output)
         return result.output
 
@@ -329,7 +336,7 @@ class ToolBox:
             log.warning("tools: cannot %s %s: %s", what, self._store.path, exc)
 
     def _audit(self, call_id: str, name: str, result: _Result, t0: float,
-               raw: str) -> None:
+               raw: str, source: str = "model") -> None:
         ms = round((time.monotonic() - t0) * 1000)
         args: Any = result.arguments
         if args is None and isinstance(raw, str):
@@ -340,7 +347,7 @@ class ToolBox:
         fields: dict[str, Any] = {
             "tool": name, "call_id": call_id,
             "arguments": compact_arguments(args) if args is not None else None,
-            "outcome": result.outcome, "duration_ms": ms}
+            "outcome": result.outcome, "duration_ms": ms, "source": source}
         if result.confirmed is not None:
             began, words = result.confirmed
             fields["confirmed_by"] = "user"
@@ -359,7 +366,8 @@ class ToolBox:
         level = logging.INFO if result.outcome in _QUIET else logging.WARNING
         confirmed = f", confirmed by the user at {fields['confirmed_at']}" \
             if result.confirmed else ""
-        log.log(level, "tool %s [%s] %s: %s in %d ms%s%s", name, call_id,
+        log.log(level, "tool %s [%s]%s %s: %s in %d ms%s%s", name, call_id,
+                " (offline)" if source == "offline" else "",
                 fields["arguments"] or "{}", result.outcome, ms, confirmed,
                 f": {result.error}" if result.error else "", extra=fields)
 

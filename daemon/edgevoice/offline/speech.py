@@ -1,0 +1,97 @@
+"""Speech said on the device: the offline answers, rendered by espeak-ng.
+
+Guarantees:
+
+- :meth:`LocalVoice.render` returns 24 kHz mono PCM16 or raises :class:`SpeechError` saying
+  what went wrong (espeak-ng missing, failing, silent or too slow); it never blocks the loop
+  (espeak-ng runs as a child process) and is bounded: at most :data:`MAX_TEXT` characters
+  are said, the process gets :data:`TIMEOUT_S` and at most :data:`MAX_BYTES` of output.
+- The text goes to espeak-ng on its standard input, never on its command line (a text that
+  starts with ``-`` is no option), and no shell runs.
+- The last :data:`KEPT` renderings are kept: the same phrases recur ("Offline.", a tool's
+  reply), and rendering costs a slow board more than playing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shutil
+import wave
+from collections import OrderedDict
+
+from edgevoice.audio.convert import downmix, resample
+
+RATE = 24000
+MAX_TEXT = 300
+TIMEOUT_S = 5.0
+MAX_BYTES = 4_000_000
+KEPT = 16
+
+
+class SpeechError(Exception):
+    """The text could not be rendered (the message says why)."""
+
+
+class LocalVoice:
+    """espeak-ng with ``voice`` (an espeak-ng voice name, e.g. ``en-us``, ``en-gb+f3``)."""
+
+    def __init__(self, voice: str = "en-us", program: str = "espeak-ng") -> None:
+        self.voice = voice
+        self.program = program
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+
+    async def render(self, text: str) -> bytes:
+        """``text`` as 24 kHz mono PCM16 (see the module docs for the bounds)."""
+        text = " ".join(text.split())[:MAX_TEXT]
+        if not text:
+            return b""
+        kept = self._kept.get(text)
+        if kept is not None:
+            self._kept.move_to_end(text)
+            return kept
+        path = shutil.which(self.program)
+        if path is None:
+            raise SpeechError(f"{self.program} is not installed (apt-get install espeak-ng)")
+        proc = await asyncio.create_subprocess_exec(
+            path, "--stdout", "--stdin", "-v", self.voice,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                out, err = await proc.communicate(text.encode("utf-8"))
+        except TimeoutError:
+            raise SpeechError(f"{self.program} took longer than {TIMEOUT_S:g} s") from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            detail = err.decode("utf-8", "replace").strip().splitlines()
+            raise SpeechError(f"{self.program} -v {self.voice} exited with status "
+                              f"{proc.returncode}" + (f": {detail[-1]}" if detail else ""))
+        pcm = _wav_pcm(out[:MAX_BYTES], self.program)
+        self._kept[text] = pcm
+        while len(self._kept) > KEPT:
+            self._kept.popitem(last=False)
+        return pcm
+
+
+def _wav_pcm(data: bytes, program: str) -> bytes:
+    """The WAV espeak-ng wrote (its header's length is a placeholder: read what is there)
+    as 24 kHz mono PCM16."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise SpeechError(f"{program} wrote {8 * w.getsampwidth()}-bit audio")
+            rate, channels = w.getframerate(), w.getnchannels()
+            pcm = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise SpeechError(f"{program} wrote no WAV audio ({exc or 'nothing'})") from None
+    if channels > 1:
+        pcm = downmix(pcm, channels)
+    if len(pcm) < 2:
+        raise SpeechError(f"{program} said nothing")
+    return resample(pcm[: len(pcm) // 2 * 2], rate, RATE)
