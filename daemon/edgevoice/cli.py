@@ -148,11 +148,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.script and args.endpoint:
         print("demo: --script is for the simulator; it cannot go with --endpoint", file=sys.stderr)
         return 2
+    if args.offline and (args.script or args.endpoint):
+        print("demo: --offline reaches no service; it cannot go with --script or --endpoint",
+              file=sys.stderr)
+        return 2
     try:
         return asyncio.run(
             run_demo(config, out=sys.stdout, as_json=args.json, endpoint=args.endpoint,
                      api_key=api_key, output=Path(args.output), timeout_s=args.timeout,
-                     script_path=Path(args.script) if args.script else None)
+                     script_path=Path(args.script) if args.script else None,
+                     offline=args.offline)
         )
     except ValueError as exc:  # the script or --output: one line naming the file
         print(f"demo: {exc}", file=sys.stderr)
@@ -328,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
     p.add_argument("--script", help="the simulator's script (TOML) instead of the bundled one, "
                    "e.g. config/examples/simulator-script-outcomes.toml (a filtered reply)")
+    p.add_argument("--offline", action="store_true", help="no service reachable: the command is "
+                   "understood on the device from the demo tool's sentences")
     p.add_argument("--output", default="demo-reply.wav", help="reply WAV (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")

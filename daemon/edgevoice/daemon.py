@@ -965,14 +965,16 @@ class Daemon:
     async def _load_offline(self) -> None:
         """Build the recognisers in the worker thread (seconds on a small board: never on
         the loop). A failure is logged; offline utterances are then not understood."""
-        from edgevoice.offline.recognizer import AnswerRecognizer, OfflineRecognizer
-
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
+            from edgevoice.offline.recognizer import OfflineRecognizer
+
             self.recognizer = await loop.run_in_executor(
                 self._offline_pool, OfflineRecognizer, self.cfg.tools)
             if any(t.confirm and t.sentences for t in self.cfg.tools):
+                from edgevoice.offline.recognizer import AnswerRecognizer
+
                 self.answers = await loop.run_in_executor(
                     self._offline_pool, AnswerRecognizer, self.cfg.confirmation.yes)
         except Exception as exc:

@@ -17,6 +17,13 @@ audio, the barge-in with the truncated milliseconds, the tool call, the return t
 the sequence of feedback states (``state``: listening, thinking, speaking, …), and at the
 end the tokens the replies used (``usage``: the totals since start and the replies by
 status); ``--json`` prints one JSON object per line instead.
+
+``--offline`` runs the demo with no service reachable (the endpoint is a local port nobody
+listens on) and :data:`OFFLINE_RECORDING`: "hey jarvis", then "turn on the kitchen light",
+which the local recogniser understands from the sentences of the demo's own tool
+(:data:`OFFLINE_TOOL`, which only prints what it would switch); the timeline shows the wake
+word, the recognised command, the tool call with its arguments and the answer said on the
+device. It exits 0 only when that command ran.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import json
 import os
 import secrets as _random
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +43,7 @@ from typing import Any, TextIO
 
 from edgevoice.audio.convert import read_wav, resample, write_wav
 from edgevoice.audio.devices import pa_lock
-from edgevoice.config import Config
+from edgevoice.config import Config, ToolConfig
 from edgevoice.conversation import core as c
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.daemon import Daemon
@@ -62,6 +70,37 @@ RECORDING: tuple[tuple[float, str], ...] = (
     (0.3, "demo/light.wav"),
     (3.6, "demo/stop.wav"),  # into the reply that follows the tool call
 )
+
+
+#: The offline demo's recording (see the module docs).
+OFFLINE_RECORDING: tuple[tuple[float, str], ...] = (
+    (1.0, "demo/wake.wav"),
+    (0.3, "demo/offline-light.wav"),
+)
+
+#: The offline demo's tool: harmless (it prints what it would switch), with sentences.
+OFFLINE_TOOL: dict[str, Any] = {
+    "name": "set_light",
+    "description": "Switch a room's light on or off (the demo prints what it would do).",
+    "parameters": {"type": "object", "required": ["room", "state"], "properties": {
+        "room": {"type": "string", "enum": ["kitchen", "hall", "bedroom"]},
+        "state": {"type": "string", "enum": ["on", "off"]}}},
+    "command": {"argv": ["/bin/echo", "{room}", "light", "{state}"]},
+    "sentences": ["turn {state} [the] {room} light[s]", "turn [the] {room} light[s] {state}",
+                  "switch [the] {room} light[s] {state}"],
+    "slots": {"state": ["on", "off"], "room": ["kitchen", "hall", "bedroom"]},
+    "offline_reply": "The {room} light is {state}.",
+}
+
+
+def offline_config(cfg: Config, endpoint: str) -> Config:
+    """``cfg`` for the offline demo: only :data:`OFFLINE_TOOL`, offline commands on, and
+    ``endpoint`` (where no service answers)."""
+    vl = cfg.voicelive
+    vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
+    conv = cfg.conversation.model_copy(update={"offline": "auto"})
+    return cfg.model_copy(update={"tools": [ToolConfig.model_validate(OFFLINE_TOOL)],
+                                  "voicelive": vl, "conversation": conv})
 
 
 def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> bytes:
@@ -274,9 +313,11 @@ async def run_demo(
     output: Path = Path("demo-reply.wav"),
     timeout_s: float = 90.0,
     script_path: Path | None = None,
+    offline: bool = False,
 ) -> int:
     """Run the demo; returns the exit code: 0 when the recording has played and the daemon
-    went back to idle, 1 otherwise. ``script_path``: the simulator's script instead of the
+    went back to idle (``offline``: and the command was recognised and ran), 1 otherwise.
+    ``script_path``: the simulator's script instead of the
     bundled one (the same recording is played: its turns should match it). Raises
     ValueError for a script that does not load (the message names the file and the key) and
     for an ``output`` whose folder cannot be created (a missing one is made)."""
@@ -286,29 +327,58 @@ async def run_demo(
         raise ValueError(f"--output {output}: cannot create its folder: {exc}") from None
     timeline = Timeline(out, as_json)
     script = None
-    if endpoint is None:
+    plan = RECORDING
+    on_telemetry: Callable[[c.Telemetry], None] = timeline.telemetry
+    ran_offline: list[c.Telemetry] = []
+    # Offline: a port of ours that nobody listens on (connections are refused at once).
+    closed_port = socket.socket() if offline else None
+    if closed_port is not None:
+        closed_port.bind(("127.0.0.1", 0))
+        endpoint = f"ws://127.0.0.1:{closed_port.getsockname()[1]}"
+        cfg = offline_config(cfg, endpoint)
+        api_key = api_key or Secret(_random.token_urlsafe(24))
+        plan = OFFLINE_RECORDING
+
+        def note(entry: c.Telemetry) -> None:
+            if entry.name is TelemetryName.TOOL_CALL and entry.fields.get("source") == "offline":
+                ran_offline.append(entry)
+            timeline.telemetry(entry)
+        on_telemetry = note
+    elif endpoint is None:
         script = Script.load(script_path or data_path("demo-script.toml"))
     else:
         vl = cfg.voicelive
         vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
         cfg = cfg.model_copy(update={"voicelive": vl})
-    pcm = recording_pcm()
-    with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
-        # Strict: a field of ours that the protocol does not know shows as a service error.
-        async with running_daemon(cfg, Path(tmp), script=script, api_key=api_key,
-                                  on_telemetry=timeline.telemetry, strict=True) as run:
-            if run.simulator is not None:
-                timeline.mark("simulator", url=run.simulator.url)
-            daemon = run.daemon
-            timeline.mark("listening", words=",".join(daemon.wake_words))
-            t_feed = time.monotonic()
-            run.rig.mic.feed(pcm)
-            buttons = asyncio.create_task(_press_buttons(daemon, t_feed))
-            try:
-                status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed, timeout_s)
-            finally:
-                buttons.cancel()
-        reply = run.rig.speaker_pcm()
+    pcm = recording_pcm(plan)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
+            # Strict: a field of ours that the protocol does not know shows as a service
+            # error.
+            async with running_daemon(cfg, Path(tmp), script=script, api_key=api_key,
+                                      on_telemetry=on_telemetry, strict=True) as run:
+                if run.simulator is not None:
+                    timeline.mark("simulator", url=run.simulator.url)
+                if closed_port is not None:
+                    timeline.mark("no service", endpoint=endpoint)
+                    await _offline_ready(run.daemon, timeout_s)
+                daemon = run.daemon
+                timeline.mark("listening", words=",".join(daemon.wake_words))
+                t_feed = time.monotonic()
+                run.rig.mic.feed(pcm)
+                buttons = asyncio.create_task(_press_buttons(daemon, t_feed, plan))
+                try:
+                    status = await _wait_done(daemon, len(pcm) / 2 / MIC_RATE, t_feed,
+                                              timeout_s)
+                finally:
+                    buttons.cancel()
+            reply = run.rig.speaker_pcm()
+    finally:
+        if closed_port is not None:
+            closed_port.close()
+    if closed_port is not None and not ran_offline:
+        timeline.mark("no offline command ran", recogniser=daemon.offline_status)
+        status = 1
     usage = daemon.metrics.status()["usage"]
     timeline.mark("usage", **usage["tokens"], replies=usage["replies"])
     write_wav(output, reply, SPEAKER_RATE)
@@ -318,9 +388,17 @@ async def run_demo(
     return status
 
 
-async def _press_buttons(daemon: Daemon, t_feed: float) -> None:
+async def _offline_ready(daemon: Daemon, timeout_s: float) -> None:
+    """Wait until the offline recogniser is loaded (it loads off the loop at start)."""
+    deadline = time.monotonic() + timeout_s
+    while daemon.offline_status == "loading" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def _press_buttons(daemon: Daemon, t_feed: float,
+                         plan: tuple[tuple[float, str], ...] = RECORDING) -> None:
     """The virtual push-to-talk button of the recording, pressed at its times."""
-    for at in button_presses():
+    for at in button_presses(plan):
         await asyncio.sleep(max(0.0, t_feed + at - time.monotonic()))
         daemon.press(True, "demo button")
         await asyncio.sleep(BUTTON_HOLD_S)
