@@ -9,6 +9,7 @@ import pytest
 
 from edgevoice.config import ConfigError, load_config, parse_config
 from edgevoice.config.sentences import MAX_GRAMMAR_WORDS, spoken_number
+from edgevoice.daemon import offline_reply
 from edgevoice.offline.grammar import compile_grammar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +150,29 @@ def test_the_readme_example_is_valid() -> None:
     (tool,) = parse_config(LIGHT + example, "README.md").tools
     grammar = compile_grammar([tool])
     assert grammar is not None and grammar.match("lights out in the living room") is not None
+
+
+def test_offline_always_needs_sentences_and_the_voice_is_a_name() -> None:
+    [error] = errors_of('[conversation]\noffline = "always"\n')
+    assert "conversation.offline" in error and "sentences" in error
+    parse_config(f'[conversation]\noffline = "always"\n{config(SENTENCE)}', "edgevoice.toml")
+    [error] = errors_of('[conversation]\noffline_voice = "--path=/tmp"\n')
+    assert "offline_voice" in error
+    [error] = errors_of('[conversation]\noffline = "sometimes"\n')
+    assert "conversation.offline" in error
+
+
+SENTENCE = '["turn {state} [the] {room} light[s]"]'
+
+
+def test_the_offline_reply_is_rendered_with_defaults_only_for_a_success() -> None:
+    cfg = parse_config(config(SENTENCE, extra='offline_reply = "{room} light {state}, '
+                                              'level {level}."\n'), "edgevoice.toml")
+    spec = cfg.tools[0]
+    args = '{"room": "kitchen", "state": "ON"}'
+    assert offline_reply(spec, args, '{"ok": true}') == "kitchen light ON, level 10."
+    assert offline_reply(spec, args, '{"ok": false, "error": "x"}') is None
+    assert offline_reply(spec, "not json", '{"ok": true}') is None
+    assert offline_reply(spec, '{"room": "kitchen"}', '{"ok": true}') is None  # no state
+    bare = parse_config(config(SENTENCE), "edgevoice.toml").tools[0]
+    assert offline_reply(bare, args, '{"ok": true}') is None

@@ -59,6 +59,20 @@ Guarantees:
   ``input_audio_buffer.clear`` (the tail of the last turn, sent after its commit, must not
   start this one); a manual turn (``local_end_of_utterance``) that ends uncommitted clears
   what it had sent.
+- Offline (``offline`` ``"auto"`` or ``"always"``): a conversation that starts with
+  ``offline = "always"``, or while :attr:`Core.service_unreachable`, or whose link is not up
+  ``offline_after_s`` after its start (or whose turn the link abandons before that), is
+  understood on the device. Until that is decided its audio goes both to the link and to the
+  local recogniser (:class:`LocalAudio`); once offline, nothing more goes to the link and the
+  turn audio it holds is dropped (:class:`DropTurnAudio`); a link that comes in time takes
+  the turn whole and the local audio is forgotten. Each utterance yields exactly one
+  :class:`Recognise` (at the local end of utterance, a release, a lost microphone, or
+  ``offline_max_utterance_s``), and its result at most one :class:`RunTool` with
+  ``source = "offline"``; a result for a turn that is over is dropped. Every offline turn
+  ends with one :class:`SpeakLocal` (the reply, a fixed line or an earcon), with "Offline."
+  first once per outage when the service is unreachable; a recognised command also goes to
+  the conversation as two text items (kept by the link for the next connection). The
+  service timeout does not apply; the conversation stays offline until it ends.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Guarantees:
   are said, the process gets :data:`TIMEOUT_S` and at most :data:`MAX_BYTES` of output.
 - The text goes to espeak-ng on its standard input, never on its command line (a text that
   starts with ``-`` is no option), and no shell runs.
+- An unknown voice is no error: espeak-ng speaks with its default one.
 - The last :data:`KEPT` renderings are kept: the same phrases recur ("Offline.", a tool's
   reply), and rendering costs a slow board more than playing.
 """

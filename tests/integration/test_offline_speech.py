@@ -1,0 +1,31 @@
+"""The device's own voice (espeak-ng, a real child process): 24 kHz speech out, text only on
+its standard input, bounded, and a clear error when it cannot speak."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgevoice.offline.speech import RATE, LocalVoice, SpeechError
+
+
+async def test_a_phrase_becomes_24khz_speech_and_is_kept() -> None:
+    voice = LocalVoice("en-us")
+    pcm = await voice.render("Offline. The kitchen light is on.")
+    samples = np.frombuffer(pcm, "<i2")
+    assert 1.0 < len(samples) / RATE < 5.0
+    assert np.abs(samples).max() > 3000  # speech, not silence
+    assert await voice.render("Offline.  The kitchen light is on. ") is pcm  # kept
+
+
+async def test_a_text_that_looks_like_an_option_is_only_said() -> None:
+    # On the command line this would be an option; on standard input it is words.
+    pcm = await LocalVoice("en-us").render("--help -w /tmp/x.wav")
+    assert len(pcm) > RATE  # said (about a second), no file written, no usage text
+    assert await LocalVoice().render("   ") == b""
+
+
+async def test_a_missing_program_is_a_clear_error_and_an_unknown_voice_the_default() -> None:
+    with pytest.raises(SpeechError, match="not installed"):
+        await LocalVoice(program="no-such-espeak").render("hello")
+    assert len(await LocalVoice("no-such-voice").render("hello")) > RATE // 2
