@@ -179,3 +179,14 @@ def test_mute_triggers_and_failing_hooks_in_the_status() -> None:
     assert ("  trigger:     remote: mute, BT Remote KEY_MICMUTE, missing "
             "(no input device named 'BT Remote')") in text
     assert "  hooks:       failing: on_listening: exit status 1" in text
+
+
+def test_format_status_shows_offline_commands_only_when_on() -> None:
+    base = {"state": "listening", "link": {"state": "backoff"}}
+    text = format_status({**base, "offline": {"mode": "auto", "recogniser": "ready",
+                                              "active": True}})
+    assert "offline:     auto, recogniser ready  (this conversation)" in text
+    text = format_status({**base, "offline": {"mode": "auto", "recogniser": "failed: no model",
+                                              "active": False}})
+    assert "recogniser failed: no model" in text and "this conversation" not in text
+    assert "offline:" not in format_status({**base, "offline": {"mode": "off"}})

@@ -81,6 +81,9 @@ values::
                  "last_hour": 1260, "last_day": 1260,  # tokens used (kept across restarts)
                  "reached": null},           # why a wake is refused now, e.g.
                                              #   "tokens_per_hour 50000 reached (50210 …)"
+      "offline": {"mode": "auto",    # [conversation] offline (off without sentences)
+                  "recogniser": "ready",     # loading | ready | off | failed: <why>
+                  "active": false},          # the conversation now is understood locally
       "tool_calls": [                # the last few function calls, oldest first
         {"turn": 3, "name": "set_light", "call_id": "call_7", "ok": true, "ms": 14.2,
          "at": 1732200002.0, "error": null,
@@ -412,6 +415,12 @@ def format_status(snapshot: Snapshot, now: float | None = None) -> str:
         if budget.get("reached"):
             text += f"  REACHED: {shorten(str(budget['reached']), 80)}"
         lines.append(f"  budget:      {text}")
+    offline = _section(snapshot, "offline")
+    if offline and offline.get("mode") not in (None, "off"):
+        text = f"{offline['mode']}, recogniser {shorten(str(offline.get('recogniser')), 80)}"
+        if offline.get("active"):
+            text += "  (this conversation)"
+        lines.append(f"  offline:     {text}")
     if snapshot.get("error"):
         lines.append(f"  error:       {snapshot['error']}")
     return "\n".join(lines)
