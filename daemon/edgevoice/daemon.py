@@ -881,9 +881,10 @@ class Daemon:
     def _update_feedback(self) -> None:
         """The feedback state from the core, the devices and the link; on a change: the
         timeline entry, the hooks and the light (none of which waits)."""
+        # A conversation understood on the device shows what it does, not "offline".
         state = feedback_state(
             self.core.activity(),
-            offline=self.link.state in (LinkState.BACKOFF, LinkState.AUTH_FAILED),
+            offline=self._unreachable() and not self.core.offline,
             error=bool(self._missing))
         if state == self.state:
             return

@@ -56,6 +56,9 @@ async def test_a_command_in_an_outage_runs_on_the_device_and_the_model_learns_of
         assert audit is not None and audit["source"] == "offline" and audit["outcome"] == "ok"
         assert h.sim.connection_count == 0  # nothing ever reached the service
         await h.event(TelemetryName.IDLE, timeout=20)
+        # The light shows the conversation on the device, then "offline" again.
+        states = [e.fields["state"] for e in h.entries(TelemetryName.STATE)]
+        assert "speaking" in states and states[-1] == "offline", states
 
         # The service is back: the next connection carries the offline turn as text items.
         await h.sim.start()
