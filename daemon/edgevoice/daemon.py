@@ -884,7 +884,7 @@ class Daemon:
         # A conversation understood on the device shows what it does, not "offline".
         state = feedback_state(
             self.core.activity(),
-            offline=self._unreachable() and not self.core.offline,
+            offline=self._unreachable() and not self.core.local_turn,
             error=bool(self._missing))
         if state == self.state:
             return
@@ -934,7 +934,9 @@ class Daemon:
         elif isinstance(a, c.LocalReset):
             self._utterance = bytearray()
         elif isinstance(a, c.Recognise):
-            pcm, self._utterance = bytes(self._utterance), bytearray()
+            pcm = bytes(self._utterance)
+            if a.early_at is None:  # the utterance is over (an early look keeps it)
+                self._utterance = bytearray()
             self._spawn(self._recognise(a, pcm), "recognise")
         elif isinstance(a, c.DropTurnAudio):
             self.link.drop_turn_audio()
@@ -1026,10 +1028,12 @@ class Daemon:
                 else:
                     why = result.reason
         ms = (time.monotonic() - started) * 1000
-        log.info("offline: heard %r: %s (%.0f ms)", heard, tool or why, ms,
+        log.info("offline: heard %r: %s (%.0f ms%s)", heard, tool or why, ms,
+                 ", at a pause" if a.early_at is not None else "",
                  extra={"latency_ms": round(ms)})
         self._do(self.core.on_recognised(a.turn, tool, arguments, heard, self.clock(),
-                                         confidence=confidence, why=why))
+                                         confidence=confidence, why=why,
+                                         early_at=a.early_at))
 
     async def _speak_local(self, a: c.SpeakLocal) -> None:
         """Say ``a.text`` (espeak-ng) and its earcon as one item; then the core hears that it

@@ -46,12 +46,21 @@ def spoken(core: Core, t0: float) -> list[Any]:
     return feed(core, sentence(), t0)
 
 
+def finals(out: list[Any]) -> list[Recognise]:
+    """The recognitions asked at the end of an utterance (not the early ones at a pause)."""
+    return [r for r in actions_of(Recognise, out) if r.early_at is None]
+
+
+def earlies(out: list[Any]) -> list[Recognise]:
+    return [r for r in actions_of(Recognise, out) if r.early_at is not None]
+
+
 def heard_command(core: Core, t0: float = 0.0) -> tuple[list[Any], RunTool]:
     """Wake at t0 with the service unreachable, say the sentence, recognise set_light."""
     core.service_unreachable = True
     out = core.on_wake("hey_jarvis", 0.9, t0)
     out += spoken(core, t0)
-    [rec] = actions_of(Recognise, out)
+    [rec] = finals(out)
     assert rec.purpose == "command" and rec.turn == core.turn
     out += core.on_recognised(rec.turn, "set_light", ARGS, "turn on the light", t0 + 5,
                               confidence=0.9)
@@ -71,11 +80,11 @@ def test_unreachable_service_the_utterance_is_recognised_on_the_device_not_sent(
     assert not actions_of(SendAudio, frames)  # nothing for the service
     local = actions_of(LocalAudio, frames)
     assert local and sum(len(a.pcm) for a in local) >= 32000  # the speech, padded
-    [rec] = actions_of(Recognise, frames)
+    [rec] = finals(frames)
     assert (rec.purpose, rec.turn) == ("command", 1)
     assert core.state is State.LISTENING and core.activity() == "thinking"
     # Exactly once: more silence asks nothing more.
-    assert not actions_of(Recognise, feed(core, bytes(FRAME * 50), 3.5))
+    assert not finals(feed(core, bytes(FRAME * 50), 3.5))
 
 
 def test_a_command_runs_once_through_the_tools_and_is_answered_on_the_device() -> None:
@@ -105,7 +114,7 @@ def test_a_command_runs_once_through_the_tools_and_is_answered_on_the_device() -
     # A follow-up turn is offline too, and "offline" is not said again.
     out = spoken(core, 7.0)
     assert not actions_of(SendAudio, out) and actions_of(LocalReset, out)
-    [rec] = actions_of(Recognise, out)
+    [rec] = finals(out)
     out = core.on_recognised(rec.turn, "set_light", {"state": "off"}, "turn off the light", 11.0)
     [run2] = actions_of(RunTool, out)
     assert run2.call_id != run.call_id
@@ -136,7 +145,7 @@ def test_nothing_understood_plays_the_earcon_and_leaves_the_follow_up_window() -
     core = offline_core()
     core.service_unreachable = True
     core.on_wake("hey_jarvis", 0.9, 0.0)
-    [rec] = actions_of(Recognise, spoken(core, 0.0))
+    [rec] = finals(spoken(core, 0.0))
     out = core.on_recognised(rec.turn, None, {}, "what song is this", 4.0, why="low-confidence")
     assert not actions_of(RunTool, out)
     [entry] = telemetry(out, TelemetryName.OFFLINE_NOT_UNDERSTOOD)
@@ -151,7 +160,7 @@ def test_a_result_for_a_turn_that_is_over_is_dropped() -> None:
     core = offline_core()
     core.service_unreachable = True
     core.on_wake("hey_jarvis", 0.9, 0.0)
-    [rec] = actions_of(Recognise, spoken(core, 0.0))
+    [rec] = finals(spoken(core, 0.0))
     core.end_conversation(4.0)
     assert core.on_recognised(rec.turn, "set_light", ARGS, "turn on the light", 4.5) == []
 
@@ -162,7 +171,7 @@ def test_always_never_connects_and_never_says_offline() -> None:
     assert not actions_of(Connect, out)
     assert [e.fields["why"] for e in telemetry(out, TelemetryName.OFFLINE)] == \
         ["conversation.offline = always"]
-    [rec] = actions_of(Recognise, spoken(core, 0.0))
+    [rec] = finals(spoken(core, 0.0))
     [run] = actions_of(RunTool, core.on_recognised(rec.turn, "set_light", ARGS, "x", 4.0))
     [speak] = actions_of(SpeakLocal, core.on_tool_result(run.call_id, '{"ok":true}', 4.1,
                                                           reply="Done."))
@@ -179,7 +188,7 @@ def test_a_link_that_comes_in_time_takes_the_turn_whole() -> None:
     assert actions_of(LocalReset, up)
     rest = feed(core, sentence()[32000 * 2:], 2.0)
     assert actions_of(SendAudio, rest) and not actions_of(LocalAudio, rest)
-    assert not actions_of(Recognise, rest)
+    assert not finals(rest)
     assert not telemetry(core.on_tick(10.0), TelemetryName.OFFLINE)
 
 
@@ -189,11 +198,11 @@ def test_no_link_by_the_deadline_the_ended_utterance_is_recognised_then() -> Non
     out = spoken(core, 0.0)  # the sentence and its pause end before the deadline (3 s)
     assert actions_of(SendAudio, out)  # the link may still come: it gets the audio too
     assert telemetry(out, TelemetryName.END_OF_UTTERANCE_LOCAL)
-    assert not actions_of(Recognise, out)
-    assert not actions_of(Recognise, core.on_tick(2.95))
+    assert not finals(out)
+    assert not finals(core.on_tick(2.95))
     tick = core.on_tick(3.0)
     assert actions_of(DropTurnAudio, tick)
-    [rec] = actions_of(Recognise, tick)
+    [rec] = finals(tick)
     assert rec.purpose == "command"
 
 
@@ -221,7 +230,7 @@ def test_failed_and_declined_commands_say_so() -> None:
         run.call_id, '{"ok": false, "error": "exited with status 1"}', 6.0, reply="x"))
     assert speak.text.endswith(OFFLINE_FAILED_LINE) and speak.earcon == "failed"
     core.on_playback_drained(7.0)
-    [rec] = actions_of(Recognise, spoken(core, 7.0))
+    [rec] = finals(spoken(core, 7.0))
     [run] = actions_of(RunTool, core.on_recognised(rec.turn, "set_light", ARGS, "x", 11.0))
     [speak] = actions_of(SpeakLocal, core.on_tool_result(
         run.call_id, '{"ok": false, "error": "not done: declined by the user"}', 11.1))
@@ -241,7 +250,7 @@ def test_a_local_confirmation_is_asked_and_answered_on_the_device() -> None:
     assert not actions_of(SendEvent, out)  # no input buffer at the service to clear
     out = feed(core, bytes(FRAME * 25) + sentence(), 7.0)
     assert not actions_of(SendAudio, out) and actions_of(LocalAudio, out)
-    [rec] = actions_of(Recognise, out)
+    [rec] = finals(out)
     assert (rec.purpose, rec.call_id) == ("answer", run.call_id)
     assert core.on_recognised_answer("other", "yes", 11.0) == []
     [answer] = actions_of(ConfirmationAnswer, core.on_recognised_answer(run.call_id, "yes",
@@ -258,7 +267,7 @@ def test_an_answer_not_understood_declines() -> None:
     _, run = heard_command(core)
     core.ask_confirmation(run.call_id, "Open the garage?", 8.0, 6.0)
     core.on_playback_drained(7.0)
-    [rec] = actions_of(Recognise, feed(core, bytes(FRAME * 25) + sentence(), 7.0))
+    [rec] = finals(feed(core, bytes(FRAME * 25) + sentence(), 7.0))
     [answer] = actions_of(ConfirmationAnswer, core.on_recognised_answer(rec.call_id or "", None,
                                                                          11.0))
     assert answer.transcript is None and "not understood" in answer.why
@@ -280,5 +289,53 @@ def test_off_keeps_the_link_path_whatever_the_link_does() -> None:
     core.service_unreachable = True
     out = core.on_wake("hey_jarvis", 0.9, 0.0) + spoken(core, 0.0)
     assert actions_of(SendAudio, out)
-    assert not actions_of(LocalAudio, out) and not actions_of(Recognise, out)
+    assert not actions_of(LocalAudio, out) and not finals(out)
     assert not telemetry(out + core.on_tick(10.0), TelemetryName.OFFLINE)
+
+
+def test_a_pause_after_a_complete_command_ends_the_utterance_early() -> None:
+    core = offline_core(offline_pause_ms=150)
+    core.service_unreachable = True
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    pcm = sentence()
+    out: list[Any] = []
+    early: Recognise | None = None
+    t = 0.0
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        t = i / 32000
+        out = core.on_frame(pcm[i:i + FRAME], t)
+        if earlies(out):
+            [early] = earlies(out)
+            break
+    assert early is not None and early.early_at == t
+    assert core.activity() == "listening"  # only a look: the utterance may go on
+    # A result that is no command is dropped; the utterance goes on.
+    assert core.on_recognised(early.turn, None, {}, "turn on", t + 0.1,
+                              early_at=early.early_at) == []
+    assert core.activity() == "listening"
+    # A command, with the user still quiet: the utterance ends now and the tool runs.
+    done = core.on_recognised(early.turn, "set_light", ARGS, "turn on the light", t + 0.1,
+                              early_at=early.early_at)
+    [end] = telemetry(done, TelemetryName.END_OF_UTTERANCE_LOCAL)
+    assert end.fields["early"] is True and end.fields["pause_ms"] >= 150
+    assert [r.call_id for r in actions_of(RunTool, done)] == ["offline_1"]
+    # The endpointer's own end later asks nothing more.
+    rest = feed(core, pcm[int(t * 32000) // FRAME * FRAME + FRAME:], t + 0.02)
+    assert not actions_of(Recognise, rest) and not actions_of(RunTool, rest)
+
+
+def test_an_early_result_after_the_user_spoke_again_is_dropped() -> None:
+    core = offline_core(offline_pause_ms=150)
+    core.service_unreachable = True
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    pcm = sentence()
+    asked: list[Recognise] = []
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        asked += earlies(core.on_frame(pcm[i:i + FRAME], i / 32000))
+        if asked:
+            break
+    # The user goes on speaking before the result comes.
+    feed(core, sentence()[32000:32000 + 32000 // 2], 5.0)
+    assert core.on_recognised(asked[0].turn, "set_light", ARGS, "x", 5.6,
+                              early_at=asked[0].early_at) == []
+    assert core.activity() == "listening"

@@ -184,11 +184,14 @@ class Recognise:
     """The utterance is over: recognise the :class:`LocalAudio` since the last
     :class:`LocalReset` and report exactly once: ``purpose`` ``"command"`` through
     :meth:`Core.on_recognised` (with ``turn``), ``"answer"`` through
-    :meth:`Core.on_recognised_answer` (with ``call_id``)."""
+    :meth:`Core.on_recognised_answer` (with ``call_id``). With ``early_at`` the user has
+    only paused (since that time): recognise the audio so far and keep it (more may follow);
+    the core takes the result only if it is a command and the pause lasted."""
 
     purpose: str
     turn: int
     call_id: str | None = None
+    early_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,9 @@ class CoreSettings:
     offline: str = "off"
     offline_after_s: float = 3.0
     offline_max_utterance_s: float = 10.0
+    # A pause this long in an offline utterance asks for an early recognition: a complete
+    # command ends the utterance as soon as it is known (0: only the endpointer's end).
+    offline_pause_ms: int = 150
 
 
 @dataclass
@@ -402,6 +408,8 @@ class Core:
         self._offline_seq = 0
         self._offline_calls: dict[str, tuple[str, str, str]] = {}  # call_id: heard, tool, args
         self._local_items: deque[str] = deque(maxlen=16)  # items played by the device
+        self._last_voiced = 0.0  # the last voiced frame of the offline utterance
+        self._early_at: float | None = None  # an early recognition asked at this pause
 
     # ------------------------------------------------------------------ helpers
 
@@ -419,6 +427,8 @@ class Core:
             if self._local_turn():
                 out.append(LocalReset())
                 self._offline_eou = False
+                self._last_voiced = 0.0
+                self._early_at = None
                 if self.endpointer is not None:
                     self.endpointer.reset()
 
@@ -610,6 +620,12 @@ class Core:
         """The conversation in progress is understood on the device."""
         return self._offline
 
+    @property
+    def local_turn(self) -> bool:
+        """The conversation is understood on the device, or may be (it waits to see whether
+        the link comes in time)."""
+        return self._local_turn()
+
     def activity(self) -> str:
         """What the conversation is doing, as the feedback states name it: ``muted``,
         ``idle``, ``listening`` (a turn or the follow-up window takes the user's speech),
@@ -651,6 +667,8 @@ class Core:
                 out.append(Telemetry(TelemetryName.SPEECH_START_LOCAL, t))
             # Held push-to-talk: the release ends the turn, not a pause.
             if self._local_turn():
+                if self._offline and not self._held and not self._turn_committed:
+                    self._early_check(t, decision.voiced, out)
                 if not self._held and not self._turn_committed and not self._offline_eou:
                     end = self.endpointer.process(pcm, t) if self.endpointer else None
                     if ((end is not None and end.end_of_utterance)
@@ -1053,16 +1071,28 @@ class Core:
 
     def on_recognised(self, turn: int, tool: str | None, arguments: dict[str, Any],
                       text: str, t: float, *, confidence: float | None = None,
-                      why: str = "") -> list[Action]:
+                      why: str = "", early_at: float | None = None) -> list[Action]:
         """The local recogniser's result for :class:`Recognise` ``"command"`` of ``turn``:
         a ``tool`` with its ``arguments`` (what ``text`` says), or None (``why``: not a
         command, too unsure, silence) — then the ``not_understood`` earcon plays and the
         follow-up window lets the user say it again. A command becomes exactly one
         :class:`RunTool` (``source = "offline"``, a call id of its own). A result for a turn
-        that is over (a barge-in, the end of the conversation) is dropped."""
+        that is over (a barge-in, the end of the conversation) is dropped. An early result
+        (``early_at``: of a pause) ends the utterance only when it is a command and no speech
+        came since the pause began; else it is dropped and the utterance goes on."""
         out: list[Action] = []
         if (turn != self.turn or not self._offline or self.state is not State.LISTENING
-                or not self._turn_committed or self._answering()):
+                or self._answering()):
+            return out
+        if early_at is not None:
+            # An early result counts only if it is a command and the user is still quiet.
+            if (tool is None or self._turn_committed or early_at != self._early_at):
+                return out
+            self._turn_committed = True
+            self._offline_eou = False
+            out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t, {
+                "early": True, "pause_ms": round((t - self._last_voiced) * 1000)}))
+        elif not self._turn_committed:
             return out
         if tool is None:
             out.append(Telemetry(TelemetryName.OFFLINE_NOT_UNDERSTOOD, t, {
@@ -1427,6 +1457,18 @@ class Core:
             self._offline_eou = True
             self._offline_commit = commit
             out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
+
+    def _early_check(self, t: float, voiced: bool, out: list[Action]) -> None:
+        """Track the pauses of an offline utterance; at each one that reaches
+        ``offline_pause_ms`` ask once for an early recognition."""
+        if voiced:
+            self._last_voiced = t
+            self._early_at = None
+        elif (self._heard_speech and self._early_at is None and self.s.offline_pause_ms > 0
+                and self._last_voiced > 0
+                and (t - self._last_voiced) * 1000 >= self.s.offline_pause_ms):
+            self._early_at = t
+            out.append(Recognise("command", self.turn, early_at=t))
 
     def _recognise(self, t: float, out: list[Action]) -> None:
         self._turn_committed = True
