@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from test_core import FRAME, feed, link_up, sentence, telemetry
 
 from edgevoice.conversation.core import (
@@ -339,3 +340,27 @@ def test_an_early_result_after_the_user_spoke_again_is_dropped() -> None:
     assert core.on_recognised(asked[0].turn, "set_light", ARGS, "x", 5.6,
                               early_at=asked[0].early_at) == []
     assert core.activity() == "listening"
+
+
+def test_an_early_command_is_held_until_the_pause_is_long_enough() -> None:
+    core = offline_core(offline_look_ms=80, offline_pause_ms=150)
+    core.service_unreachable = True
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    pcm = sentence()
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, "<i2")) > 1000)
+    speech_end = (int(loud[-1]) + 1) / 16000
+    frames = [(i / 32000, pcm[i:i + FRAME]) for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+    early: Recognise | None = None
+    rest: list[tuple[float, bytes]] = []
+    for k, (t, frame) in enumerate(frames):
+        looks = earlies(core.on_frame(frame, t))
+        if looks and t > speech_end:  # the look at the end of the sentence
+            early, rest = looks[0], frames[k + 1:]
+            break
+    assert early is not None and early.early_at is not None
+    # The decoding was quick: the command waits for the pause to reach 150 ms.
+    assert core.on_recognised(early.turn, "set_light", ARGS, "x", early.early_at + 0.02,
+                              early_at=early.early_at) == []
+    ran = [(t, actions_of(RunTool, core.on_frame(frame, t))) for t, frame in rest]
+    [(at, [run])] = [(t, r) for t, r in ran if r]
+    assert run.source == "offline" and at - early.early_at >= 0.06

@@ -323,8 +323,10 @@ class CoreSettings:
     offline: str = "off"
     offline_after_s: float = 3.0
     offline_max_utterance_s: float = 10.0
-    # A pause this long in an offline utterance asks for an early recognition: a complete
-    # command ends the utterance as soon as it is known (0: only the endpointer's end).
+    # A pause of offline_look_ms in an offline utterance asks for an early recognition; a
+    # complete command ends the utterance once the pause reached offline_pause_ms (the
+    # decoding runs meanwhile). 0: only the endpointer's end.
+    offline_look_ms: int = 80
     offline_pause_ms: int = 150
 
 
@@ -410,6 +412,9 @@ class Core:
         self._local_items: deque[str] = deque(maxlen=16)  # items played by the device
         self._last_voiced = 0.0  # the last voiced frame of the offline utterance
         self._early_at: float | None = None  # an early recognition asked at this pause
+        # Its result, a command, held until the pause is long enough: (tool, args, text,
+        # confidence).
+        self._early_command: tuple[str, dict[str, Any], str, float | None] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -429,6 +434,7 @@ class Core:
                 self._offline_eou = False
                 self._last_voiced = 0.0
                 self._early_at = None
+                self._early_command = None
                 if self.endpointer is not None:
                     self.endpointer.reset()
 
@@ -1085,13 +1091,14 @@ class Core:
                 or self._answering()):
             return out
         if early_at is not None:
-            # An early result counts only if it is a command and the user is still quiet.
+            # An early result counts only if it is a command and the user is still quiet,
+            # and only once the pause is long enough (held until then).
             if (tool is None or self._turn_committed or early_at != self._early_at):
                 return out
-            self._turn_committed = True
-            self._offline_eou = False
-            out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t, {
-                "early": True, "pause_ms": round((t - self._last_voiced) * 1000)}))
+            if (t - self._last_voiced) * 1000 < self.s.offline_pause_ms:
+                self._early_command = (tool, arguments, text, confidence)
+                return out
+            self._end_early(t, out)
         elif not self._turn_committed:
             return out
         if tool is None:
@@ -1101,20 +1108,7 @@ class Core:
             self._response_done = True
             self._speak_local(t, out, "", "not_understood")
             return out
-        self._offline_seq += 1
-        call_id = f"offline_{self._offline_seq}"
-        args = json.dumps(arguments, separators=(",", ":"), sort_keys=True)
-        self._offline_calls[call_id] = (text, tool, args)
-        self._awaiting_outputs.add(call_id)
-        out.append(Telemetry(TelemetryName.OFFLINE_COMMAND, t, {
-            "text": text, "tool": tool, "arguments": args, "confidence": confidence}))
-        self._go(State.RESPONDING, t, out)
-        self._response_done = True
-        self._drained = True
-        self._playing_item = None
-        out.append(RunTool(call_id, tool, args, source="offline"))
-        out.append(Telemetry(TelemetryName.TOOL_CALL, t, {
-            "name": tool, "call_id": call_id, "arguments": args, "source": "offline"}))
+        self._command(tool, arguments, text, confidence, t, out)
         return out
 
     def on_recognised_answer(self, call_id: str, text: str | None, t: float) -> list[Action]:
@@ -1459,16 +1453,48 @@ class Core:
             out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t))
 
     def _early_check(self, t: float, voiced: bool, out: list[Action]) -> None:
-        """Track the pauses of an offline utterance; at each one that reaches
-        ``offline_pause_ms`` ask once for an early recognition."""
+        """Track the pauses of an offline utterance: at each one that reaches
+        ``offline_look_ms`` ask once for an early recognition; a command it gave is taken
+        when the pause reaches ``offline_pause_ms``; speech drops it."""
+        pause_ms = (t - self._last_voiced) * 1000
         if voiced:
             self._last_voiced = t
             self._early_at = None
+            self._early_command = None
+        elif self._early_command is not None and pause_ms >= self.s.offline_pause_ms:
+            tool, arguments, text, confidence = self._early_command
+            self._end_early(t, out)
+            self._command(tool, arguments, text, confidence, t, out)
         elif (self._heard_speech and self._early_at is None and self.s.offline_pause_ms > 0
                 and self._last_voiced > 0
-                and (t - self._last_voiced) * 1000 >= self.s.offline_pause_ms):
+                and pause_ms >= min(self.s.offline_look_ms, self.s.offline_pause_ms)):
             self._early_at = t
             out.append(Recognise("command", self.turn, early_at=t))
+
+    def _end_early(self, t: float, out: list[Action]) -> None:
+        self._turn_committed = True
+        self._offline_eou = False
+        self._early_command = None
+        out.append(Telemetry(TelemetryName.END_OF_UTTERANCE_LOCAL, t, {
+            "early": True, "pause_ms": round((t - self._last_voiced) * 1000)}))
+
+    def _command(self, tool: str, arguments: dict[str, Any], text: str,
+                 confidence: float | None, t: float, out: list[Action]) -> None:
+        """A recognised command: exactly one RunTool of its own call id."""
+        self._offline_seq += 1
+        call_id = f"offline_{self._offline_seq}"
+        args = json.dumps(arguments, separators=(",", ":"), sort_keys=True)
+        self._offline_calls[call_id] = (text, tool, args)
+        self._awaiting_outputs.add(call_id)
+        out.append(Telemetry(TelemetryName.OFFLINE_COMMAND, t, {
+            "text": text, "tool": tool, "arguments": args, "confidence": confidence}))
+        self._go(State.RESPONDING, t, out)
+        self._response_done = True
+        self._drained = True
+        self._playing_item = None
+        out.append(RunTool(call_id, tool, args, source="offline"))
+        out.append(Telemetry(TelemetryName.TOOL_CALL, t, {
+            "name": tool, "call_id": call_id, "arguments": args, "source": "offline"}))
 
     def _recognise(self, t: float, out: list[Action]) -> None:
         self._turn_committed = True
