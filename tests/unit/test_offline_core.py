@@ -56,6 +56,20 @@ def earlies(out: list[Any]) -> list[Recognise]:
     return [r for r in actions_of(Recognise, out) if r.early_at is not None]
 
 
+def first_look(core: Core, after_s: float = 0.0) -> tuple[Recognise, list[tuple[float, bytes]]]:
+    """Wake with the service unreachable, then the sentence frame by frame until the first
+    early look after ``after_s``: the look and the frames not fed yet."""
+    core.service_unreachable = True
+    core.on_wake("hey_jarvis", 0.9, 0.0)
+    pcm = sentence()
+    frames = [(i / 32000, pcm[i:i + FRAME]) for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+    for k, (t, frame) in enumerate(frames):
+        looks = earlies(core.on_frame(frame, t))
+        if looks and t > after_s:
+            return looks[0], frames[k + 1:]
+    raise AssertionError("no early look")
+
+
 def heard_command(core: Core, t0: float = 0.0) -> tuple[list[Any], RunTool]:
     """Wake at t0 with the service unreachable, say the sentence, recognise set_light."""
     core.service_unreachable = True
@@ -296,68 +310,39 @@ def test_off_keeps_the_link_path_whatever_the_link_does() -> None:
 
 def test_a_pause_after_a_complete_command_ends_the_utterance_early() -> None:
     core = offline_core(offline_pause_ms=150)
-    core.service_unreachable = True
-    core.on_wake("hey_jarvis", 0.9, 0.0)
-    pcm = sentence()
-    out: list[Any] = []
-    early: Recognise | None = None
-    t = 0.0
-    for i in range(0, len(pcm) - FRAME + 1, FRAME):
-        t = i / 32000
-        out = core.on_frame(pcm[i:i + FRAME], t)
-        if earlies(out):
-            [early] = earlies(out)
-            break
-    assert early is not None and early.early_at == t
+    early, rest = first_look(core)
+    assert early.early_at is not None
+    t = early.early_at
     assert core.activity() == "listening"  # only a look: the utterance may go on
     # A result that is no command is dropped; the utterance goes on.
-    assert core.on_recognised(early.turn, None, {}, "turn on", t + 0.1,
-                              early_at=early.early_at) == []
+    assert core.on_recognised(early.turn, None, {}, "turn on", t + 0.1, early_at=t) == []
     assert core.activity() == "listening"
     # A command, with the user still quiet: the utterance ends now and the tool runs.
     done = core.on_recognised(early.turn, "set_light", ARGS, "turn on the light", t + 0.1,
-                              early_at=early.early_at)
+                              early_at=t)
     [end] = telemetry(done, TelemetryName.END_OF_UTTERANCE_LOCAL)
     assert end.fields["early"] is True and end.fields["pause_ms"] >= 150
     assert [r.call_id for r in actions_of(RunTool, done)] == ["offline_1"]
     # The endpointer's own end later asks nothing more.
-    rest = feed(core, pcm[int(t * 32000) // FRAME * FRAME + FRAME:], t + 0.02)
-    assert not actions_of(Recognise, rest) and not actions_of(RunTool, rest)
+    later = [a for tf, frame in rest for a in core.on_frame(frame, tf)]
+    assert not actions_of(Recognise, later) and not actions_of(RunTool, later)
 
 
 def test_an_early_result_after_the_user_spoke_again_is_dropped() -> None:
     core = offline_core(offline_pause_ms=150)
-    core.service_unreachable = True
-    core.on_wake("hey_jarvis", 0.9, 0.0)
-    pcm = sentence()
-    asked: list[Recognise] = []
-    for i in range(0, len(pcm) - FRAME + 1, FRAME):
-        asked += earlies(core.on_frame(pcm[i:i + FRAME], i / 32000))
-        if asked:
-            break
+    early, _ = first_look(core)
     # The user goes on speaking before the result comes.
     feed(core, sentence()[32000:32000 + 32000 // 2], 5.0)
-    assert core.on_recognised(asked[0].turn, "set_light", ARGS, "x", 5.6,
-                              early_at=asked[0].early_at) == []
+    assert core.on_recognised(early.turn, "set_light", ARGS, "x", 5.6,
+                              early_at=early.early_at) == []
     assert core.activity() == "listening"
 
 
 def test_an_early_command_is_held_until_the_pause_is_long_enough() -> None:
     core = offline_core(offline_look_ms=80, offline_pause_ms=150)
-    core.service_unreachable = True
-    core.on_wake("hey_jarvis", 0.9, 0.0)
-    pcm = sentence()
-    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, "<i2")) > 1000)
-    speech_end = (int(loud[-1]) + 1) / 16000
-    frames = [(i / 32000, pcm[i:i + FRAME]) for i in range(0, len(pcm) - FRAME + 1, FRAME)]
-    early: Recognise | None = None
-    rest: list[tuple[float, bytes]] = []
-    for k, (t, frame) in enumerate(frames):
-        looks = earlies(core.on_frame(frame, t))
-        if looks and t > speech_end:  # the look at the end of the sentence
-            early, rest = looks[0], frames[k + 1:]
-            break
-    assert early is not None and early.early_at is not None
+    loud = np.flatnonzero(np.abs(np.frombuffer(sentence(), "<i2")) > 1000)
+    early, rest = first_look(core, after_s=(int(loud[-1]) + 1) / 16000)  # the sentence's end
+    assert early.early_at is not None
     # The decoding was quick: the command waits for the pause to reach 150 ms.
     assert core.on_recognised(early.turn, "set_light", ARGS, "x", early.early_at + 0.02,
                               early_at=early.early_at) == []

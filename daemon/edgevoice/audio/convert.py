@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soxr
@@ -119,13 +120,15 @@ def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
     return _to_pcm16(soxr.resample(samples, in_rate, out_rate))
 
 
-def read_wav(path: str | Path) -> tuple[bytes, int]:
-    """Read a PCM16 WAV as mono PCM16 bytes and its rate (stereo is averaged down).
+def read_wav(path: str | Path | BinaryIO) -> tuple[bytes, int]:
+    """Read a PCM16 WAV (a file, or a binary stream) as mono PCM16 bytes and its rate
+    (stereo is averaged down). A header whose length is a placeholder (a WAV written to a
+    pipe) reads what is there.
 
     Raises ValueError naming the file for anything that is not 16-bit PCM (also for a file
     that is no WAV at all); OSError when it cannot be read."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if not isinstance(path, str | Path) else str(path), "rb") as w:
             if w.getsampwidth() != 2:
                 raise ValueError(f"{path}: expected 16-bit PCM WAV, got "
                                  f"{8 * w.getsampwidth()}-bit")

@@ -19,10 +19,9 @@ import asyncio
 import contextlib
 import io
 import shutil
-import wave
 from collections import OrderedDict
 
-from edgevoice.audio.convert import downmix, resample
+from edgevoice.audio.convert import read_wav, resample
 
 RATE = 24000
 MAX_TEXT = 300
@@ -81,18 +80,11 @@ class LocalVoice:
 
 
 def _wav_pcm(data: bytes, program: str) -> bytes:
-    """The WAV espeak-ng wrote (its header's length is a placeholder: read what is there)
-    as 24 kHz mono PCM16."""
+    """The WAV espeak-ng wrote as 24 kHz mono PCM16."""
     try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            if w.getsampwidth() != 2:
-                raise SpeechError(f"{program} wrote {8 * w.getsampwidth()}-bit audio")
-            rate, channels = w.getframerate(), w.getnchannels()
-            pcm = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise SpeechError(f"{program} wrote no WAV audio ({exc or 'nothing'})") from None
-    if channels > 1:
-        pcm = downmix(pcm, channels)
+        pcm, rate = read_wav(io.BytesIO(data))
+    except ValueError as exc:
+        raise SpeechError(f"{program} wrote no usable audio: {exc}") from None
     if len(pcm) < 2:
         raise SpeechError(f"{program} said nothing")
-    return resample(pcm[: len(pcm) // 2 * 2], rate, RATE)
+    return resample(pcm, rate, RATE)
