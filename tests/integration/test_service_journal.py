@@ -257,12 +257,15 @@ def test_tool_calls_reach_the_journal_with_arguments_and_confirmation(
 
     async def again() -> str:
         assert json.loads(await box.call("c3", spec.name, clean))["ok"] is False  # "no"
-        return await box.call("c4", spec.name, clean)  # "yes"
+        return await box.call("c4", spec.name, clean, source="offline")  # "yes"
 
     assert json.loads(asyncio.run(again()))["ok"] is True
     records = [r for r in fake_journal.records() if r.get("EDGEVOICE_TOOL") == spec.name]
     declined, done = records[-2:]
     assert declined["EDGEVOICE_OUTCOME"] == "declined"
+    # Who asked: the model, or a command understood on the device.
+    assert (declined["EDGEVOICE_SOURCE"], done["EDGEVOICE_SOURCE"]) == ("model", "offline")
+    assert "(offline)" in done["MESSAGE"]
     assert declined["EDGEVOICE_CONFIRMATION"] == "no"
     assert done["EDGEVOICE_ARGUMENTS"] == '{"door":"front"}'
     assert done["EDGEVOICE_OUTCOME"] == "ok" and int(done["EDGEVOICE_DURATION_MS"]) >= 0
