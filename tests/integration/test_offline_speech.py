@@ -16,6 +16,8 @@ async def test_a_phrase_becomes_24khz_speech_and_is_kept() -> None:
     assert 1.0 < len(samples) / RATE < 5.0
     assert np.abs(samples).max() > 3000  # speech, not silence
     assert await voice.render("Offline.  The kitchen light is on. ") is pcm  # kept
+    # An argument value is said as words.
+    assert await voice.render("rear_left") == await voice.render("rear left")
 
 
 async def test_a_text_that_looks_like_an_option_is_only_said() -> None:

@@ -8,6 +8,7 @@ Guarantees:
   are said, the process gets :data:`TIMEOUT_S` and at most :data:`MAX_BYTES` of output.
 - The text goes to espeak-ng on its standard input, never on its command line (a text that
   starts with ``-`` is no option), and no shell runs.
+- Underscores are read as spaces (an argument value such as ``rear_left`` in a reply).
 - An unknown voice is no error: espeak-ng speaks with its default one.
 - The last :data:`KEPT` renderings are kept: the same phrases recur ("Offline.", a tool's
   reply), and rendering costs a slow board more than playing.
@@ -44,7 +45,8 @@ class LocalVoice:
 
     async def render(self, text: str) -> bytes:
         """``text`` as 24 kHz mono PCM16 (see the module docs for the bounds)."""
-        text = " ".join(text.split())[:MAX_TEXT]
+        # Values like "rear_left" are said as words, not "underscore".
+        text = " ".join(text.replace("_", " ").split())[:MAX_TEXT]
         if not text:
             return b""
         kept = self._kept.get(text)
