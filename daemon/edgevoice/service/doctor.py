@@ -476,11 +476,44 @@ async def check_tools(cfg: Config, opts: Options) -> Check:
     gpio = [t for t in cfg.tools if t.gpio is not None]
     if gpio and not pins:
         done.append(f"{len(gpio)} GPIO tool(s) through {pin_factory()}")
+    offline = await _offline_ready(cfg)
+    if offline is not None:
+        ok, text = offline
+        if ok:
+            done.append(text)
+        else:
+            problems.append(text)
+            fixes["offline"] = ("apt-get install espeak-ng; check the sentences with "
+                                "edgevoice check-config")
     data = {"count": len(cfg.tools), "problems": problems}
     if problems:
         return Check("tools", "fail", "; ".join(problems), "; ".join(fixes.values()), data)
     return Check("tools", "ok", f"{len(cfg.tools)} tool(s): " + ", ".join(done or ["built-ins"]),
                  data=data)
+
+
+async def _offline_ready(cfg: Config) -> tuple[bool, str] | None:
+    """Whether offline commands work here (None: they are off): the recogniser builds from
+    the sentences (timed) and espeak-ng, the device's voice, is there."""
+    from edgevoice.daemon import offline_mode
+
+    mode = offline_mode(cfg)
+    if mode == "off":
+        return None
+    if shutil.which("espeak-ng") is None:
+        return False, "offline: espeak-ng (the device's own voice) is not installed"
+    from edgevoice.offline.recognizer import OfflineRecognizer
+
+    started = time.monotonic()
+    try:
+        recognizer = await asyncio.to_thread(OfflineRecognizer, cfg.tools)
+    except Exception as exc:
+        return False, f"offline: the recogniser cannot be built: {exc}"
+    took = time.monotonic() - started
+    count = sum(1 for t in cfg.tools if t.sentences)
+    del recognizer
+    return True, (f"offline ({mode}): sentences of {count} tool(s) understood on the device "
+                  f"(loaded in {took:.1f} s)")
 
 
 # ----------------------------------------------------------------------------- service
