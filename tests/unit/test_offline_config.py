@@ -59,7 +59,8 @@ def test_no_sentences_no_grammar() -> None:
     [
         ('["turn {state} [the {room} light"]', SLOTS,
          "edgevoice.toml: tools[0]: tool set_light: sentences[0]: template 'turn {state} [the "
-         "{room} light' does not parse: column 14: Unable to find end of optional ']'"),
+         "{room} light' does not parse: column 14 (line 6, column 28 of the file): Unable "
+         "to find end of optional ']'"),
         ('["turn {state} the {place} light"]', SLOTS,
          "edgevoice.toml: tools[0]: tool set_light: sentences[0]: {place}: no slot list "
          "'place' in slots"),
@@ -176,3 +177,11 @@ def test_the_offline_reply_is_rendered_with_defaults_only_for_a_success() -> Non
     assert offline_reply(spec, '{"room": "kitchen"}', '{"ok": true}') is None  # no state
     bare = parse_config(config(SENTENCE), "edgevoice.toml").tools[0]
     assert offline_reply(bare, args, '{"ok": true}') is None
+
+
+def test_a_template_that_does_not_parse_is_placed_in_the_file() -> None:
+    text = config('[\n  "turn {state} the {room} light",\n  "switch (the {room} light {state}",\n]')
+    [error] = errors_of(text)
+    # The unclosed group opens at column 8 of the template; the file has it on line 8.
+    assert "column 8 (line 8, column 11 of the file)" in error, error
+    assert text.splitlines()[7][10] == "("

@@ -778,10 +778,29 @@ def parse_config(text: str, label: str) -> Config:
             if not (err["type"] == "extra_forbidden" and tuple(map(str, err["loc"])) in secret_locs)
             for line in _format_error(err, data).split("\n")
         ]
-        raise ConfigError(_dedupe(errors + secret_errors)) from None
+        raise ConfigError(_dedupe([_in_file(e, text) for e in errors] + secret_errors)) from None
     if secret_errors:
         raise ConfigError(secret_errors)
     return config
+
+
+_BAD_TEMPLATE = re.compile(r"template '((?:[^'\\]|\\.)*)' does not parse: column (\d+): ")
+
+
+def _in_file(error: str, text: str) -> str:
+    """A template that does not parse, placed in the file too: ``line L, column C`` where
+    the template is written (when it is written as is, without escapes)."""
+    m = _BAD_TEMPLATE.search(error)
+    if m is None:
+        return error
+    template = m[1].replace("\\'", "'").replace("\\\\", "\\")
+    for number, line in enumerate(text.splitlines(), 1):
+        at = line.find(template)
+        if at >= 0:
+            column = at + int(m[2])
+            return error.replace(m[0], f"{m[0][:-2]} (line {number}, column {column} of the "
+                                       f"file): ", 1)
+    return error
 
 
 _SECRET_NAMES = {"api_key", "api-key", "apikey", "key", "password", "token", "secret"}

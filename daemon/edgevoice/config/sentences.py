@@ -220,6 +220,21 @@ def template_words(expr: Expression) -> set[str]:
 # --------------------------------------------------------------------------- parsing
 
 
+def _unbalanced(text: str) -> int | None:
+    """The index of the first bracket of ``text`` that is never closed, or of a closing one
+    that closes nothing (or the wrong kind); None when they balance."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[tuple[str, int]] = []
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            stack.append((ch, i))
+        elif ch in pairs:
+            if not stack or stack[-1][0] != pairs[ch]:
+                return i
+            stack.pop()
+    return stack[0][1] if stack else None
+
+
 def parse_template(text: str) -> Sentence:
     """hassil's parse of ``text``; ValueError naming the column when hassil gives one."""
     try:
@@ -230,7 +245,10 @@ def parse_template(text: str) -> Sentence:
         # turn it into a column of the whole template.
         m = re.search(r"index (\d+) in: (.*)$", msg, re.S)
         where = ""
-        if m:
+        unbalanced = _unbalanced(text)
+        if unbalanced is not None:  # more precise than hassil's index (its outer group)
+            where = f"column {unbalanced + 1}: "
+        elif m:
             start = text.find(m[2])
             where = f"column {max(start, 0) + int(m[1]) + 1}: "
         raise ValueError(f"template {text!r} does not parse: {where}{msg}") from None
