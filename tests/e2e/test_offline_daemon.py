@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import running, silence, wake_word
+from harness import hear, running, silence, wake_word
 from test_tools_daemon import command_tool, runs
 
 from edgevoice.conversation.telemetry import TelemetryName
@@ -99,3 +99,20 @@ async def test_a_confirm_tool_asks_on_the_device_and_runs_on_a_spoken_yes(tmp_pa
         assert h.sim.connection_count == 0
         assert not any(e.fields["text"].startswith("Offline")
                        for e in h.entries(TelemetryName.LOCAL_REPLY))
+
+
+async def test_with_the_service_reachable_the_service_answers_as_always(tmp_path):
+    """Sentences declared (offline "auto"), a cold link: the turn is heard locally too while
+    the connection opens, then goes to the service whole; nothing runs on the device."""
+    script = {"turn": [{"user": "turn on the kitchen light", "say": "The service heard you."}]}
+    async with running(tmp_path, script, tools=[light(tmp_path)]) as h:
+        await until(lambda: h.daemon.offline_status == "ready", 30, what="the recogniser")
+        h.say(wake_word() + silence(0.3) + espeak("turn on the kitchen light", voice=VOICE)
+              + silence(1.5))
+        await hear(h, "The service heard you.")
+        assert not h.entries(TelemetryName.OFFLINE)
+        assert not h.entries(TelemetryName.OFFLINE_COMMAND)
+        assert not h.entries(TelemetryName.LOCAL_REPLY)
+        assert runs(tmp_path) == []  # the model did not ask for it; the device did not run it
+        # The service got the whole utterance from the word's end on (at least 1 s of it).
+        assert len(h.sim.connections[0].appended_audio) >= 16000 * 2
