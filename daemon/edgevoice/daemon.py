@@ -93,7 +93,7 @@ from edgevoice.audio.convert import (
 from edgevoice.audio.devices import DeviceState
 from edgevoice.audio.playback import Playback
 from edgevoice.config import Config
-from edgevoice.config.tools import ToolSpec, render
+from edgevoice.config.tools import OUTPUT_PREFIX, ToolSpec, render
 from edgevoice.conversation import core as c
 from edgevoice.conversation.budget import TokenBudget
 from edgevoice.conversation.echo import EchoGuard
@@ -162,11 +162,13 @@ def offline_mode(cfg: Config) -> str:
 
 def offline_reply(spec: ToolSpec | None, arguments: str, output: str) -> str | None:
     """The tool's ``offline_reply`` with its arguments (the schema's defaults for those not
-    given) when the call succeeded; None without one, or when it failed."""
+    given) and ``{output.FIELD}`` the fields of its output, when the call succeeded; None
+    without one, when it failed, or when a field it names is not in the output."""
     if spec is None or not spec.offline_reply:
         return None
     try:
-        if json.loads(output).get("ok") is not True:
+        result = json.loads(output)
+        if result.get("ok") is not True:
             return None
         args = json.loads(arguments)
     except (ValueError, AttributeError):
@@ -174,6 +176,7 @@ def offline_reply(spec: ToolSpec | None, arguments: str, output: str) -> str | N
     props = spec.parameters.get("properties") or {}
     values = {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
     values.update(args if isinstance(args, dict) else {})
+    values.update({OUTPUT_PREFIX + k: v for k, v in result.items()})
     try:
         return render(spec.offline_reply, values)
     except (KeyError, ValueError, IndexError):

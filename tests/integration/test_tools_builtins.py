@@ -32,6 +32,7 @@ async def test_get_time_is_local_iso_time() -> None:
     assert output["ok"] is True and when.utcoffset() == before.utcoffset()
     assert before <= when <= after
     assert output["weekday"] == when.strftime("%A")
+    assert output["clock"] == when.strftime("%H:%M")  # what an offline answer says
 
 
 async def test_stop_conversation_calls_the_daemons_hook_once() -> None:

@@ -185,3 +185,15 @@ def test_a_template_that_does_not_parse_is_placed_in_the_file() -> None:
     # The unclosed group opens at column 8 of the template; the file has it on line 8.
     assert "column 8 (line 8, column 11 of the file)" in error, error
     assert text.splitlines()[7][10] == "("
+
+
+def test_an_offline_reply_may_say_fields_of_the_output() -> None:
+    cfg = parse_config(config(SENTENCE, extra='offline_reply = "{room} is {output.stdout}."\n'),
+                       "edgevoice.toml")
+    spec = cfg.tools[0]
+    args = '{"room": "kitchen", "state": "ON"}'
+    assert offline_reply(spec, args, '{"ok": true, "stdout": "bright"}') == "kitchen is bright."
+    assert offline_reply(spec, args, '{"ok": true}') is None  # no such field: the earcon
+    for bad in ("{output.}", "{output.a.b}", "{colour}"):
+        [error] = errors_of(config(SENTENCE, extra=f'offline_reply = "{bad}"\n'))
+        assert "offline_reply" in error, error

@@ -90,6 +90,10 @@ def as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+#: ``offline_reply`` placeholders with this prefix name a field of the tool's output.
+OUTPUT_PREFIX = "output."
+
+
 def render(template: str, args: Mapping[str, Any]) -> str:
     """``template`` with each placeholder replaced by its argument's text (one string out,
     whatever the value holds: nothing is split, globbed or interpreted)."""
@@ -483,7 +487,16 @@ class ToolSpec(FunctionTool):
         self.parameters = _harden(self)
         if self.offline_reply is not None:
             for name in placeholders(self.offline_reply):
-                _param_schema(self.parameters, name)
+                if name.startswith(OUTPUT_PREFIX):
+                    if not re.fullmatch(r"[A-Za-z0-9_]+", name[len(OUTPUT_PREFIX):]):
+                        raise ValueError(f"offline_reply: placeholder {{{name}}}: write "
+                                         f"{{output.FIELD}}, a top-level field of the "
+                                         f"tool's output")
+                    continue
+                try:
+                    _param_schema(self.parameters, name)
+                except ValueError as exc:
+                    raise ValueError(f"offline_reply: {exc}") from None
         problems, self._grammar_words = check_sentences(self.name, self.parameters,
                                                         self.sentences, self.slots)
         if problems:

@@ -25,9 +25,11 @@ _PERCENT = re.compile(r"\[(\d+)%\]")
 
 
 def get_time(now: dt.datetime | None = None) -> dict[str, Any]:
-    """Local time as ISO 8601 with its UTC offset, and the weekday."""
+    """Local time as ISO 8601 with its UTC offset, the weekday, and ``clock``: the hours
+    and minutes as said (``14:05``; an offline answer's ``{output.clock}``)."""
     local = (now or dt.datetime.now()).astimezone()
-    return {"time": local.isoformat(timespec="seconds"), "weekday": local.strftime("%A")}
+    return {"time": local.isoformat(timespec="seconds"), "weekday": local.strftime("%A"),
+            "clock": local.strftime("%H:%M")}
 
 
 async def set_volume(mixer: MixerSettings, percent: int, amixer: str = "amixer") -> dict[str, Any]:
