@@ -1,7 +1,7 @@
 """The offline recogniser on real espeak-ng speech: the example configs' commands in several
 voices run the right tool with the right arguments; everyday speech and near misses of the
 commands run nothing. A lean subset of the bench's corpus (``scripts/bench --only offline``
-has the figures)."""
+has the figures). The answer recogniser hears yes as yes and no or other speech as no yes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from bench.offline import (
     with_noise,
 )
 from edgevoice.config import load_config
-from edgevoice.offline.recognizer import Command, OfflineRecognizer, Rejection, agreement
+from edgevoice.config.tools import DEFAULT_YES
+from edgevoice.offline.recognizer import (
+    AnswerRecognizer,
+    Command,
+    OfflineRecognizer,
+    Rejection,
+    agreement,
+)
+from edgevoice.tools.confirm import YesRule
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +88,29 @@ def test_agreement() -> None:
     assert agreement("turn on the light", "turn on a light") == 0.75
     assert agreement("how cold is it", "how old is the president") == 0.25
     assert agreement("", "anything") == 0.0
+
+
+@pytest.fixture(scope="module")
+def answers() -> AnswerRecognizer:
+    return AnswerRecognizer(DEFAULT_YES)
+
+
+def test_answers_yes_and_no(answers: AnswerRecognizer) -> None:
+    rule = YesRule()
+    for voice in ("en-us", "en-us+f3"):
+        for text in ("yes", "yes please", "that's right"):
+            heard = answers.recognize(speak(text, voice))
+            assert heard is not None and rule.accepts(heard), (text, voice, heard)
+        for text in ("no", "cancel"):
+            heard = answers.recognize(speak(text, voice))
+            assert heard is None or not rule.accepts(heard), (text, voice, heard)
+    heard = answers.recognize(speak("what is the weather tomorrow", "en-us"))
+    assert heard is None or not rule.accepts(heard), heard
+    assert answers.recognize(bytes(32000)) is None  # a second of digital silence
+
+
+def test_answers_skip_unknown_words() -> None:
+    recognizer = AnswerRecognizer(["yes", "zorbly"])
+    assert recognizer.yes == ["yes"]
+    with pytest.raises(ValueError, match="affirmative"):
+        AnswerRecognizer(["zorbly"])

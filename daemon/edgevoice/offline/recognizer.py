@@ -25,6 +25,12 @@ Guarantees:
 - audio may be fed while it is recorded (:meth:`OfflineRecognizer.feed`), so that at the end
   of speech only the last frames and the match remain to be done; one utterance at a time
   (the caller serialises; the decoders are not thread-safe).
+
+:class:`AnswerRecognizer` hears the answer to a confirmation question the same way: a grammar
+of the configured affirmatives (optionally followed by "please", "thanks", "thank you") and
+common refusals, checked by a free search of those phrases plus the common words. It returns
+the words only when both searches hear exactly the same words (it decides nothing itself: the
+caller's :class:`~edgevoice.tools.confirm.YesRule` does), else None.
 """
 
 from __future__ import annotations
@@ -40,13 +46,15 @@ from typing import Any
 import pocketsphinx
 from pocketsphinx.lm import ArpaBoLM
 
-from edgevoice.config.sentences import vocabulary
+from edgevoice.config.sentences import vocabulary, words
 from edgevoice.config.tools import ToolSpec
 from edgevoice.offline.grammar import Grammar, compile_grammar, sample_phrases
 
 SAMPLE_RATE = 16000
 DEFAULT_THRESHOLD = 0.66
 PHRASES_PER_TEMPLATE = 200
+# An answer may run a guarded tool: both searches must hear the same words.
+ANSWER_THRESHOLD = 1.0
 _SEARCH = "edgevoice"
 
 
@@ -88,9 +96,8 @@ def common_words() -> list[str]:
     return [w for w in text.split("\n") if w and not w.startswith("#")]
 
 
-def _free_model(grammar: Grammar, tools: Sequence[ToolSpec], directory: Path) -> Path:
-    """An ARPA model of the command phrases plus the common words (each once)."""
-    phrases = [p for p, _, _ in sample_phrases(tools, PHRASES_PER_TEMPLATE)]
+def _free_model(phrases: Sequence[str], directory: Path) -> Path:
+    """An ARPA model of ``phrases`` plus the common words (each once)."""
     vocab = vocabulary()
     extra = [w for w in common_words() if w in vocab]
     words_file = directory / "words.txt"
@@ -116,6 +123,45 @@ def agreement(reference: str, hypothesis: str) -> float:
     return max(0.0, 1.0 - row[-1] / len(ref))
 
 
+class _Searches:
+    """The grammar search (``jsgf``) and the free search (``phrases`` plus the common words)
+    over the same audio, one utterance at a time."""
+
+    def __init__(self, jsgf: str, phrases: Sequence[str]) -> None:
+        self._grammar = pocketsphinx.Decoder(**_config())
+        self._grammar.add_jsgf_string(_SEARCH, jsgf)
+        self._grammar.activate_search(_SEARCH)
+        with tempfile.TemporaryDirectory(prefix="edgevoice-offline-") as tmp:
+            self._free = pocketsphinx.Decoder(**_config(lm=str(_free_model(phrases,
+                                                                            Path(tmp)))))
+        self.active = False
+
+    def start(self) -> None:
+        if self.active:
+            self.end()
+        self._grammar.start_utt()
+        self._free.start_utt()
+        self.active = True
+
+    def feed(self, pcm: bytes, full_utt: bool = False) -> None:
+        if not self.active:
+            self.start()
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        self._grammar.process_raw(pcm, False, full_utt)
+        self._free.process_raw(pcm, False, full_utt)
+
+    def end(self) -> tuple[str, str]:
+        """End the utterance: the grammar's phrase ("" when it reached none) and the words
+        of the free search."""
+        self._grammar.end_utt()
+        self._free.end_utt()
+        self.active = False
+        hyp = self._grammar.hyp()
+        free = self._free.hyp()
+        return (hyp.hypstr if hyp is not None else "", free.hypstr if free is not None else "")
+
+
 class OfflineRecognizer:
     """Recognises the declared sentences of ``tools`` (see the module docs).
 
@@ -127,46 +173,23 @@ class OfflineRecognizer:
             raise ValueError("no tool declares sentences: nothing to recognise offline")
         self.grammar: Grammar = grammar
         self.threshold = threshold
-        self._grammar = pocketsphinx.Decoder(**_config())
-        self._grammar.add_jsgf_string(_SEARCH, grammar.jsgf)
-        self._grammar.activate_search(_SEARCH)
-        with tempfile.TemporaryDirectory(prefix="edgevoice-offline-") as tmp:
-            self._free = pocketsphinx.Decoder(**_config(lm=str(_free_model(
-                grammar, tools, Path(tmp)))))
-        self._active = False
+        self._searches = _Searches(grammar.jsgf, [
+            p for p, _, _ in sample_phrases(tools, PHRASES_PER_TEMPLATE)])
 
     def start(self) -> None:
         """Begin an utterance (ends any unfinished one)."""
-        if self._active:
-            self._end()
-        self._grammar.start_utt()
-        self._free.start_utt()
-        self._active = True
+        self._searches.start()
 
     def feed(self, pcm: bytes) -> None:
         """More audio of the current utterance (PCM16 mono at 16 kHz, any length)."""
-        if not self._active:
-            self.start()
-        if len(pcm) % 2:
-            pcm = pcm[:-1]
-        self._grammar.process_raw(pcm, False, False)
-        self._free.process_raw(pcm, False, False)
-
-    def _end(self) -> None:
-        self._grammar.end_utt()
-        self._free.end_utt()
-        self._active = False
+        self._searches.feed(pcm)
 
     def finish(self) -> Result:
         """End the utterance and say what it was."""
         started = time.perf_counter()
-        if not self._active:
+        if not self._searches.active:
             return Rejection("no-speech")
-        self._end()
-        hyp = self._grammar.hyp()
-        free = self._free.hyp()
-        text = hyp.hypstr if hyp is not None else ""
-        heard = free.hypstr if free is not None else ""
+        text, heard = self._searches.end()
         match = self.grammar.match(text) if text else None
         confidence = round(agreement(text, heard), 3)
         ms = (time.perf_counter() - started) * 1000
@@ -184,9 +207,62 @@ class OfflineRecognizer:
         """One whole utterance, decoded as a whole (the cepstral mean of the utterance itself
         rather than a running estimate: more accurate than :meth:`feed` for a short
         utterance, at the cost of decoding all of it after its end)."""
-        self.start()
-        if len(pcm) % 2:
-            pcm = pcm[:-1]
-        self._grammar.process_raw(pcm, False, True)
-        self._free.process_raw(pcm, False, True)
+        self._searches.start()
+        self._searches.feed(pcm, full_utt=True)
         return self.finish()
+
+
+#: Common refusals the answer grammar knows besides the affirmatives, so that a "no" is heard
+#: as a no rather than forced into the nearest yes.
+NO_PHRASES: tuple[str, ...] = (
+    "no", "nope", "nah", "no thanks", "no thank you", "no way", "don't", "do not", "don't do it",
+    "do not do it", "cancel", "stop", "never mind", "not now", "wait", "hold on",
+)
+#: What may follow an affirmative ("yes please").
+_AFTER_YES: tuple[str, ...] = ("please", "thanks", "thank you")
+
+
+class AnswerRecognizer:
+    """The answer to a confirmation question, heard locally: :meth:`recognize` returns the
+    words when they are one of the affirmative phrases ``yes`` (optionally followed by
+    "please", "thanks" or "thank you") or a common refusal (:data:`NO_PHRASES`), else None
+    (silence, other speech, or the two searches' agreement, as for
+    :class:`OfflineRecognizer`, below ``threshold``: by default they must hear the same
+    words). The caller decides with its own rule
+    (:meth:`edgevoice.tools.confirm.YesRule.accepts`): the text is the plain words.
+
+    Phrases with a word the recogniser's dictionary does not know are left out of the grammar
+    (never heard, no error); ValueError when no affirmative is left. Not thread-safe: one
+    utterance at a time."""
+
+    def __init__(self, yes: Sequence[str], threshold: float = ANSWER_THRESHOLD) -> None:
+        vocab = vocabulary()
+
+        def known(phrases: Sequence[str]) -> list[str]:
+            out = (" ".join(words(p)) for p in phrases)
+            return list(dict.fromkeys(p for p in out if p and all(w in vocab for w in p.split())))
+
+        self.yes = known(yes)
+        if not self.yes:
+            raise ValueError("no affirmative answer has only words the recogniser knows")
+        self.no = [p for p in known(NO_PHRASES) if p not in self.yes]
+        self.threshold = threshold
+        after = known(_AFTER_YES)
+        jsgf = "\n".join([
+            "#JSGF V1.0;", "grammar answer;",
+            "public <answer> = <yes> [ <after> ] | <no>;",
+            f"<yes> = {' | '.join(self.yes)};",
+            f"<after> = {' | '.join(after)};",
+            f"<no> = {' | '.join(self.no)};",
+        ]) + "\n"
+        phrases = self.yes + [f"{y} {a}" for y in self.yes for a in after] + self.no
+        self._searches = _Searches(jsgf, phrases)
+
+    def recognize(self, pcm: bytes) -> str | None:
+        """One whole utterance (PCM16 mono at 16 kHz): the answer's words or None."""
+        self._searches.start()
+        self._searches.feed(pcm, full_utt=True)
+        text, heard = self._searches.end()
+        if not text or agreement(text, heard) < self.threshold:
+            return None
+        return text
