@@ -157,9 +157,15 @@ class _Searches:
         or two, not the whole word)."""
         return agreement(" ".join(self.pronounce(text)), " ".join(self.pronounce(heard)))
 
-    def start(self) -> None:
+    def start(self, fresh: bool = False) -> None:
+        """Begin an utterance; ``fresh``: with the front end reset (the noise and cepstral
+        mean estimates of earlier utterances forgotten), so that the result depends on this
+        utterance's audio alone."""
         if self.active:
             self.end()
+        if fresh:
+            self._grammar.reinit_feat()
+            self._free.reinit_feat()
         self._grammar.start_utt()
         self._free.start_utt()
         self.active = True
@@ -227,8 +233,9 @@ class OfflineRecognizer:
     def recognize(self, pcm: bytes) -> Result:
         """One whole utterance, decoded as a whole (the cepstral mean of the utterance itself
         rather than a running estimate: more accurate than :meth:`feed` for a short
-        utterance, at the cost of decoding all of it after its end)."""
-        self._searches.start()
+        utterance, at the cost of decoding all of it after its end). The front end starts
+        afresh, so the result does not depend on the utterances recognised before."""
+        self._searches.start(fresh=True)
         self._searches.feed(pcm, full_utt=True)
         return self.finish()
 
@@ -281,7 +288,7 @@ class AnswerRecognizer:
 
     def recognize(self, pcm: bytes) -> str | None:
         """One whole utterance (PCM16 mono at 16 kHz): the answer's words or None."""
-        self._searches.start()
+        self._searches.start(fresh=True)
         self._searches.feed(pcm, full_utt=True)
         text, heard = self._searches.end()
         if not text or self._searches.confidence(text, heard) < self.threshold:
