@@ -26,6 +26,8 @@ Guarantees:
 - nothing is downloaded: the acoustic model and dictionary are those the ``pocketsphinx``
   wheel ships; the free search's model is built in memory at start (a temporary file only
   while PocketSphinx reads it);
+- :meth:`OfflineRecognizer.recognize` and :meth:`AnswerRecognizer.recognize` start the
+  front end afresh: the result depends on that utterance's audio alone;
 - audio may be fed while it is recorded (:meth:`OfflineRecognizer.feed`), so that at the end
   of speech only the last frames and the match remain to be done; one utterance at a time
   (the caller serialises; the decoders are not thread-safe).
