@@ -160,9 +160,9 @@ class _Searches:
         return agreement(" ".join(self.pronounce(text)), " ".join(self.pronounce(heard)))
 
     def start(self, fresh: bool = False) -> None:
-        """Begin an utterance; ``fresh``: with the front end reset (the noise and cepstral
-        mean estimates of earlier utterances forgotten), so that the result depends on this
-        utterance's audio alone."""
+        """Begin an utterance; ``fresh``: with the front end reset (its running estimates
+        from earlier utterances forgotten), so that the result depends on this utterance's
+        audio alone."""
         if self.active:
             self.end()
         if fresh:
