@@ -18,6 +18,7 @@ from bench.offline import (
 from edgevoice.config import load_config
 from edgevoice.config.tools import DEFAULT_YES
 from edgevoice.offline.recognizer import (
+    CONFUSABLE_YES,
     AnswerRecognizer,
     Command,
     OfflineRecognizer,
@@ -109,8 +110,19 @@ def test_answers_yes_and_no(answers: AnswerRecognizer) -> None:
     assert answers.recognize(bytes(32000)) is None  # a second of digital silence
 
 
-def test_answers_skip_unknown_words() -> None:
+def test_answers_skip_unknown_words_and_affirmatives_a_refusal_sounds_like() -> None:
     recognizer = AnswerRecognizer(["yes", "zorbly"])
     assert recognizer.yes == ["yes"]
-    with pytest.raises(ValueError, match="affirmative"):
-        AnswerRecognizer(["zorbly"])
+    assert AnswerRecognizer(["zorbly"]).yes == ["yes"]  # nothing left: a plain yes
+    # "don't" must not be heard as "do it", nor "i am not sure" as "sure".
+    assert AnswerRecognizer(DEFAULT_YES).yes == [
+        y for y in DEFAULT_YES if y not in CONFUSABLE_YES]
+    assert AnswerRecognizer(["Do it!", "Sure", "yep"]).yes == ["yep"]
+
+
+def test_a_refusal_is_never_a_yes(answers: AnswerRecognizer) -> None:
+    rule = YesRule()
+    for voice in ("en-gb-x-rp", "en-us+f3"):
+        for text in ("don't", "don't do it", "i am not sure"):
+            heard = answers.recognize(speak(text, voice))
+            assert heard is None or not rule.accepts(heard), (text, voice, heard)

@@ -250,6 +250,12 @@ NO_PHRASES: tuple[str, ...] = (
 )
 #: What may follow an affirmative ("yes please").
 _AFTER_YES: tuple[str, ...] = ("please", "thanks", "thank you")
+#: Affirmatives never heard locally, however configured: on espeak-ng speech this recogniser
+#: took refusals and other speech for them ("don't" and "don't do it" for "do it" or "go
+#: ahead", "i am not sure" for "sure", "stop" for "ok", "who is there" for "please do"). A
+#: confirmation on the device needs a plain yes ("yes", "yeah", "yep", "correct", …).
+CONFUSABLE_YES: frozenset[str] = frozenset({"do it", "go ahead", "please do", "sure", "ok",
+                                            "okay"})
 
 
 class AnswerRecognizer:
@@ -261,9 +267,9 @@ class AnswerRecognizer:
     sound the same). The caller decides with its own rule
     (:meth:`edgevoice.tools.confirm.YesRule.accepts`): the text is the plain words.
 
-    Phrases with a word the recogniser's dictionary does not know are left out of the grammar
-    (never heard, no error); ValueError when no affirmative is left. Not thread-safe: one
-    utterance at a time."""
+    Phrases with a word the recogniser's dictionary does not know, and the affirmatives of
+    :data:`CONFUSABLE_YES`, are left out of the grammar (never heard, no error); when no
+    affirmative is left, "yes" alone is. Not thread-safe: one utterance at a time."""
 
     def __init__(self, yes: Sequence[str], threshold: float = ANSWER_THRESHOLD) -> None:
         vocab = vocabulary()
@@ -272,9 +278,9 @@ class AnswerRecognizer:
             out = (" ".join(words(p)) for p in phrases)
             return list(dict.fromkeys(p for p in out if p and all(w in vocab for w in p.split())))
 
-        self.yes = known(yes)
+        self.yes = known([y for y in yes if " ".join(words(y)) not in CONFUSABLE_YES])
         if not self.yes:
-            raise ValueError("no affirmative answer has only words the recogniser knows")
+            self.yes = ["yes"]
         self.no = [p for p in known(NO_PHRASES) if p not in self.yes]
         self.threshold = threshold
         after = known(_AFTER_YES)
