@@ -41,6 +41,7 @@ itself: the caller's :class:`~edgevoice.tools.confirm.YesRule` does), else None.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ from typing import Any
 import pocketsphinx
 from pocketsphinx.lm import ArpaBoLM
 
-from edgevoice.config.sentences import vocabulary, words
+from edgevoice.config.sentences import dictionary_path, vocabulary, words
 from edgevoice.config.tools import ToolSpec
 from edgevoice.offline.grammar import Grammar, compile_grammar, sample_phrases
 
@@ -90,10 +91,34 @@ class Rejection:
 Result = Command | Rejection
 
 
-def _config(**extra: Any) -> dict[str, Any]:
+def _config(dictionary: Path, **extra: Any) -> dict[str, Any]:
     model = pocketsphinx.get_model_path()
-    return {"hmm": f"{model}/en-us/en-us", "dict": f"{model}/en-us/cmudict-en-us.dict",
-            "lm": None, "loglevel": "FATAL", **extra}
+    return {"hmm": f"{model}/en-us/en-us", "dict": str(dictionary), "lm": None,
+            "loglevel": "FATAL", **extra}
+
+
+_JSGF_WORD = re.compile(r"<[^>]*>|([a-z'][a-z'.\-]*)")
+
+
+def _dictionary(jsgf: str, phrases: Sequence[str], directory: Path) -> Path:
+    """The shipped dictionary cut to the words both searches can say (the grammar's, the
+    phrases' and the common words): each decoder holds ~20 MB less than with all 130,000
+    words, and nothing else changes (a search never says a word it was not given)."""
+    body = jsgf.split(";", 2)[-1]  # past the header ("#JSGF V1.0;", "grammar …;")
+    wanted = {m[1] for m in _JSGF_WORD.finditer(body) if m[1] and m[1] != "public"}
+    wanted.update(w for p in phrases for w in p.split())
+    wanted.update(common_words())
+    source = dictionary_path()
+    assert source is not None  # pocketsphinx is imported: its model is there
+    kept: list[str] = []
+    with source.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if head.split("(", 1)[0] in wanted:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    path = directory / "words.dict"
+    path.write_text("".join(kept), encoding="utf-8")
+    return path
 
 
 def common_words() -> list[str]:
@@ -134,12 +159,13 @@ class _Searches:
     over the same audio, one utterance at a time."""
 
     def __init__(self, jsgf: str, phrases: Sequence[str]) -> None:
-        self._grammar = pocketsphinx.Decoder(**_config())
-        self._grammar.add_jsgf_string(_SEARCH, jsgf)
-        self._grammar.activate_search(_SEARCH)
         with tempfile.TemporaryDirectory(prefix="edgevoice-offline-") as tmp:
-            self._free = pocketsphinx.Decoder(**_config(lm=str(_free_model(phrases,
-                                                                            Path(tmp)))))
+            words = _dictionary(jsgf, phrases, Path(tmp))
+            self._grammar = pocketsphinx.Decoder(**_config(words))
+            self._grammar.add_jsgf_string(_SEARCH, jsgf)
+            self._grammar.activate_search(_SEARCH)
+            self._free = pocketsphinx.Decoder(**_config(words, lm=str(_free_model(phrases,
+                                                                                  Path(tmp)))))
         self.active = False
         self._phones: dict[str, list[str]] = {}
 
