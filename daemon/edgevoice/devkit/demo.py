@@ -317,10 +317,10 @@ async def run_demo(
 ) -> int:
     """Run the demo; returns the exit code: 0 when the recording has played and the daemon
     went back to idle (``offline``: and the command was recognised and ran), 1 otherwise.
-    ``script_path``: the simulator's script instead of the
-    bundled one (the same recording is played: its turns should match it). Raises
-    ValueError for a script that does not load (the message names the file and the key) and
-    for an ``output`` whose folder cannot be created (a missing one is made)."""
+    ``script_path``: the simulator's script instead of the bundled one (the same recording
+    is played: its turns should match it). Raises ValueError for a script that does not load
+    (the message names the file and the key) and for an ``output`` whose folder cannot be
+    created (a missing one is made)."""
     try:  # before anything runs: a reply WAV that cannot be written is no reason to wait
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
