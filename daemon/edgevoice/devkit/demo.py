@@ -93,14 +93,19 @@ OFFLINE_TOOL: dict[str, Any] = {
 }
 
 
+def with_endpoint(cfg: Config, endpoint: str) -> Config:
+    """``cfg`` talking to ``endpoint`` (checked as the config checks it)."""
+    vl = cfg.voicelive
+    vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
+    return cfg.model_copy(update={"voicelive": vl})
+
+
 def offline_config(cfg: Config, endpoint: str) -> Config:
     """``cfg`` for the offline demo: only :data:`OFFLINE_TOOL`, offline commands on, and
     ``endpoint`` (where no service answers)."""
-    vl = cfg.voicelive
-    vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
     conv = cfg.conversation.model_copy(update={"offline": "auto"})
-    return cfg.model_copy(update={"tools": [ToolConfig.model_validate(OFFLINE_TOOL)],
-                                  "voicelive": vl, "conversation": conv})
+    return with_endpoint(cfg, endpoint).model_copy(update={
+        "tools": [ToolConfig.model_validate(OFFLINE_TOOL)], "conversation": conv})
 
 
 def recording_pcm(plan: tuple[tuple[float, str], ...] = RECORDING) -> bytes:
@@ -347,9 +352,7 @@ async def run_demo(
     elif endpoint is None:
         script = Script.load(script_path or data_path("demo-script.toml"))
     else:
-        vl = cfg.voicelive
-        vl = type(vl).model_validate({**vl.model_dump(exclude_unset=True), "endpoint": endpoint})
-        cfg = cfg.model_copy(update={"voicelive": vl})
+        cfg = with_endpoint(cfg, endpoint)
     pcm = recording_pcm(plan)
     try:
         with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
