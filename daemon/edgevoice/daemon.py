@@ -467,7 +467,6 @@ class Daemon:
         self.muted_frames = 0  # microphone frames dropped unseen while muted
         # Offline commands: the recognisers are built off the loop at start (run()); until
         # then (or if that fails) an offline utterance is "not understood".
-        self.offline_mode = offline_mode(cfg)
         self.recognizer: Any = None  # OfflineRecognizer
         self.answers: Any = None  # AnswerRecognizer (confirmations)
         self.offline_status = "off" if self.offline_mode == "off" else "loading"
@@ -475,6 +474,11 @@ class Daemon:
         self._utterance = bytearray()  # LocalAudio of the current utterance
         self.voice = LocalVoice(cfg.conversation.offline_voice)
         self._speech_failed: str | None = None  # said once until it works again
+
+    @property
+    def offline_mode(self) -> str:
+        """``off``, ``auto`` or ``always``: the core's (see :func:`offline_mode`)."""
+        return self.core.s.offline
 
     def _load_usage(self) -> None:
         path = self._usage_file
