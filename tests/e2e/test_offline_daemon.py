@@ -62,6 +62,8 @@ async def test_a_command_in_an_outage_runs_on_the_device_and_the_model_learns_of
         # The service is back: the next connection carries the offline turn as text items.
         await h.sim.start()
         await h.event(TelemetryName.SESSION_READY, timeout=20)
+        # Ready means the replay was sent; the simulator may not have read it yet.
+        await h.sim.wait_for_event("conversation.item.create", count=2)
         items = [e["item"] for e in h.sim.connections[0].received("conversation.item.create")]
         user = [i for i in items if i.get("role") == "user"]
         system = [i for i in items if i.get("role") == "system"]
