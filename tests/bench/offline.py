@@ -38,8 +38,9 @@ Figures:
 * ``offline.corpus``: how many commands, non-commands, voices.
 
 The recogniser's settings were chosen on this corpus: check a change on the held-out figures
-too (and keep them out of the choice, or they stop being held out), and count differences of one or two utterances as noise (the figures move that much with the
-order the utterances are decoded in).
+too (and keep them out of the choice, or they stop being held out), and count differences
+of one or two utterances as noise (the figures move that much with the order the utterances
+are decoded in).
 """
 
 from __future__ import annotations
