@@ -114,6 +114,7 @@ from edgevoice.offline.speech import LocalVoice, SpeechError
 from edgevoice.tools import ToolBox
 from edgevoice.tools.actions import ToolFailure, execute
 from edgevoice.tools.confirm import Answer, YesRule
+from edgevoice.tools.toolbox import complete_arguments
 from edgevoice.triggers import Triggers
 from edgevoice.util import child_environ, data_path, is_loopback_host
 from edgevoice.wire import events as ev
@@ -173,9 +174,7 @@ def offline_reply(spec: ToolSpec | None, arguments: str, output: str) -> str | N
         args = json.loads(arguments)
     except (ValueError, AttributeError):
         return None
-    props = spec.parameters.get("properties") or {}
-    values = {k: v["default"] for k, v in props.items() if isinstance(v, dict) and "default" in v}
-    values.update(args if isinstance(args, dict) else {})
+    values = complete_arguments(spec.parameters, args if isinstance(args, dict) else {})
     values.update({OUTPUT_PREFIX + k: v for k, v in result.items()})
     try:
         return render(spec.offline_reply, values)

@@ -275,7 +275,7 @@ class ToolBox:
         if errors:
             raise ArgumentError("; ".join(_describe(e) for e in errors[:_MAX_ERRORS]),
                                 _field(errors[0]))
-        args = _complete(spec.parameters, args)
+        args = complete_arguments(spec.parameters, args)
         problem = refusal(spec, args)
         if problem is not None:
             field, why = problem
@@ -392,7 +392,7 @@ def _field(error: ValidationError) -> str | None:
     return None
 
 
-def _complete(schema: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+def complete_arguments(schema: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
     """Fill in the declared defaults of absent top-level parameters, and give whole numbers
     of integer parameters as ints (JSON Schema counts 5.0 as an integer; a command should see
     ``5``)."""
