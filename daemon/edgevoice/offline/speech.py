@@ -1,4 +1,5 @@
-"""Speech said on the device: the offline answers, rendered by espeak-ng.
+"""Speech said on the device: the offline answers, rendered by espeak-ng (:func:`espeak`,
+which the simulator's reply voice uses too).
 
 Guarantees:
 
@@ -53,40 +54,48 @@ class LocalVoice:
         if kept is not None:
             self._kept.move_to_end(text)
             return kept
-        path = shutil.which(self.program)
-        if path is None:
-            raise SpeechError(f"{self.program} is not installed (apt-get install espeak-ng)")
-        proc = await asyncio.create_subprocess_exec(
-            path, "--stdout", "--stdin", "-v", self.voice,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                out, err = await proc.communicate(text.encode("utf-8"))
-        except TimeoutError:
-            raise SpeechError(f"{self.program} took longer than {TIMEOUT_S:g} s") from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if proc.returncode != 0:
-            detail = err.decode("utf-8", "replace").strip().splitlines()
-            raise SpeechError(f"{self.program} -v {self.voice} exited with status "
-                              f"{proc.returncode}" + (f": {detail[-1]}" if detail else ""))
-        pcm = _wav_pcm(out[:MAX_BYTES], self.program)
+        pcm, rate = await espeak(text, self.voice, self.program)
+        pcm = resample(pcm, rate, RATE)
         self._kept[text] = pcm
         while len(self._kept) > KEPT:
             self._kept.popitem(last=False)
         return pcm
 
 
-def _wav_pcm(data: bytes, program: str) -> bytes:
-    """The WAV espeak-ng wrote as 24 kHz mono PCM16."""
+async def espeak(text: str, voice: str = "en-us", program: str = "espeak-ng",
+                 timeout_s: float = TIMEOUT_S) -> tuple[bytes, int]:
+    """``text`` said by espeak-ng with ``voice``: mono PCM16 and its sample rate. The text
+    goes on standard input and no shell runs; the process gets ``timeout_s`` (killed after,
+    and when the caller is cancelled) and at most :data:`MAX_BYTES` of its output is read.
+    Raises :class:`SpeechError` saying what went wrong (missing, failing, silent, too slow)."""
+    path = shutil.which(program)
+    if path is None:
+        raise SpeechError(f"{program} is not installed (apt-get install espeak-ng)")
     try:
-        pcm, rate = read_wav(io.BytesIO(data))
-    except ValueError as exc:
+        proc = await asyncio.create_subprocess_exec(
+            path, "--stdout", "--stdin", "-v", voice,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        raise SpeechError(f"{program} could not be started: {exc}") from None
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate(text.encode("utf-8"))
+    except TimeoutError:
+        raise SpeechError(f"{program} took longer than {timeout_s:g} s") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        detail = err.decode("utf-8", "replace").strip().splitlines()
+        raise SpeechError(f"{program} -v {voice} exited with status "
+                          f"{proc.returncode}" + (f": {detail[-1]}" if detail else ""))
+    try:
+        pcm, rate = read_wav(io.BytesIO(out[:MAX_BYTES]))
+    except (ValueError, EOFError) as exc:
         raise SpeechError(f"{program} wrote no usable audio: {exc}") from None
     if len(pcm) < 2:
         raise SpeechError(f"{program} said nothing")
-    return resample(pcm, rate, RATE)
+    return pcm, rate

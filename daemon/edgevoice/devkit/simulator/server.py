@@ -250,7 +250,6 @@ class Simulator:
                 log.warning("simulator connections did not close in time; aborting them")
                 for session in list(self._live):
                     session.abort()
-        self._tts.close()
 
     async def __aenter__(self) -> Simulator:
         await self.start()

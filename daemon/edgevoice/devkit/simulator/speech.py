@@ -4,17 +4,14 @@ that finds the user's speech in the appended audio."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from edgevoice.audio.convert import read_wav, resample
+from edgevoice.audio.convert import resample
+from edgevoice.offline.speech import SpeechError, espeak
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +29,6 @@ class Tts:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and shutil.which("espeak-ng") is not None
         self._cache: dict[tuple[str, int], bytes] = {}
-        self._dir: Path | None = None
-        self._seq = itertools.count()
 
     async def pcm(self, text: str, rate: int) -> bytes:
         key = (text, rate)
@@ -76,39 +71,11 @@ class Tts:
     async def _synthesize(self, text: str) -> tuple[bytes, int] | None:
         if not self.enabled:
             return None
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="edgevoice-sim-"))
-        out = self._dir / f"tts-{next(self._seq)}.wav"
         try:
-            # Text via stdin so a leading "-" is never parsed as an option; the subprocess
-            # keeps the event loop free while espeak-ng runs.
-            proc = await asyncio.create_subprocess_exec(
-                "espeak-ng", "-v", "en-us", "-w", str(out), "--stdin",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                await asyncio.wait_for(proc.communicate(text.encode("utf-8")), 10)
-            except (TimeoutError, asyncio.CancelledError):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                raise
-            if proc.returncode != 0:
-                return None
-            data, rate = read_wav(out)
-            return (data, rate) if data else None
-        except (OSError, ValueError, EOFError, TimeoutError) as exc:
+            return await espeak(text, timeout_s=10.0)
+        except SpeechError as exc:
             log.warning("espeak-ng failed (%s); using a tone", exc)
             return None
-        finally:
-            out.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
 
 
 def tone(text: str, rate: int) -> bytes:
