@@ -17,6 +17,7 @@ from bench.offline import (
 )
 from edgevoice.config import load_config
 from edgevoice.config.tools import DEFAULT_YES
+from edgevoice.offline import recognizer as offline_recognizer
 from edgevoice.offline.recognizer import (
     CONFUSABLE_YES,
     AnswerRecognizer,
@@ -84,6 +85,30 @@ def test_road_noise_and_silence() -> None:
     result, _ = recognise(recognizer, bytes(32000))  # a second of digital silence
     assert isinstance(result, Rejection)
     assert isinstance(recognizer.finish(), Rejection)  # nothing started: nothing to run
+
+
+def test_a_speaker_without_r_coloured_vowels_is_understood(monkeypatch) -> None:
+    """British voices say "passenger" and "temperature" with a plain final vowel: the
+    dictionary's non-rhotic variants let both searches hear them alike. Without them, the
+    same audio runs nothing."""
+    phones = offline_recognizer._non_rhotic
+    assert phones(("P", "AE", "S", "AH", "N", "JH", "ER")) == ("P", "AE", "S", "AH", "N", "JH", "AH")
+    assert phones(("T", "ER", "N")) == ("T", "ER", "N")  # one vowel: kept (see the docs)
+    config = load_config(EXAMPLES[0])
+    said = [("open passenger window", "en-gb+m3", "set_window",
+             {"window": "passenger", "position": 100}),
+            ("set the temperature to twenty five", "en-gb-x-rp", "set_climate",
+             {"temperature_c": 25})]
+    recognizer = OfflineRecognizer(config.tools)
+    for text, voice, tool, arguments in said:
+        result, _ = recognise(recognizer, speak(text, voice))
+        assert isinstance(result, Command) and (result.tool, result.arguments) == (
+            tool, arguments), (text, voice, result)
+    monkeypatch.setattr(offline_recognizer, "_non_rhotic", lambda p: p)
+    american_only = OfflineRecognizer(config.tools)
+    for text, voice, _tool, _arguments in said:
+        result, _ = recognise(american_only, speak(text, voice))
+        assert isinstance(result, Rejection) and result.reason == "low-confidence", result
 
 
 def test_agreement() -> None:

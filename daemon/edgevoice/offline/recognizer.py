@@ -120,22 +120,50 @@ _JSGF_WORD = re.compile(r"<[^>]*>|([a-z'][a-z'.\-]*)")
 def _dictionary(jsgf: str, phrases: Sequence[str], directory: Path) -> Path:
     """The shipped dictionary cut to the words both searches can say (the grammar's, the
     phrases' and the common words): each decoder holds ~20 MB less than with all 130,000
-    words, and nothing else changes (a search never says a word it was not given)."""
+    words, and nothing else changes (a search never says a word it was not given). Each
+    word also gets its :func:`_non_rhotic` pronunciations."""
     body = jsgf.split(";", 2)[-1]  # past the header ("#JSGF V1.0;", "grammar …;")
     wanted = {m[1] for m in _JSGF_WORD.finditer(body) if m[1] and m[1] != "public"}
     wanted.update(w for p in phrases for w in p.split())
     wanted.update(common_words())
     source = dictionary_path()
     assert source is not None  # pocketsphinx is imported: its model is there
-    kept: list[str] = []
+    pronunciations: dict[str, list[tuple[str, ...]]] = {}
     with source.open(encoding="utf-8", errors="replace") as f:
         for line in f:
-            head = line.split(" ", 1)[0]
-            if head.split("(", 1)[0] in wanted:
-                kept.append(line if line.endswith("\n") else line + "\n")
+            head, *phones = line.split()
+            word = head.split("(", 1)[0]
+            if word in wanted and phones:
+                pronunciations.setdefault(word, []).append(tuple(phones))
+    lines: list[str] = []
+    for word, prons in pronunciations.items():
+        prons += [v for v in dict.fromkeys(_non_rhotic(p) for p in prons) if v not in prons]
+        lines += [f"{word}{f'({i})' if i > 1 else ''} {' '.join(p)}\n"
+                  for i, p in enumerate(prons, 1)]
     path = directory / "words.dict"
-    path.write_text("".join(kept), encoding="utf-8")
+    path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW",
+                     "OY", "UH", "UW"})
+
+
+def _non_rhotic(phones: tuple[str, ...]) -> tuple[str, ...]:
+    """``phones`` as a speaker without r-coloured vowels says them (England, Wales, Australia,
+    New Zealand, South Africa): the dictionary is American, and its ``ER`` ("temperature",
+    "passenger", "garage") is a plain vowel there, closest to ``AH``. Words of one vowel
+    ("turn", "her") keep theirs: such a short word with a plain vowel fits almost any
+    syllable, and the free search heard "find a parking spot" as "turn on kitchen on".
+
+    On the bench corpus (``tests/bench/offline.py``) 0.92 of the commands run instead of
+    0.89, with no more false runs (the British voices are heard alike by both searches);
+    held out 0.90 instead of 0.875; decoding costs ~2 % more. (Dropping the consonant ``R``
+    after a vowel too, "door" as ``D AO``, ran no more commands and made "close the trunk" a
+    garage door.)"""
+    if sum(p in _VOWELS for p in phones) < 2:
+        return phones
+    return tuple("AH" if p == "ER" else p for p in phones)
 
 
 def common_words() -> list[str]:
