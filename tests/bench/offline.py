@@ -82,6 +82,7 @@ def configs() -> list[Config]:
     # The demo talks to a port nobody listens on; the endpoint matters only for the check.
     return [*examples, offline_config(examples[1], "ws://127.0.0.1:9")]
 
+
 NON_COMMANDS = (
     "what's the weather like in paris today",
     "how far is it to the next gas station",
