@@ -53,7 +53,7 @@ def test_commands_in_several_voices_run_the_right_tool(pi) -> None:
                 else:
                     wrong += 1
     total = len(cmds) * len(VOICES)
-    # The bench's figure is about 0.87 clean over the whole corpus; a wrong tool or wrong
+    # The bench's figure is about 0.92 clean over the whole corpus; a wrong tool or wrong
     # arguments is worse than nothing, so it is bounded apart.
     assert right / total >= 0.75, (right, total)
     assert wrong <= total * 0.05, (wrong, total)
