@@ -75,7 +75,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,9 @@ from edgevoice.listen.gate import WakeGate
 from edgevoice.listen.wake import Detection
 from edgevoice.listen.worker import WakeWorker, frames_for
 from edgevoice.metrics import Metrics, TurnFigures
+from edgevoice.offline.results import Command
 from edgevoice.offline.speech import LocalVoice, SpeechError
+from edgevoice.offline.worker import RecognizerError, RecognizerProcess
 from edgevoice.tools import ToolBox
 from edgevoice.tools.actions import ToolFailure, execute
 from edgevoice.tools.confirm import Answer, YesRule
@@ -138,6 +139,8 @@ CONFIRM_PROMPT_MAX_S = 30.0
 #: The longest utterance kept for the local recogniser (the core cuts one at
 #: ``offline_max_utterance_s``; this bounds the buffer whatever it is told).
 OFFLINE_MAX_UTTERANCE_S = 12.0
+#: The recogniser's process is started again after it died, at most this often.
+OFFLINE_RESTART_S = 30.0
 
 #: ``async (call_id, name, arguments) -> output``: never raises (the tools module's contract).
 ToolRunner = Callable[[str, str, str], Awaitable[str]]
@@ -464,13 +467,14 @@ class Daemon:
         self._last_tick = clock()
         self._last_frame_at = float("-inf")  # clock() when the last frame was handled
         self.muted_frames = 0  # microphone frames dropped unseen while muted
-        # Offline commands: the recognisers are built off the loop at start (run()); until
-        # then (or if that fails) an offline utterance is "not understood".
-        self.recognizer: Any = None  # OfflineRecognizer
-        self.answers: Any = None  # AnswerRecognizer (confirmations)
+        # Offline commands: the recognisers are built in their own process at start (run());
+        # until then (or if that fails) an offline utterance is "not understood".
+        self.recognizer: RecognizerProcess | None = None
         self.offline_status = "off" if self.offline_mode == "off" else "loading"
-        self._offline_pool: ThreadPoolExecutor | None = None
+        self._offline_restarted = float("-inf")  # monotonic time of the last restart
+        self._closing = False
         self._utterance = bytearray()  # LocalAudio of the current utterance
+        self._fed = 0  # of which the recogniser has had this many bytes
         self.voice = LocalVoice(cfg.conversation.offline_voice)
         self._speech_failed: str | None = None  # said once until it works again
 
@@ -530,7 +534,6 @@ class Daemon:
                 await self._start_metrics_server()
                 self.listener.start()
                 if self.offline_mode != "off":
-                    self._offline_pool = ThreadPoolExecutor(1, "edgevoice-offline")
                     self._spawn(self._load_offline(), "offline recogniser")
                 await self.playback.start()
                 await self.capture.start()
@@ -574,6 +577,7 @@ class Daemon:
         log.info("metrics on http://%s/metrics", self.cfg.metrics.listen)
 
     async def _shutdown(self) -> None:
+        self._closing = True  # a recogniser that goes away now is not restarted
         self._listening = False  # a detection still on its way must not wake the core again
         with contextlib.suppress(Exception):
             self._do(self.core.shutdown(self.clock()))
@@ -595,9 +599,8 @@ class Daemon:
             await self.toolbox.aclose()
         await self.capture.aclose()
         await self.playback.aclose()
-        if self._offline_pool is not None:
-            # A recognition under way ends by itself (one utterance, bounded); none starts.
-            self._offline_pool.shutdown(wait=False, cancel_futures=True)
+        if self.recognizer is not None:
+            await self.recognizer.close()  # bounded; a recognition under way fails
         # No frame comes after the capture closed: end the worker and release the wake word's
         # TFLite interpreters now (its last act). A stopped Daemon sits in reference cycles
         # until the cyclic GC runs, so every SIGHUP rebuild kept ~5 MB and 3 descriptors (the
@@ -937,13 +940,15 @@ class Daemon:
         elif isinstance(a, c.LocalAudio):
             if len(self._utterance) < OFFLINE_MAX_UTTERANCE_S * 2 * SAMPLE_RATE:
                 self._utterance += a.pcm
+                self._feed_recogniser()
         elif isinstance(a, c.LocalReset):
-            self._utterance = bytearray()
+            self._forget_utterance()
         elif isinstance(a, c.Recognise):
-            pcm = bytes(self._utterance)
+            self._feed_recogniser()
+            self._spawn(self._recognise(a, bool(self._utterance)), "recognise")
             if a.early_at is None:  # the utterance is over (an early look keeps it)
-                self._utterance = bytearray()
-            self._spawn(self._recognise(a, pcm), "recognise")
+                self._utterance = bytearray()  # the recogniser forgets it by itself
+                self._fed = 0
         elif isinstance(a, c.DropTurnAudio):
             self.link.drop_turn_audio()
         elif isinstance(a, c.SpeakLocal):
@@ -972,61 +977,82 @@ class Daemon:
     # ------------------------------------------------------------------ offline
 
     async def _load_offline(self) -> None:
-        """Build the recognisers in the worker thread (seconds on a small board: never on
-        the loop). A failure is logged; offline utterances are then not understood."""
-        loop = asyncio.get_running_loop()
+        """Start the recognisers' process and build them there (seconds on a small board:
+        never on the loop). A failure is logged; offline utterances are then not
+        understood."""
         started = time.monotonic()
+        yes = (self.cfg.confirmation.yes
+               if any(t.confirm and t.sentences for t in self.cfg.tools) else None)
         try:
-            from edgevoice.offline.recognizer import OfflineRecognizer
-
-            self.recognizer = await loop.run_in_executor(
-                self._offline_pool, OfflineRecognizer, self.cfg.tools)
-            if any(t.confirm and t.sentences for t in self.cfg.tools):
-                from edgevoice.offline.recognizer import AnswerRecognizer
-
-                self.answers = await loop.run_in_executor(
-                    self._offline_pool, AnswerRecognizer, self.cfg.confirmation.yes)
-        except Exception as exc:
+            self.recognizer = await RecognizerProcess.open(self.cfg.tools, yes,
+                                                           on_lost=self._recogniser_lost)
+        except RecognizerError as exc:
             self.offline_status = f"failed: {exc}"
             log.error("offline commands unavailable: the recogniser could not be built: %s",
-                      exc, exc_info=True)
+                      exc)
             return
         self.offline_status = "ready"
+        self._fed = 0  # an utterance under way is decoded from its start
+        self._feed_recogniser()
         log.info("offline commands ready (%s; %.1f s to load)", self.offline_mode,
                  time.monotonic() - started)
 
-    async def _recognise(self, a: c.Recognise, pcm: bytes) -> None:
-        """Recognise one utterance in the worker thread and tell the core (exactly once;
-        never raises but CancelledError)."""
-        from edgevoice.offline.recognizer import Command
+    def _feed_recogniser(self) -> None:
+        """Give the recogniser the utterance's audio it has not had yet."""
+        if self.recognizer is not None and self.recognizer.alive:
+            self.recognizer.feed(bytes(self._utterance[self._fed:]))
+            self._fed = len(self._utterance)
 
-        loop = asyncio.get_running_loop()
+    def _forget_utterance(self) -> None:
+        self._utterance = bytearray()
+        self._fed = 0
+        if self.recognizer is not None and self.recognizer.alive:
+            self.recognizer.reset()
+
+    def _recogniser_lost(self, recognizer: RecognizerProcess) -> None:
+        """The recogniser's process went away by itself (killed, crashed, hung): start
+        another, at most once every :data:`OFFLINE_RESTART_S` (one that keeps dying stays
+        down, its failure in the status)."""
+        if recognizer is not self.recognizer or self._closing:
+            return
+        log.error("offline: %s", recognizer.why)
+        if time.monotonic() - self._offline_restarted < OFFLINE_RESTART_S:
+            self.offline_status = f"failed: {recognizer.why}"
+            return
+        self._offline_restarted = time.monotonic()
+        self.recognizer = None
+        self.offline_status = "loading"
+        self._spawn(self._load_offline(), "offline recogniser")
+
+    async def _recognise(self, a: c.Recognise, has_audio: bool) -> None:
+        """Have the recogniser say what the utterance fed to it was, and tell the core
+        (exactly once; never raises but CancelledError)."""
         started = time.monotonic()
+        recognizer = self.recognizer
         if a.purpose == "answer":
             text: str | None = None
-            if self.answers is not None and pcm:
+            if recognizer is not None and has_audio:
                 try:
-                    text = await loop.run_in_executor(self._offline_pool,
-                                                      self.answers.recognize, pcm)
-                except Exception:
-                    log.exception("offline: the answer could not be recognised")
+                    text = await recognizer.answer()
+                except RecognizerError as exc:
+                    log.error("offline: the answer could not be recognised: %s", exc)
             log.info("offline: answer %r (%.0f ms)", text, (time.monotonic() - started) * 1000)
             self._do(self.core.on_recognised_answer(a.call_id or "", text, self.clock()))
             return
         tool: str | None = None
         arguments: dict[str, Any] = {}
         heard, why, confidence = "", "", None
-        if self.recognizer is None:
+        if recognizer is None:
             why = f"the offline recogniser is {self.offline_status}"
-        elif not pcm:
+        elif not has_audio:
             why = "no-speech"
         else:
             try:
-                result = await loop.run_in_executor(self._offline_pool,
-                                                    self.recognizer.recognize, pcm)
-            except Exception as exc:
-                log.exception("offline: recognition failed")
+                result = await (recognizer.look() if a.early_at is not None
+                                else recognizer.finish())
+            except RecognizerError as exc:
                 why = f"recognition failed: {exc}"
+                log.error("offline: %s", why)
             else:
                 heard, confidence = result.text, result.confidence
                 if isinstance(result, Command):

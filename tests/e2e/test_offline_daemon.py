@@ -6,6 +6,8 @@ model is told what happened."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,12 @@ async def test_a_confirm_tool_asks_on_the_device_and_runs_on_a_spoken_yes(tmp_pa
     async with running(tmp_path, {"turn": []}, tools=tools,
                        conversation={"follow_up_s": 0, "offline": "always"}) as h:
         await until(lambda: h.daemon.offline_status == "ready", 30, what="the recogniser")
+        # The recogniser's process dies (the OOM killer, a crash): another takes its place.
+        first = h.daemon.recognizer
+        os.kill(first.pid, signal.SIGKILL)
+        await until(lambda: h.daemon.recognizer is not first
+                    and h.daemon.offline_status == "ready", 30, what="another recogniser")
+        assert not first.alive and "exited with status -9" in first.why
         h.say(wake_word() + silence(0.3) + espeak("switch the hall light off", voice=VOICE)
               + silence(1.5))
         asked = await h.event(TelemetryName.CONFIRM_ASKED, timeout=30)
