@@ -4,10 +4,17 @@ Each command of the corpus (clean) goes frame by frame through a real :class:`Co
 daemon's upstream gate and local endpointer (``conversation.offline = "always"``, the
 default VAD settings), as the microphone would deliver it after the wake word. When the core
 asks for a recognition (early, at a pause, or at the endpointer's end of utterance), the
-recogniser decodes the audio so far on this machine and its wall time passes on the audio
-clock before the result is handed back (frames go on meanwhile, so speech that resumes
-voids an early result, as in the daemon). The latency is from the end of the speech (the
-last sample above the microphone floor) to the moment the core runs the tool.
+recogniser says what the audio so far was. It decodes as the daemon's recogniser process
+does (:class:`~edgevoice.offline.worker.Listening`, fed each frame as the core hands it
+over), on this machine, and its work queues up on the audio clock: one thing at a time, a
+result handed back once the process is done with it and with all it was given before
+(frames go on meanwhile, so speech that resumes voids an early result, as in the daemon).
+The latency is from the end of the speech (the last sample above the microphone floor) to
+the moment the core runs the tool. The pipe to the process is not in it (a request and its
+reply take well under a millisecond).
+
+The reference (``whole``): each request decodes the audio so far as a whole, as the daemon
+did before it decoded while the user spoke.
 
 Figures: the latencies (ms), whether each ended early, and right tool and arguments through
 this path (early ends decide on part of the audio).
@@ -16,6 +23,7 @@ this path (early ends decide on part of the audio).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from edgevoice.conversation.echo import EchoGuard
 from edgevoice.daemon import core_settings
 from edgevoice.listen import setup
 from edgevoice.offline.recognizer import Command, OfflineRecognizer
+from edgevoice.offline.worker import Listening
 
 RATE = 16000
 FRAME = 640  # 20 ms of PCM16
@@ -58,28 +67,49 @@ def live_core(config: Config) -> c.Core:
 
 
 def run_live(config: Config, recognizer: OfflineRecognizer, pcm: bytes, tool: str,
-             arguments: dict[str, Any]) -> Live:
-    """One utterance (see the module docs)."""
+             arguments: dict[str, Any], whole: bool = False) -> Live:
+    """One utterance (see the module docs); ``whole``: the reference, each request decoding
+    the audio so far as a whole (as the daemon did before it decoded while the user
+    spoke)."""
     end = speech_end_s(pcm)
     pcm = pcm + bytes(int(TAIL_S * RATE) * 2)
     core = live_core(config)
-    buffer = bytearray()
+    listening = Listening(recognizer)
+    buffer = bytearray()  # for ``whole``
+    busy_until = 0.0  # the recogniser's process works on what it was given until then
     waiting: list[tuple[float, c.Recognise, Any]] = []  # (ready at, request, result)
+
+    def work(fn: Callable[[], Any], t: float) -> tuple[Any, float]:
+        """``fn`` in the recogniser's process, given it at ``t``: the result, and when it
+        is done (the process does one thing at a time)."""
+        nonlocal busy_until
+        started = time.perf_counter()
+        result = fn()
+        busy_until = max(busy_until, t) + time.perf_counter() - started
+        return result, busy_until
 
     def act(actions: list[Any], t: float) -> list[c.RunTool]:
         nonlocal buffer
         runs = []
         for a in actions:
             if isinstance(a, c.LocalAudio):
-                buffer += a.pcm
+                if whole:
+                    buffer += a.pcm
+                else:
+                    work(functools.partial(listening.feed, a.pcm), t)
             elif isinstance(a, c.LocalReset):
                 buffer = bytearray()
+                listening.reset()
             elif isinstance(a, c.Recognise):
-                audio = bytes(buffer)
-                if a.early_at is None:
-                    buffer = bytearray()
-                result, wall = _timed(recognizer.recognize, audio)
-                waiting.append((t + wall, a, result))
+                if whole:
+                    audio = bytes(buffer)
+                    if a.early_at is None:
+                        buffer = bytearray()
+                    result, ready = work(functools.partial(recognizer.recognize, audio), t)
+                else:
+                    result, ready = work(listening.look if a.early_at is not None
+                                         else listening.finish, t)
+                waiting.append((ready, a, result))
             elif isinstance(a, c.RunTool):
                 runs.append(a)
         return runs
@@ -114,22 +144,18 @@ def run_live(config: Config, recognizer: OfflineRecognizer, pcm: bytes, tool: st
     return Live(None, False, False)
 
 
-def _timed(fn: Callable[[bytes], Any], audio: bytes) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn(audio)
-    return result, time.perf_counter() - started
-
-
-def live_figures(outcomes: Sequence[Live]) -> dict[str, object]:
-    """The section's live figures from :func:`run_live` outcomes."""
+def live_figures(outcomes: Sequence[Live], suffix: str = "") -> dict[str, object]:
+    """The section's live figures from :func:`run_live` outcomes (``suffix`` after each
+    name: the reference's)."""
     ran = [o for o in outcomes if o.latency_ms is not None]
     lat = sorted(o.latency_ms for o in ran if o.latency_ms is not None)
     return {
-        "offline.end_of_speech_to_tool_ms_p50": round(float(np.percentile(lat, 50)), 1)
+        f"offline.end_of_speech_to_tool_ms_p50{suffix}": round(float(np.percentile(lat, 50)), 1)
         if lat else None,
-        "offline.end_of_speech_to_tool_ms_p95": round(float(np.percentile(lat, 95)), 1)
+        f"offline.end_of_speech_to_tool_ms_p95{suffix}": round(float(np.percentile(lat, 95)), 1)
         if lat else None,
-        "offline.early_end_share": round(sum(o.early for o in ran) / max(1, len(ran)), 3),
-        "offline.command_accuracy_live": round(sum(o.right for o in outcomes)
-                                               / max(1, len(outcomes)), 3),
+        f"offline.early_end_share{suffix}": round(sum(o.early for o in ran) / max(1, len(ran)),
+                                                  3),
+        f"offline.command_accuracy_live{suffix}": round(sum(o.right for o in outcomes)
+                                                        / max(1, len(outcomes)), 3),
     }
