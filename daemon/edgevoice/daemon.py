@@ -976,20 +976,21 @@ class Daemon:
 
     # ------------------------------------------------------------------ offline
 
-    async def _load_offline(self) -> None:
-        """Start the recognisers' process and build them there (seconds on a small board:
-        never on the loop). A failure is logged; offline utterances are then not
-        understood."""
+    async def _load_offline(self, delay_s: float = 0.0) -> None:
+        """Start the recognisers' process (after ``delay_s``) and build them there (seconds
+        on a small board: never on the loop). A failure is logged; offline utterances are
+        then not understood."""
+        await asyncio.sleep(delay_s)
         started = time.monotonic()
         yes = (self.cfg.confirmation.yes
                if any(t.confirm and t.sentences for t in self.cfg.tools) else None)
         try:
             self.recognizer = await RecognizerProcess.open(self.cfg.tools, yes,
                                                            on_lost=self._recogniser_lost)
-        except RecognizerError as exc:
+        except Exception as exc:
             self.offline_status = f"failed: {exc}"
             log.error("offline commands unavailable: the recogniser could not be built: %s",
-                      exc)
+                      exc, exc_info=not isinstance(exc, RecognizerError))
             return
         self.offline_status = "ready"
         self._fed = 0  # an utterance under way is decoded from its start
@@ -1011,18 +1012,17 @@ class Daemon:
 
     def _recogniser_lost(self, recognizer: RecognizerProcess) -> None:
         """The recogniser's process went away by itself (killed, crashed, hung): start
-        another, at most once every :data:`OFFLINE_RESTART_S` (one that keeps dying stays
-        down, its failure in the status)."""
+        another: at once the first time, then at most once every :data:`OFFLINE_RESTART_S`
+        (one that keeps dying costs a start every 30 s; until it is back, utterances are
+        not understood, the reason in the status)."""
         if recognizer is not self.recognizer or self._closing:
             return
-        log.error("offline: %s", recognizer.why)
-        if time.monotonic() - self._offline_restarted < OFFLINE_RESTART_S:
-            self.offline_status = f"failed: {recognizer.why}"
-            return
-        self._offline_restarted = time.monotonic()
+        log.error("offline: %s; starting another", recognizer.why)
         self.recognizer = None
-        self.offline_status = "loading"
-        self._spawn(self._load_offline(), "offline recogniser")
+        self.offline_status = f"restarting: {recognizer.why}"
+        wait = max(0.0, self._offline_restarted + OFFLINE_RESTART_S - time.monotonic())
+        self._offline_restarted = time.monotonic() + wait
+        self._spawn(self._load_offline(wait), "offline recogniser")
 
     async def _recognise(self, a: c.Recognise, has_audio: bool) -> None:
         """Have the recogniser say what the utterance fed to it was, and tell the core

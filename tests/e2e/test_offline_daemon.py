@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 from harness import running, silence, wake_word
 from test_tools_daemon import command_tool, runs
 
+from edgevoice import daemon as daemon_module
 from edgevoice.conversation.telemetry import TelemetryName
 from edgevoice.link.backoff import Backoff
 from support import espeak, until
@@ -75,17 +77,28 @@ async def test_a_command_in_an_outage_runs_on_the_device_and_the_model_learns_of
         assert runs(tmp_path) == [["set_light", "kitchen", "on"]]  # once, never again
 
 
-async def test_a_confirm_tool_asks_on_the_device_and_runs_on_a_spoken_yes(tmp_path):
+async def test_a_confirm_tool_asks_on_the_device_and_runs_on_a_spoken_yes(tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(daemon_module, "OFFLINE_RESTART_S", 2.0)
     tools = [light(tmp_path, confirm=True, confirm_prompt="Switch the {room} light {state}?")]
     async with running(tmp_path, {"turn": []}, tools=tools,
                        conversation={"follow_up_s": 0, "offline": "always"}) as h:
         await until(lambda: h.daemon.offline_status == "ready", 30, what="the recogniser")
-        # The recogniser's process dies (the OOM killer, a crash): another takes its place.
+        # The recogniser's process dies (the OOM killer, a crash): another takes its place,
+        # at once the first time, then no sooner than OFFLINE_RESTART_S after the last.
         first = h.daemon.recognizer
         os.kill(first.pid, signal.SIGKILL)
-        await until(lambda: h.daemon.recognizer is not first
+        await until(lambda: h.daemon.recognizer not in (first, None)
                     and h.daemon.offline_status == "ready", 30, what="another recogniser")
         assert not first.alive and "exited with status -9" in first.why
+        second = h.daemon.recognizer
+        killed = time.monotonic()
+        os.kill(second.pid, signal.SIGKILL)
+        await until(lambda: h.daemon.offline_status.startswith("restarting"), 10,
+                    what="the restart")
+        await until(lambda: h.daemon.recognizer not in (second, None)
+                    and h.daemon.offline_status == "ready", 30, what="a third recogniser")
+        assert time.monotonic() - killed >= 1.0
         h.say(wake_word() + silence(0.3) + espeak("switch the hall light off", voice=VOICE)
               + silence(1.5))
         asked = await h.event(TelemetryName.CONFIRM_ASKED, timeout=30)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import struct
 import sys
 from collections import deque
@@ -173,14 +174,10 @@ class RecognizerProcess:
         self = cls(proc, on_lost)
         self._reader = asyncio.create_task(self._read(), name="recogniser replies")
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._request("load", (_recognition_tools(tools),
-                                             list(yes) if yes is not None else None))
-        except BaseException as exc:
+            await self._request("load", (_recognition_tools(tools),
+                                         list(yes) if yes is not None else None), timeout_s)
+        except BaseException:
             await self.close()
-            if isinstance(exc, TimeoutError):
-                raise RecognizerError(
-                    f"the recogniser was not built within {timeout_s:g} s") from None
             raise
         return self
 
@@ -360,6 +357,12 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def main() -> None:
+    # The daemon ends the child by closing its input (or the child sees the end of it when
+    # the daemon died). A stop signal for the whole group (Ctrl-C in a terminal, systemd's
+    # SIGTERM to the unit's processes) must not end it first: the daemon would take that
+    # for a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The replies get a descriptor of their own: whatever a library prints goes to stderr
     # (the journal), never into the protocol.
     replies = os.fdopen(os.dup(1), "wb")
