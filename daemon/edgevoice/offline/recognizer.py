@@ -44,12 +44,13 @@ Guarantees:
   audio was fed. The free search fed so should start with the cepstral mean of the
   utterance's first second (:meth:`OfflineRecognizer.cepstral_mean`;
   :class:`edgevoice.offline.worker.Listening` does): PocketSphinx's running estimate starts
-  from a fixed prior and moves only after seconds, and the free search then misheard the
-  end of most commands (0.71 of the bench's car commands ran instead of 0.88). Even so it
-  mishears a few more than when it decodes the whole utterance at its end, so where it
-  disagrees with the grammar's phrase (a confidence below the threshold, a fit within its
-  bound) it hears the whole utterance again that way, and that decides. One utterance at
-  a time (the caller serialises; the decoders are not thread-safe).
+  from a fixed prior and moves only after seconds: with both searches fed so, they
+  misheard the end of most commands (0.71 of the bench's car commands ran instead of
+  0.88). Even so the free search mishears a few more than when it decodes the whole
+  utterance at its end, so where it disagrees with the grammar's phrase (a confidence
+  below the threshold, a fit within its bound) it hears the whole utterance again that
+  way, and that decides. One utterance at a time (the caller serialises; the decoders are
+  not thread-safe).
 
 :class:`AnswerRecognizer` hears the answer to a confirmation question the same way: a grammar
 of the configured affirmatives (optionally followed by "please", "thanks", "thank you") and
@@ -93,8 +94,6 @@ _SEARCH = "edgevoice"
 #: dictionary (with :func:`_non_rhotic`'s variants, "i am hungry" in road noise came out as
 #: a yes).
 FREE_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
-
-
 
 
 def _config(dictionary: Path, **extra: Any) -> dict[str, Any]:
