@@ -3,6 +3,8 @@ its standard input, bounded, and a clear error when it cannot speak."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,14 @@ async def test_a_missing_program_is_a_clear_error_and_an_unknown_voice_the_defau
     with pytest.raises(SpeechError, match="not installed"):
         await LocalVoice(program="no-such-espeak").render("hello")
     assert len(await LocalVoice("no-such-voice").render("hello")) > RATE // 2
+
+
+async def test_espeak_gets_none_of_the_daemons_secrets(tmp_path, monkeypatch) -> None:
+    seen = tmp_path / "environ"
+    wrapper = tmp_path / "espeak-ng"
+    wrapper.write_text(f"#!/bin/sh\nenv > {seen}\nexec {shutil.which('espeak-ng')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("EDGEVOICE_TEST_SECRET", "s3cr3t")
+    assert len(await LocalVoice(program=str(wrapper)).render("hello")) > RATE // 2
+    environ = seen.read_text()
+    assert "s3cr3t" not in environ and "PATH=" in environ

@@ -128,6 +128,18 @@ async def test_a_child_that_dies_fails_what_waits_and_reports_once() -> None:
     assert lost == [process]  # closing is no second loss
 
 
+async def test_the_child_gets_none_of_the_daemons_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("EDGEVOICE_TEST_SECRET", "s3cr3t")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/edgevoice.service")
+    process = await RecognizerProcess.open(TOOLS)
+    try:
+        environ = open(f"/proc/{process.pid}/environ", "rb").read()
+    finally:
+        await process.close()
+    assert b"s3cr3t" not in environ and b"CREDENTIALS_DIRECTORY" not in environ
+    assert b"PATH=" in environ
+
+
 async def test_a_recogniser_that_cannot_be_built_says_why() -> None:
     with pytest.raises(RecognizerError, match="no tool declares sentences"):
         await RecognizerProcess.open([])

@@ -8,7 +8,8 @@ Guarantees:
   (espeak-ng runs as a child process) and is bounded: at most :data:`MAX_TEXT` characters
   are said, the process gets :data:`TIMEOUT_S` and at most :data:`MAX_BYTES` of output.
 - The text goes to espeak-ng on its standard input, never on its command line (a text that
-  starts with ``-`` is no option), and no shell runs.
+  starts with ``-`` is no option), no shell runs, and of the daemon's environment espeak-ng
+  gets only :data:`ESPEAK_ENV`.
 - Underscores are read as spaces (an argument value such as ``rear_left`` in a reply).
 - An unknown voice is no error: espeak-ng speaks with its default one.
 - The last :data:`KEPT` renderings are kept: the same phrases recur ("Offline.", a tool's
@@ -24,12 +25,15 @@ import shutil
 from collections import OrderedDict
 
 from edgevoice.audio.convert import read_wav, resample
+from edgevoice.util import child_environ
 
 RATE = 24000
 MAX_TEXT = 300
 TIMEOUT_S = 5.0
 MAX_BYTES = 4_000_000
 KEPT = 16
+#: All espeak-ng gets of the daemon's environment (no API key, no credentials directory).
+ESPEAK_ENV = ("LANG", "LC_ALL", "ESPEAK_DATA_PATH")
 
 
 class SpeechError(Exception):
@@ -75,7 +79,7 @@ async def espeak(text: str, voice: str = "en-us", program: str = "espeak-ng",
         proc = await asyncio.create_subprocess_exec(
             path, "--stdout", "--stdin", "-v", voice,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, env=child_environ(ESPEAK_ENV))
     except OSError as exc:
         raise SpeechError(f"{program} could not be started: {exc}") from None
     try:

@@ -17,7 +17,8 @@ Guarantees:
   :class:`RecognizerError` when the child failed, died or was closed (then every pending
   request fails at once and :attr:`RecognizerProcess.alive` is False);
 - the child exits when its standard input closes (the daemon closed it, or died); no shell
-  runs, and nothing is passed on its command line.
+  runs, nothing is passed on its command line, and of the daemon's environment it gets
+  only :data:`CHILD_ENV`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from edgevoice.config.tools import ToolSpec
 from edgevoice.offline.results import Rejection, Result
+from edgevoice.util import child_environ
 
 if TYPE_CHECKING:  # the daemon's side never loads PocketSphinx
     from edgevoice.offline.recognizer import AnswerRecognizer, OfflineRecognizer
@@ -46,6 +48,8 @@ OPEN_TIMEOUT_S = 60.0
 #: (10 s) decoded on a slow board, with room to spare.
 REQUEST_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
+#: All the child gets of the daemon's environment (no API key, no credentials directory).
+CHILD_ENV = ("PYTHONPATH", "TMPDIR", "LANG", "LC_ALL")
 #: Decoding waits for this much of an utterance, to normalise it with its cepstral mean.
 #: Measured with both searches fed so (no second hearing), on the bench's car commands
 #: (clean): with the mean of the first 0.7 s, 0.77 ran; with 1.0 s, 0.88, as decoded as a
@@ -168,7 +172,8 @@ class RecognizerProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edgevoice.offline.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=child_environ(CHILD_ENV))
         except OSError as exc:
             raise RecognizerError(f"the recogniser process could not start: {exc}") from None
         self = cls(proc, on_lost)
