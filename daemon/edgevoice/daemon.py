@@ -1001,7 +1001,7 @@ class Daemon:
     def _feed_recogniser(self) -> None:
         """Give the recogniser the utterance's audio it has not had yet."""
         if self.recognizer is not None and self.recognizer.alive:
-            self.recognizer.feed(bytes(self._utterance[self._fed:]))
+            self.recognizer.feed(bytes(memoryview(self._utterance)[self._fed:]))
             self._fed = len(self._utterance)
 
     def _forget_utterance(self) -> None:

@@ -204,8 +204,9 @@ class _Searches:
             self._free = pocketsphinx.Decoder(**_config(
                 words, lm=str(_free_model(phrases, Path(tmp))), **(free_beams or {})))
         self.active = False
-        self._audio = bytearray()  # of the utterance, for the grammar search at its end
-        self._last = b""  # of the last utterance ended
+        # Of the utterance (kept after its end until the next starts): the grammar search
+        # and a second hearing decode it as a whole.
+        self._audio = bytearray()
         self.streamed = False  # the free search heard the utterance as it came
         self.fit = -math.inf  # of the last utterance ended
         self._phones: dict[str, list[str]] = {}
@@ -231,8 +232,8 @@ class _Searches:
         from earlier utterances forgotten), so that the result depends on this utterance's
         audio alone; ``cmn``: the free search normalises it with that cepstral mean (from
         :meth:`cepstral_mean`)."""
-        if self.active:
-            self.end()
+        if self.active:  # abandoned: its free search ends, nothing else is decoded
+            self._free.end_utt()
         if fresh:
             self._free.reinit_feat()
         self._free.start_utt()
@@ -247,7 +248,7 @@ class _Searches:
         own cepstral mean)."""
         self._free.reinit_feat()
         self._free.start_utt()
-        self._free.process_raw(self._last, False, True)
+        self._free.process_raw(bytes(self._audio), False, True)
         self._free.end_utt()
         free = self._free.hyp()
         return free.hypstr if free is not None else ""
@@ -280,11 +281,9 @@ class _Searches:
         utterance as a whole, however it was fed (the fit's bound was chosen so)."""
         self._free.end_utt()
         self.active = False
-        self._last = bytes(self._audio)
-        self._audio = bytearray()
         self._grammar.reinit_feat()
         self._grammar.start_utt()
-        self._grammar.process_raw(self._last, False, True)
+        self._grammar.process_raw(bytes(self._audio), False, True)
         self._grammar.end_utt()
         hyp = self._grammar.hyp()
         free = self._free.hyp()
